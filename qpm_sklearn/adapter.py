@@ -1,0 +1,224 @@
+"""Torch modules of the QPM adapter (SPEC section 2); no training logic here.
+
+The adapter sits on frozen backbone patch tokens: a token-wise MLP turns every
+token into ``N_f`` non-negative channels (the feature maps), average pooling
+gives the feature vector, and a head maps it to class logits -- a dense linear
+layer in the first stage, the fixed binary assignment ("BLDD") in the sparse
+stage. Only patch tokens enter the MLP and its BatchNorm statistics (SPEC 13.3).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["TokenMLP", "DenseHead", "SparseHead", "QPMNetwork", "network_state", "load_network_state"]
+
+# Standardisation divides by max(std, STD_FLOOR) (SPEC 2.4).
+STD_FLOOR = 1e-6
+
+
+class TokenMLP(nn.Module):
+    """Token-wise MLP: ``n_layers`` blocks of Linear -> BatchNorm -> ReLU (SPEC 2.1).
+
+    The last block maps to ``n_features`` channels and also ends in a ReLU, so
+    every feature map is non-negative. BatchNorm statistics are pooled over
+    batch x tokens (eps 1e-5, momentum 0.1); weights use PyTorch's default
+    initialisation (drawn from the global torch RNG at construction).
+
+    Parameters
+    ----------
+    in_features : int
+        Backbone embedding size ``D``.
+    hidden_size : int
+        Width of the hidden blocks.
+    n_features : int
+        Number of output channels ``N_f`` (feature maps).
+    n_layers : int
+        Number of Linear/BatchNorm/ReLU blocks; 1 means a single ``D -> N_f`` block.
+    """
+
+    def __init__(self, in_features: int, hidden_size: int, n_features: int, n_layers: int):
+        super().__init__()
+        if n_layers < 1:
+            raise ValueError(f"n_layers must be >= 1; got {n_layers!r}.")
+        widths = [in_features] + [hidden_size] * (n_layers - 1) + [n_features]
+        blocks = []
+        for width_in, width_out in zip(widths[:-1], widths[1:]):
+            # ReLU in place: BatchNorm's backward needs its input, not its output.
+            blocks += [nn.Linear(width_in, width_out), nn.BatchNorm1d(width_out), nn.ReLU(inplace=True)]
+        self.layers = nn.Sequential(*blocks)
+        self.n_features = n_features
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        batch, n_tokens, dim = tokens.shape  # (B, P, D)
+        # Rows of a 2-D BatchNorm1d input are the statistics population: B*P tokens.
+        out = self.layers(tokens.reshape(batch * n_tokens, dim))  # (B*P, N_f)
+        return out.reshape(batch, n_tokens, -1)  # (B, P, N_f)
+
+
+class DenseHead(nn.Module):
+    """Stage-1 head: Dropout(p) -> Linear(N_f -> C) with bias (SPEC 2.3).
+
+    ``forward(f)`` returns ``(logits (B, C), f_tilde (B, N_f))``, ``f_tilde`` being
+    the post-dropout feature vector the diversity loss reads. ``.weight`` is the
+    (C, N_f) weight parameter.
+    """
+
+    def __init__(self, n_features: int, n_classes: int, dropout: float = 0.0):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(n_features, n_classes)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features_tilde = self.dropout(features)  # (B, N_f)
+        return self.linear(features_tilde), features_tilde  # (B, C), (B, N_f)
+
+
+class SparseHead(nn.Module):
+    """Sparse (BLDD) head: ``logits = W (dropout(f_S) - mu) / max(sigma, 1e-6) + bias`` (SPEC 2.4).
+
+    ``W`` (C, K) and ``bias`` (C,) are frozen buffers. ``mean``/``std`` (K,) are
+    frozen buffers too, or trainable parameters when ``train_stats=True`` (the
+    SLDD / Q-SENN fine-tuning of SPEC 7.3/7.4).
+
+    Parameters
+    ----------
+    weight : array-like or Tensor of shape (C, K)
+        The class-feature weights (0/1 assignment for QPM).
+    mean, std : array-like or Tensor of shape (K,)
+        Standardisation statistics of the selected features.
+    bias : array-like or Tensor of shape (C,), default=None
+        No bias when None (QPM).
+    train_stats : bool, default=False
+    dropout : float, default=0.0
+        Dropout on the selected feature vector before standardisation.
+    """
+
+    def __init__(self, weight, mean, std, bias=None, train_stats: bool = False, dropout: float = 0.0):
+        super().__init__()
+        weight = _float_tensor(weight, "weight")
+        mean, std = _float_tensor(mean, "mean"), _float_tensor(std, "std")
+        if weight.ndim != 2:
+            raise ValueError(f"weight must be 2-D (n_classes, n_selected); got shape {tuple(weight.shape)}.")
+        n_classes, n_selected = weight.shape
+        for name, value in (("mean", mean), ("std", std)):
+            if value.shape != (n_selected,):
+                raise ValueError(f"{name} must have shape ({n_selected},) to match weight; got {tuple(value.shape)}.")
+        self.register_buffer("weight", weight)
+        if bias is None:
+            self.register_buffer("bias", None)
+        else:
+            bias = _float_tensor(bias, "bias")
+            if bias.shape != (n_classes,):
+                raise ValueError(f"bias must have shape ({n_classes},) to match weight; got {tuple(bias.shape)}.")
+            self.register_buffer("bias", bias)
+        if train_stats:
+            self.mean, self.std = nn.Parameter(mean), nn.Parameter(std)
+        else:
+            self.register_buffer("mean", mean)
+            self.register_buffer("std", std)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features_tilde = self.dropout(features)  # (B, K)
+        standardised = (features_tilde - self.mean) / self.std.clamp(min=STD_FLOOR)  # (B, K)
+        logits = standardised @ self.weight.T  # (B, C)
+        if self.bias is not None:
+            logits = logits + self.bias
+        return logits, features_tilde
+
+
+class QPMNetwork(nn.Module):
+    """MLP + pooling + head; optionally restricted to the selected channels (sparse stage).
+
+    ``forward(tokens (B, P, D), grid (h, w))`` returns ``(logits (B, C), maps
+    (B, K, h, w), features_tilde (B, K))`` where ``K = N_f`` without selection
+    and ``len(selected)`` with it. Maps and pooled features are computed in
+    float32 even when the MLP runs under bf16 autocast; the head (tiny) is
+    evaluated in float32 as well so logits do not carry bf16 rounding.
+
+    Parameters
+    ----------
+    mlp : TokenMLP
+    head : DenseHead or SparseHead
+    selected : sequence of int or LongTensor, default=None
+        Adapter channel ids kept in the sparse stage (the head then has K inputs).
+    """
+
+    def __init__(self, mlp: nn.Module, head: nn.Module, selected=None):
+        super().__init__()
+        self.mlp = mlp
+        self.head = head
+        if selected is not None:
+            selected = torch.as_tensor(np.asarray(selected), dtype=torch.long)
+            if selected.ndim != 1:
+                raise ValueError(f"selected must be 1-D channel ids; got shape {tuple(selected.shape)}.")
+        # Not persistent: the estimator stores the selection itself.
+        self.register_buffer("selected", selected, persistent=False)
+
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]):
+        height, width = grid
+        batch, n_tokens, _ = tokens.shape  # (B, P, D)
+        if n_tokens != height * width:
+            raise ValueError(f"grid {tuple(grid)} does not match the {n_tokens} tokens per sample.")
+        out = self.mlp(tokens)  # (B, P, N_f)
+        if self.selected is not None:
+            out = out.index_select(2, self.selected)  # (B, P, K)
+        out = out.float()
+        maps = out.transpose(1, 2).reshape(batch, -1, height, width)  # (B, K, h, w), a view
+        features = out.mean(1)  # (B, K)
+        with torch.autocast(device_type=tokens.device.type, enabled=False):
+            logits, features_tilde = self.head(features)  # (B, C), (B, K)
+        return logits, maps, features_tilde
+
+
+def network_state(network: nn.Module) -> dict[str, np.ndarray]:
+    """The network's ``state_dict`` as host numpy arrays (float32; integer counters kept as int64).
+
+    BatchNorm running statistics are included, so ``load_network_state`` on a
+    freshly built network of the same architecture reproduces it exactly.
+    """
+    state = {}
+    for name, value in network.state_dict().items():
+        value = value.detach().to("cpu")
+        dtype = torch.float32 if value.is_floating_point() else value.dtype
+        state[name] = value.to(dtype).numpy().copy()
+    return state
+
+
+def load_network_state(network: nn.Module, state: dict[str, np.ndarray]) -> nn.Module:
+    """Load arrays from :func:`network_state` into ``network`` (strict: every key must match)."""
+    target = network.state_dict()
+    missing = sorted(set(target) - set(state))
+    unexpected = sorted(set(state) - set(target))
+    if missing or unexpected:
+        raise ValueError(f"state does not match the network: missing {missing}, unexpected {unexpected}.")
+    tensors = {}
+    for name, reference in target.items():
+        value = torch.as_tensor(np.asarray(state[name]))
+        if tuple(value.shape) != tuple(reference.shape):
+            raise ValueError(
+                f"state[{name!r}] has shape {tuple(value.shape)}; the network expects {tuple(reference.shape)}."
+            )
+        tensors[name] = value.to(reference.dtype)
+    network.load_state_dict(tensors, strict=True)
+    return network
+
+
+def _float_tensor(value, name: str) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to(torch.float32).clone()
+    else:
+        try:
+            tensor = torch.as_tensor(np.asarray(value, dtype=np.float32))
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{name} must be a numeric array or tensor; got {type(value).__name__}.") from exc
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains NaN or infinite values.")
+    return tensor

@@ -1,0 +1,214 @@
+"""CUB-200-2011: the official metadata files, its train/test split and the bird segmentations."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from sklearn.utils import Bunch
+
+from ._folder import dataset_bunch, first_missing, require_file
+
+_CUB_DIR = "CUB_200_2011"
+
+
+def _find_cub_dir(root: Path) -> Path:
+    """The folder holding images.txt: ``root`` itself, ``root/CUB_200_2011`` or ``root/CUB200/CUB_200_2011``."""
+    candidates = [root, root / _CUB_DIR, root / "CUB200" / _CUB_DIR]
+    for folder in candidates:
+        if (folder / "images.txt").is_file():
+            return folder
+    raise FileNotFoundError(
+        "root: expected the CUB-200-2011 file images.txt in one of "
+        + ", ".join(str(c) for c in candidates)
+        + "; none exists."
+    )
+
+
+def _read_table(path: Path, n_fields: int) -> list[list[str]]:
+    """Rows of a whitespace-separated CUB metadata file; the last field keeps any inner spaces."""
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            fields = line.split(maxsplit=n_fields - 1)
+            if len(fields) != n_fields:
+                raise ValueError(f"{path}, line {number}: expected {n_fields} fields, got {line.rstrip()!r}.")
+            rows.append(fields)
+    return rows
+
+
+def _id_map(path: Path, image_ids: list[str]) -> dict[str, str]:
+    """``{image id: value}`` of a two-column file, checked to cover exactly the ids of images.txt."""
+    values = dict(_read_table(path, 2))
+    if set(values) != set(image_ids):
+        missing = sorted(set(image_ids) - set(values), key=int)
+        extra = sorted(set(values) - set(image_ids), key=int)
+        raise ValueError(
+            f"{path} must list the image ids of images.txt exactly; "
+            f"missing ids {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unknown ids {extra[:5]}{'...' if len(extra) > 5 else ''}."
+        )
+    return {i: v.strip() for i, v in values.items()}
+
+
+def _as_ints(values, path: Path, allowed=None) -> np.ndarray:
+    try:
+        ints = np.array([int(v) for v in values], dtype=np.int64)
+    except ValueError as exc:
+        raise ValueError(f"{path}: expected integer values; {exc}.") from None
+    if allowed is not None and not np.isin(ints, allowed).all():
+        raise ValueError(f"{path}: expected values in {allowed}; got {sorted(set(ints) - set(allowed))}.")
+    return ints
+
+
+def _class_names(cub_dir: Path, labels: np.ndarray, relpaths: list[str]) -> list[str]:
+    """Names from classes.txt, or else the image folder name of each class (``001.Black_footed_Albatross``)."""
+    n_classes = int(labels.max()) + 1
+    classes_file = cub_dir / "classes.txt"
+    if classes_file.is_file():
+        names = dict(_read_table(classes_file, 2))
+        ids = [str(c + 1) for c in range(n_classes)]
+        missing = [i for i in ids if i not in names]
+        if missing:
+            raise ValueError(f"{classes_file} has no name for the class ids {missing[:5]}.")
+        return [names[i].strip() for i in ids]
+    folder_of = {}
+    for label, relpath in zip(labels, relpaths):
+        folder_of.setdefault(int(label), relpath.split("/")[0])
+    return [folder_of.get(c, str(c + 1)) for c in range(n_classes)]
+
+
+def load_cub(root) -> Bunch:
+    """Load CUB-200-2011 (Wah et al., 2011) with its official train/test split.
+
+    Reads the metadata files of the official archive, as the DINO-QPM code does:
+    ``images.txt`` (``<image id> <class folder>/<file>.jpg``, the row order of the result),
+    ``image_class_labels.txt`` (``<image id> <class 1..200>``, made 0-based),
+    ``train_test_split.txt`` (``<image id> <1 = train, 0 = test>``: 5994 train / 5794 test images)
+    and, when present, ``classes.txt`` for the class names. Images are ``images/<class
+    folder>/<file>.jpg``. The bird segmentations (a separate download) are
+    ``segmentations/<class folder>/<file>.png`` inside the CUB_200_2011 folder or beside it; when
+    that folder exists every image must have its mask.
+
+    Parameters
+    ----------
+    root : str or path-like
+        The CUB_200_2011 folder itself (the one holding images.txt), or a folder containing it
+        as ``root/CUB_200_2011`` or ``root/CUB200/CUB_200_2011`` (the DINO-QPM layout).
+
+    Returns
+    -------
+    data : sklearn.utils.Bunch
+        ``paths`` (list of str, images.txt order), ``labels`` (int64, 0-based), ``class_names``
+        (list of str), ``split`` (str array, "train"/"test"), ``is_train`` (bool array),
+        ``mask_paths`` (list of str, or ``None`` without segmentations/), ``image_ids`` (int64,
+        the ids of images.txt) and ``root`` (the resolved CUB_200_2011 folder). Read masks with
+        :func:`load_masks`.
+
+    Raises
+    ------
+    FileNotFoundError
+        Naming the metadata file, image or mask that is missing.
+    ValueError
+        When the metadata files disagree (ids, labels or split values).
+
+    Examples
+    --------
+    >>> from qpm_sklearn.datasets import load_cub
+    >>> data = load_cub("~/datasets/CUB200")  # doctest: +SKIP
+    >>> int(data.is_train.sum()), int((~data.is_train).sum())  # doctest: +SKIP
+    (5994, 5794)
+    """
+    cub_dir = _find_cub_dir(Path(root).expanduser().resolve())
+    images_file = cub_dir / "images.txt"
+    rows = _read_table(images_file, 2)
+    image_ids = [image_id for image_id, _ in rows]
+    relpaths = [relpath.strip() for _, relpath in rows]
+    if len(set(image_ids)) != len(image_ids):
+        raise ValueError(f"{images_file} lists some image ids more than once.")
+
+    labels_file = require_file(cub_dir / "image_class_labels.txt", "CUB-200-2011 class labels")
+    label_of = _id_map(labels_file, image_ids)
+    labels = _as_ints([label_of[i] for i in image_ids], labels_file) - 1
+    if labels.min() < 0:
+        raise ValueError(f"{labels_file}: class labels must start at 1; found {labels.min() + 1}.")
+
+    split_file = require_file(cub_dir / "train_test_split.txt", "CUB-200-2011 train/test split")
+    split_of = _id_map(split_file, image_ids)
+    is_train = _as_ints([split_of[i] for i in image_ids], split_file, allowed=[0, 1]).astype(bool)
+
+    paths = [str(cub_dir / "images" / relpath) for relpath in relpaths]
+    first_missing(paths, f"CUB-200-2011 images listed in {images_file}")
+    return dataset_bunch(
+        paths=paths,
+        labels=labels,
+        class_names=_class_names(cub_dir, labels, relpaths),
+        split=np.where(is_train, "train", "test"),
+        mask_paths=_mask_paths(cub_dir, relpaths),
+        root=cub_dir,
+        image_ids=_as_ints(image_ids, images_file),
+    )
+
+
+def _mask_paths(cub_dir: Path, relpaths: list[str]) -> list[str] | None:
+    for folder in (cub_dir / "segmentations", cub_dir.parent / "segmentations"):
+        if folder.is_dir():
+            paths = [str((folder / relpath).with_suffix(".png")) for relpath in relpaths]
+            first_missing(paths, f"segmentation masks in {folder}")
+            return paths
+    return None
+
+
+def load_masks(mask_paths, size=None):
+    """Read segmentation masks (grayscale PNGs, > 0 = object), optionally resized to a grid.
+
+    Parameters
+    ----------
+    mask_paths : sequence of str or path-like
+        Mask files, e.g. the test rows of ``load_cub(root).mask_paths``.
+    size : int or (int, int), default=None
+        ``None`` returns every mask at its own resolution (grey values, unsquashed), which the
+        metrics of :mod:`qpm_sklearn.metrics` resize themselves. Otherwise every mask is
+        squash-resized like the images (no aspect-ratio preservation) to ``size`` (an int means a
+        square) with :func:`qpm_sklearn.metrics.resize_masks` (bilinear, no antialiasing: the
+        ``cv2.resize`` default the DINO-QPM code applies, SPEC 6.6 / 9.1) and binarised with
+        ``> 0``; pass the patch grid ``(h, w)`` to get exactly the masks SPEC 9.1 evaluates.
+
+    Returns
+    -------
+    masks : list of uint8 ndarrays of shape (H_i, W_i), or ndarray of shape (n, h, w), dtype bool
+
+    Examples
+    --------
+    >>> from qpm_sklearn.datasets import load_cub
+    >>> from qpm_sklearn.datasets._cub import load_masks
+    >>> data = load_cub("~/datasets/CUB200")  # doctest: +SKIP
+    >>> test_masks = [m for m, train in zip(data.mask_paths, data.is_train) if not train]  # doctest: +SKIP
+    >>> load_masks(test_masks, size=(16, 16)).shape  # doctest: +SKIP
+    (5794, 16, 16)
+    """
+    from PIL import Image
+
+    from ..metrics import resize_masks
+
+    if size is not None:
+        height, width = (size, size) if np.isscalar(size) else tuple(size)
+        if not all(isinstance(v, (int, np.integer)) and v >= 1 for v in (height, width)):
+            raise ValueError(f"size must be None, a positive int or a pair of positive ints; got {size!r}.")
+    masks = []
+    for i, path in enumerate(mask_paths):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"mask_paths[{i}]: expected the mask file {path}, which does not exist.")
+        try:
+            with Image.open(path) as image:
+                grey = np.asarray(image.convert("L"), dtype=np.uint8)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"mask_paths[{i}]: cannot read {path} as an image: {exc}") from exc
+        # Resize one at a time: the full-resolution masks of a test split take about a gigabyte.
+        masks.append(grey if size is None else resize_masks([grey], (height, width), dilate=False)[0])
+    if size is None:
+        return masks
+    return np.stack(masks) if masks else np.zeros((0, height, width), dtype=bool)

@@ -1,0 +1,297 @@
+"""Image input → backbone pixel values.
+
+Everything between what a user hands to :class:`~qpm_sklearn.Dinov2Embedder` and the
+``(B, 3, S, S)`` tensor the backbone sees lives here: checking the input container,
+reading and decoding files (with errors that name the file), converting any PIL mode
+to RGB, squash-resizing to a square, and normalising ("imagenet" or "paper", SPEC 1.2
+and 13.2). Decoding and resizing stay in uint8 on the host (as torchvision's and
+transformers' pipelines do, so quantisation matches them); the float conversion and
+normalisation run on whatever device holds the uint8 batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PREPROCESSINGS = ("imagenet", "paper")
+
+# SPEC 13.2: our default filter is bicubic; "paper" replicates SPEC 1.2, i.e. torchvision's
+# default Resize on PIL images, which is PIL's (antialiased) bilinear filter.
+_RESAMPLE = {"imagenet": Image.Resampling.BICUBIC, "paper": Image.Resampling.BILINEAR}
+
+_PATH_TYPES = (str, os.PathLike)
+
+
+def default_n_jobs() -> int:
+    """Decoding threads when ``n_jobs=None``: PIL releases the GIL while decoding."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def resolve_n_jobs(n_jobs) -> int:
+    if n_jobs is None:
+        return default_n_jobs()
+    if n_jobs == -1:
+        return os.cpu_count() or 1
+    return int(n_jobs)
+
+
+# --------------------------------------------------------------------------------------------
+# The input container
+# --------------------------------------------------------------------------------------------
+
+
+def check_images(X) -> Sequence:
+    """Validate the container of images and return it as an indexable sequence.
+
+    Accepted: a uint8 array ``(n, H, W, 3)`` (RGB) or ``(n, H, W)`` (gray), or a
+    non-empty sequence (list, tuple, 1-d array of strings, pandas Series ...) whose items
+    are file paths (``str`` / ``os.PathLike``), PIL images or uint8 arrays ``(H, W)`` /
+    ``(H, W, 3)``, mixed freely. Files are not opened here (that happens in
+    :func:`read_image`), so this check is cheap.
+
+    Raises
+    ------
+    TypeError
+        For a single path or image instead of a collection, an item of another type,
+        or a non-uint8 array.
+    ValueError
+        For an empty collection or an array of the wrong rank / channel count.
+    """
+    if isinstance(X, (*_PATH_TYPES, bytes, Image.Image)):
+        raise TypeError(
+            f"X must be a collection of images (a list of paths / PIL images or a uint8 array "
+            f"(n, H, W, 3)); got a single {type(X).__name__}. Wrap it in a list: [X]."
+        )
+    if isinstance(X, np.ndarray) and X.dtype.kind not in "USO":
+        if X.ndim not in (3, 4):
+            raise ValueError(
+                f"X as an array must have shape (n, H, W, 3) (RGB) or (n, H, W) (gray); got "
+                f"shape {X.shape}."
+            )
+        _check_pixel_array(X, "X", batched=True)
+        if len(X) == 0:
+            raise ValueError("X is empty: expected at least one image.")
+        return X
+    if not isinstance(X, Sequence):
+        try:
+            X = list(X)
+        except TypeError:
+            raise TypeError(
+                f"X must be a sequence of image paths / PIL images or a uint8 array; got "
+                f"{type(X).__name__}."
+            ) from None
+    elif isinstance(X, np.ndarray):
+        X = X.tolist()
+    if len(X) == 0:
+        raise ValueError("X is empty: expected at least one image.")
+    for index, item in enumerate(X):
+        if isinstance(item, np.ndarray):
+            _check_pixel_array(item, f"X[{index}]", batched=False)
+        elif not isinstance(item, (*_PATH_TYPES, Image.Image)):
+            raise TypeError(
+                f"X[{index}] must be a file path (str or os.PathLike), a PIL image or a uint8 "
+                f"array (H, W[, 3]); got {type(item).__name__}."
+            )
+    return X
+
+
+def _check_pixel_array(array: np.ndarray, name: str, *, batched: bool) -> None:
+    # Only uint8 is accepted: a float array may be in [0, 1] or [0, 255] and guessing
+    # would silently change the features. The error says how to convert.
+    if array.dtype != np.uint8:
+        raise TypeError(
+            f"{name} must be a uint8 array with values 0..255; got dtype {array.dtype}. Convert "
+            f"float images in [0, 1] with (x * 255).round().astype(np.uint8)."
+        )
+    spatial_rank = array.ndim - int(batched)
+    expected = "(n, H, W, 3) or (n, H, W)" if batched else "(H, W, 3) or (H, W)"
+    if spatial_rank not in (2, 3) or (spatial_rank == 3 and array.shape[-1] != 3):
+        raise ValueError(f"{name} must have shape {expected}; got shape {array.shape}.")
+    if 0 in array.shape[int(batched):]:
+        raise ValueError(f"{name} has an empty spatial dimension: shape {array.shape}.")
+
+
+# --------------------------------------------------------------------------------------------
+# Reading one image
+# --------------------------------------------------------------------------------------------
+
+
+def _describe(item, index: int) -> str:
+    if isinstance(item, _PATH_TYPES):
+        return f"X[{index}] (file {os.fspath(item)!r})"
+    return f"X[{index}]"
+
+
+def read_image(item, index: int = 0) -> Image.Image:
+    """Return ``item`` (path, PIL image or uint8 array) as an RGB PIL image.
+
+    Raises FileNotFoundError for a missing file and ValueError for a file that cannot
+    be decoded or an image mode without a faithful RGB conversion; both name the item.
+    """
+    if isinstance(item, _PATH_TYPES):
+        path = Path(item)
+        if not path.is_file():
+            raise FileNotFoundError(f"{_describe(item, index)}: no such image file.")
+        try:
+            with Image.open(path) as opened:
+                opened.load()
+                image = opened.copy() if opened.mode == "RGB" else to_rgb(opened, _describe(item, index))
+        except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise ValueError(f"{_describe(item, index)} could not be decoded as an image: {exc}") from exc
+        return image
+    if isinstance(item, np.ndarray):
+        return Image.fromarray(item).convert("RGB")
+    return to_rgb(item, _describe(item, index))
+
+
+def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
+    """Convert any PIL mode to RGB.
+
+    Alpha is dropped (as transformers' image processors do), palettes are expanded,
+    CMYK / YCbCr / LAB / HSV go through PIL's converters, and 16-bit gray ("I;16*",
+    or "I" within 0..65535) is mapped linearly to 8 bits. Float ("F") images and
+    "I" images outside the 16-bit range have no agreed scale and are refused.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode.startswith("I;16") or mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(
+                f"{name}: 32-bit integer image (mode 'I') with values outside 0..65535 has no "
+                f"agreed conversion to RGB; convert it to 8 bits yourself."
+            )
+        gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return Image.fromarray(gray).convert("RGB")
+    if mode == "F":
+        raise ValueError(
+            f"{name}: floating-point image (mode 'F') has no agreed scale; convert it to 8 bits "
+            f"(mode 'L' or 'RGB') yourself."
+        )
+    if mode == "P":
+        # Through RGBA so that palette transparency is read, not warned about.
+        image = image.convert("RGBA")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise ValueError(f"{name}: cannot convert an image of mode {mode!r} to RGB: {exc}") from exc
+
+
+def load_resized(item, index: int, image_size: int, preprocessing: str = "imagenet") -> np.ndarray:
+    """Read ``item`` and squash-resize it to ``(image_size, image_size)``; uint8 ``(S, S, 3)``.
+
+    The aspect ratio is not preserved and nothing is cropped (SPEC 1.2); images smaller
+    than a patch are simply upsampled.
+    """
+    if isinstance(item, np.ndarray) and item.shape[:2] == (image_size, image_size):
+        # Already the right size: skip PIL (it would only copy).
+        return item if item.ndim == 3 else np.repeat(item[..., None], 3, axis=-1)
+    image = read_image(item, index)
+    if image.size != (image_size, image_size):
+        image = image.resize((image_size, image_size), _RESAMPLE[preprocessing])
+    return np.asarray(image, dtype=np.uint8)
+
+
+def load_images(X, *, n_jobs=None):
+    """Yield the images of ``X`` as RGB PIL images, in order, decoded by ``n_jobs`` threads."""
+    X = check_images(X)
+    with ThreadPoolExecutor(resolve_n_jobs(n_jobs)) as pool:
+        yield from pool.map(read_image, X, range(len(X)))
+
+
+def image_key(item) -> bytes:
+    """Content hash of one image: the file's bytes, or the pixels (with shape and mode).
+
+    Keys the embedding cache: any change to the file or pixels changes the key.
+    """
+    digest = hashlib.blake2b(digest_size=20)
+    if isinstance(item, _PATH_TYPES):
+        try:
+            with open(item, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"image file {os.fspath(item)!r} does not exist.") from None
+    elif isinstance(item, Image.Image):
+        digest.update(f"pil:{item.mode}:{item.size}".encode())
+        digest.update(item.tobytes())
+    else:
+        array = np.ascontiguousarray(item)
+        digest.update(f"array:{array.dtype}:{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.digest()
+
+
+# --------------------------------------------------------------------------------------------
+# Normalisation
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_statistics(preprocessing: str, mean, std) -> tuple[tuple, tuple]:
+    """The per-channel mean and std used for normalisation.
+
+    "imagenet": ``None`` means the ImageNet statistics; given values replace them.
+    "paper": the dataset statistics are required (SPEC 1.2), e.g. CUB-200-2011
+    ``mean=(0.4853, 0.4964, 0.4295), std=(0.2300, 0.2258, 0.2625)``.
+    """
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}; got {preprocessing!r}.")
+    if preprocessing == "paper" and (mean is None or std is None):
+        raise ValueError(
+            "preprocessing='paper' needs the dataset's mean and std (SPEC 1.2), e.g. for "
+            "CUB-200-2011 mean=(0.4853, 0.4964, 0.4295), std=(0.2300, 0.2258, 0.2625); got "
+            f"mean={mean!r}, std={std!r}."
+        )
+    stats = []
+    for name, value, default in (("mean", mean, IMAGENET_MEAN), ("std", std, IMAGENET_STD)):
+        if value is None:
+            stats.append(default)
+            continue
+        array = np.asarray(value, dtype=np.float64).ravel() if np.ndim(value) <= 1 else None
+        if array is None or array.shape != (3,) or not np.all(np.isfinite(array)):
+            raise ValueError(f"{name} must be 3 finite numbers (one per RGB channel); got {value!r}.")
+        if name == "std" and np.any(array <= 0):
+            raise ValueError(f"std must be positive; got {value!r}.")
+        stats.append(tuple(float(v) for v in array))
+    return stats[0], stats[1]
+
+
+def normalize(pixels: torch.Tensor, *, preprocessing: str = "imagenet", mean=None, std=None) -> torch.Tensor:
+    """uint8 ``(B, S, S, 3)`` (any device) → float32 pixel values ``(B, 3, S, S)``.
+
+    "imagenet": ``(x/255 − mean)/std``. "paper": the same with the dataset statistics,
+    then each image is mapped by its global min–max (over all pixels and channels) to
+    [0, 1] and clipped (SPEC 1.2-5); a constant image, whose range is 0, maps to 0
+    instead of NaN.
+    """
+    mean, std = resolve_statistics(preprocessing, mean, std)
+    values = pixels.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=values.device).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32, device=values.device).view(1, 3, 1, 1)
+    values = values.sub_(mean_t).div_(std_t)
+    if preprocessing == "paper":
+        flat = values.flatten(1)
+        low = flat.amin(1).view(-1, 1, 1, 1)
+        span = (flat.amax(1).view(-1, 1, 1, 1) - low).clamp_min(torch.finfo(torch.float32).tiny)
+        values = values.sub_(low).div_(span).clamp_(0.0, 1.0)
+    return values.contiguous()
+
+
+def to_pixel_values(images, image_size: int, preprocessing: str = "imagenet", mean=None, std=None, *, n_jobs=None) -> torch.Tensor:
+    """Images (anything :func:`check_images` accepts) → float32 CPU tensor ``(B, 3, S, S)``."""
+    images = check_images(images)
+    resolve_statistics(preprocessing, mean, std)  # fail before decoding anything
+    with ThreadPoolExecutor(resolve_n_jobs(n_jobs)) as pool:
+        decoded = list(pool.map(lambda i: load_resized(images[i], i, image_size, preprocessing), range(len(images))))
+    return normalize(torch.from_numpy(np.stack(decoded)), preprocessing=preprocessing, mean=mean, std=std)

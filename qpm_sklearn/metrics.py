@@ -1,0 +1,589 @@
+"""Interpretability metrics of the paper's table (SPEC section 6), on plain arrays.
+
+Every metric is a fraction in [0, 1]; the paper reports them multiplied by 100.
+
+* :func:`sid_at_k` - spatial diversity of the maps of the predicted class's top-k features.
+* :func:`class_independence` - no feature's mass is concentrated in a single class.
+* :func:`contrastiveness` - every feature is bimodal (on/off), 1 - mean Gaussian overlap.
+* :func:`correlation` - redundancy: mean over features of their largest cosine to another feature.
+* :func:`plausibility` - share of the class evidence map (GradCAM-like) on the object mask.
+* :func:`evaluate` - the paper's table row for a fitted :class:`~qpm_sklearn.QPMClassifier`.
+* :func:`evaluate_linear_probe` - the same row for a linear probe on CLS embeddings (SPEC 7.1).
+
+Shapes: maps ``(n, K, h, w)``; ``weights`` ``(n, K)`` hold for every image the head-weight row of
+its predicted class restricted to the used features (``V_u[c_hat_i]`` in SPEC 6); train features
+``F`` ``(n_train, K)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from numbers import Integral
+from statistics import NormalDist
+
+import numpy as np
+from scipy.ndimage import binary_dilation
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
+from sklearn.utils import check_random_state
+
+__all__ = [
+    "sid_at_k",
+    "class_independence",
+    "contrastiveness",
+    "correlation",
+    "plausibility",
+    "resize_masks",
+    "evaluate",
+    "evaluate_linear_probe",
+]
+
+# Images whose maps are evaluated at once (bounds memory for dense heads / raw patch tokens).
+_CHUNK = 256
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+
+
+def _as_float_array(value, name, ndim):
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim != ndim:
+        raise ValueError(f"{name} must be a {ndim}-D array; got shape {array.shape}.")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must contain only finite values; got NaN or inf.")
+    return array
+
+
+def _check_maps_weights(maps, weights):
+    maps = _as_float_array(maps, "maps", 4)
+    weights = _as_float_array(weights, "weights", 2)
+    if weights.shape != maps.shape[:2]:
+        raise ValueError(
+            f"weights must have shape (n, K) = {maps.shape[:2]} matching maps (n, K, h, w); got {weights.shape}."
+        )
+    if maps.shape[0] == 0:
+        raise ValueError("maps must hold at least one image; got n = 0.")
+    return maps, weights
+
+
+def _check_features(F):
+    F = _as_float_array(F, "F", 2)
+    if F.shape[0] < 2 or F.shape[1] < 1:
+        raise ValueError(f"F must have at least 2 samples and 1 feature; got shape {F.shape}.")
+    return F
+
+
+# ---------------------------------------------------------------------------------------------
+# SID@k (SPEC 6.2)
+
+
+def _sid_per_image(maps, weights, k):
+    """Per-image ``(1/k) sum_p max_{j in T_k} P_ij(p)`` and the mask of images that count."""
+    n, K = weights.shape
+    flat = maps.reshape(n, K, -1)
+    scale = np.maximum(np.abs(flat).mean(axis=2, keepdims=True), 1e-5)
+    logits = flat / scale
+    logits -= logits.max(axis=2, keepdims=True)
+    probs = np.exp(logits)
+    probs /= probs.sum(axis=2, keepdims=True)
+    # Stable sort: among tied weights (binary heads with more than k ones) the lowest ids win.
+    top = np.argsort(-weights, axis=1, kind="stable")[:, : min(k, K)]
+    chosen = np.take_along_axis(probs, top[:, :, None], axis=1)
+    values = chosen.max(axis=1).sum(axis=1) / k
+    counts = np.count_nonzero(weights, axis=1) >= k
+    return values, counts
+
+
+def sid_at_k(maps, weights, k=5):
+    """Spatial diversity SID@k of the predicted class's k top-weighted feature maps (SPEC 6.2).
+
+    Each map is divided by its mean magnitude (at least 1e-5) and turned into a distribution over
+    positions with a softmax; the k features with the largest (signed) weight of the predicted
+    class are taken, and the score is ``(1/k) sum_p max_j P_j(p)``, averaged over the images whose
+    weight row has at least k non-zero entries.
+
+    Parameters
+    ----------
+    maps : array-like of shape (n, K, h, w)
+        Raw feature maps.
+    weights : array-like of shape (n, K)
+        For every image the head-weight row of its predicted class.
+    k : int, default=5
+        Number of features compared.
+
+    Returns
+    -------
+    float
+        In ``[1/k, 1]``: 1 when the k maps put all their mass on disjoint positions.
+
+    Raises
+    ------
+    ValueError
+        When no image's weight row has ``k`` non-zero entries (SID@k is undefined).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qpm_sklearn.metrics import sid_at_k
+    >>> maps = np.zeros((1, 2, 1, 2)); maps[0, 0, 0, 0] = maps[0, 1, 0, 1] = 100.0
+    >>> round(sid_at_k(maps, np.ones((1, 2)), k=2), 3)  # e^2 / (1 + e^2): maps scaled by their mean
+    0.881
+    """
+    if not isinstance(k, Integral) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k must be a positive integer; got {k!r}.")
+    maps, weights = _check_maps_weights(maps, weights)
+    values, counts = _sid_per_image(maps, weights, int(k))
+    if not counts.any():
+        raise ValueError(f"k={k}: no image's predicted class has at least {k} non-zero weights; SID@{k} is undefined.")
+    return float(values[counts].mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# train-feature metrics (SPEC 6.3 - 6.5)
+
+
+def class_independence(F, y):
+    """Class-Independence (SPEC 6.3): ``1 - mean_j max_c S_cj / T_j``.
+
+    ``F0 = F - min_i F`` per feature, ``S_cj`` = sum of ``F0[:, j]`` over the samples of class c,
+    ``T_j`` = its sum over all samples (at least 1e-8).
+
+    Parameters
+    ----------
+    F : array-like of shape (n_samples, K)
+        Raw pooled features of the training set.
+    y : array-like of shape (n_samples,)
+        Ground-truth labels (any type).
+
+    Returns
+    -------
+    float
+        High when no feature's mass is concentrated in one class.
+
+    Examples
+    --------
+    >>> from qpm_sklearn.metrics import class_independence
+    >>> class_independence([[1, 1], [1, 0], [0, 1]], ["a", "a", "b"])
+    0.25
+    """
+    F = _check_features(F)
+    y = np.asarray(y)
+    if y.shape != (F.shape[0],):
+        raise ValueError(f"y must have shape ({F.shape[0]},) matching F; got {y.shape}.")
+    shifted = F - F.min(axis=0)
+    _, codes = np.unique(y, return_inverse=True)
+    per_class = np.zeros((codes.max() + 1, F.shape[1]))
+    np.add.at(per_class, codes, shifted)
+    total = np.maximum(shifted.sum(axis=0), 1e-8)
+    return float(1.0 - np.mean(per_class.max(axis=0) / total))
+
+
+def contrastiveness(F, random_state=None):
+    """Contrastiveness (SPEC 6.4): ``1 - mean_j OVL_j``.
+
+    For every feature a two-component 1-D Gaussian mixture (scikit-learn defaults) is fitted to its
+    values; ``OVL_j`` is the overlapping coefficient of the two component Gaussians (mixture weights
+    ignored). A constant feature has two identical components (``OVL = 1``).
+
+    Parameters
+    ----------
+    F : array-like of shape (n_samples, K)
+        Raw pooled features of the training set.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the mixtures' k-means initialisation (one seed drawn per feature).
+
+    Returns
+    -------
+    float
+        1 when every feature is perfectly bimodal (on/off), 0 when no feature separates.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qpm_sklearn.metrics import contrastiveness
+    >>> F = np.r_[np.zeros(50), np.full(50, 10.0)][:, None] + np.random.default_rng(0).normal(0, 0.1, (100, 1))
+    >>> contrastiveness(F, random_state=0) > 0.99
+    True
+    """
+    F = _check_features(F)
+    rng = check_random_state(random_state)
+    seeds = rng.randint(0, 2**31 - 1, size=F.shape[1])
+    overlaps = np.ones(F.shape[1])
+    for j, seed in enumerate(seeds):
+        column = F[:, j : j + 1]
+        if np.ptp(column) == 0:
+            continue
+        with warnings.catch_warnings():
+            # Few distinct values make k-means/EM warn; the fitted components are still valid.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            mixture = GaussianMixture(n_components=2, random_state=int(seed)).fit(column)
+        means = mixture.means_.ravel()
+        sigmas = np.sqrt(mixture.covariances_.ravel())
+        overlaps[j] = NormalDist(means[0], sigmas[0]).overlap(NormalDist(means[1], sigmas[1]))
+    return float(1.0 - overlaps.mean())
+
+
+def correlation(F):
+    """Correlation (SPEC 6.5): mean over features of the largest uncentred cosine to another feature.
+
+    ``K_jl = <F_j, F_l> / (max(|F_j|, 1e-8) max(|F_l|, 1e-8))`` with a zero diagonal; the result is
+    ``mean_j max_l K_jl`` (lower = less redundant; 0 for a single feature).
+
+    Parameters
+    ----------
+    F : array-like of shape (n_samples, K)
+        Raw pooled features of the training set.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> from qpm_sklearn.metrics import correlation
+    >>> round(correlation([[1, 0, 1], [0, 1, 1]]), 4)
+    0.7071
+    """
+    F = _check_features(F)
+    norms = np.maximum(np.linalg.norm(F, axis=0), 1e-8)
+    cosine = (F.T @ F) / np.outer(norms, norms)
+    np.fill_diagonal(cosine, 0.0)
+    return float(cosine.max(axis=1).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# Plausibility (SPEC 6.6 / 9.1)
+
+
+def _bilinear_matrix(n_in, n_out):
+    """(n_out, n_in) matrix of 1-D linear interpolation with half-pixel centres, edges clamped.
+
+    The source coordinate of output pixel ``o`` is ``(o + 0.5) * n_in / n_out - 0.5``; it is
+    clamped into ``[0, n_in - 1]`` and split between its two neighbours, as ``cv2.resize``
+    (``INTER_LINEAR``) and ``torch.nn.functional.interpolate(..., align_corners=False)`` do. There
+    is no antialiasing: downsampling reads only the two nearest source pixels.
+    """
+    source = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    source = np.clip(source, 0.0, n_in - 1)
+    low = np.floor(source).astype(int)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = source - low
+    matrix = np.zeros((n_out, n_in))
+    np.add.at(matrix, (np.arange(n_out), low), 1.0 - frac)
+    np.add.at(matrix, (np.arange(n_out), high), frac)
+    return matrix
+
+
+def resize_masks(masks, size, dilate=True):
+    """Binary object masks at grid resolution, as the Plausibility metric uses them (SPEC 6.6, 9.1).
+
+    Each mask is resized to ``size`` with bilinear interpolation (half-pixel centres, no
+    antialiasing: the semantics of ``cv2.resize`` with its default ``INTER_LINEAR``), binarised
+    with ``> 0`` and, when ``dilate``, dilated with a 3x3 square (one iteration; pixels outside the
+    grid do not count, like ``cv2.dilate``'s default border).
+
+    Parameters
+    ----------
+    masks : array-like of shape (n, H, W) or sequence of n 2-D arrays
+        Object masks at image or grid resolution (bool, or grey values where ``> 0`` is the
+        object). A sequence may mix sizes. Images squashed to a square for the backbone must have
+        their masks passed unsquashed: the resize does the same squash.
+    size : tuple (h, w)
+        The grid of the feature maps.
+    dilate : bool, default=True
+        Dilate the binarised mask with a 3x3 square.
+
+    Returns
+    -------
+    ndarray of shape (n, h, w), dtype bool
+
+    Notes
+    -----
+    Values are interpolated in float64. For 8-bit masks, OpenCV uses 11-bit fixed-point weights,
+    so a source value whose interpolated share rounds below 0.5 grey levels is 0 there but
+    ``> 0`` here; masks stored as 0/255 or bool are unaffected for practical scale factors.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qpm_sklearn.metrics import resize_masks
+    >>> mask = np.zeros((1, 4, 4), bool); mask[0, 0, 0] = True
+    >>> resize_masks(mask, (2, 2), dilate=False)[0].astype(int).tolist()
+    [[1, 0], [0, 0]]
+    """
+    h, w = (int(v) for v in size)
+    if isinstance(masks, np.ndarray) and masks.ndim != 3:
+        raise ValueError(f"masks must be an array of shape (n, H, W) or a sequence of 2-D arrays; got shape {masks.shape}.")
+    out = np.zeros((len(masks), h, w), dtype=bool)
+    structure = np.ones((3, 3), dtype=bool)
+    for i, mask in enumerate(masks):
+        mask = np.asarray(mask, dtype=np.float64)
+        if mask.ndim != 2 or mask.size == 0:
+            raise ValueError(f"masks[{i}] must be a non-empty 2-D array; got shape {mask.shape}.")
+        if not np.all(np.isfinite(mask)):
+            raise ValueError(f"masks[{i}] must contain only finite values.")
+        if mask.shape != (h, w):
+            mask = _bilinear_matrix(mask.shape[0], h) @ mask @ _bilinear_matrix(mask.shape[1], w).T
+        binary = mask > 0
+        out[i] = binary_dilation(binary, structure=structure) if dilate else binary
+    return out
+
+
+def _plausibility_per_image(maps, weights, masks):
+    """Per-image ``sum_p G m / sum_p G`` with ``G = sum_j w_j M_j - min`` (0 where ``sum G = 0``)."""
+    gradcam = np.einsum("nk,nkhw->nhw", weights, maps)
+    gradcam -= gradcam.min(axis=(1, 2), keepdims=True)
+    total = gradcam.sum(axis=(1, 2))
+    inside = (gradcam * masks).sum(axis=(1, 2))
+    return np.divide(inside, total, out=np.zeros_like(total), where=total > 0)
+
+
+def plausibility(maps, weights, masks, dilate=True):
+    """Plausibility (SPEC 6.6): share of the class evidence map that lies on the object mask.
+
+    ``G = sum_j w_j M_j`` (the predicted class's weights on the raw maps), shifted so that its
+    minimum is 0; the score of an image is ``sum_p G(p) m(p) / sum_p G(p)`` (0 when ``G`` is
+    constant), averaged over all images. With ``dilate=True`` (the paper's "Plausibility",
+    ``gradcam_dilated``) the mask is dilated by one grid cell first.
+
+    Parameters
+    ----------
+    maps : array-like of shape (n, K, h, w)
+        Raw feature maps.
+    weights : array-like of shape (n, K)
+        For every image the head-weight row of its predicted class (signed for dense heads).
+    masks : array-like of shape (n, H, W) or sequence of n 2-D arrays
+        Object masks at image or grid resolution; see :func:`resize_masks`.
+    dilate : bool, default=True
+        Dilate the grid masks with a 3x3 square (``gradcam_dilated``); ``False`` gives ``gradcam``.
+
+    Returns
+    -------
+    float
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qpm_sklearn.metrics import plausibility
+    >>> maps = np.zeros((1, 1, 1, 4)); maps[0, 0, 0] = [0, 3, 1, 0]
+    >>> plausibility(maps, np.ones((1, 1)), np.array([[[0, 1, 0, 0]]]), dilate=False)
+    0.75
+    """
+    maps, weights = _check_maps_weights(maps, weights)
+    if len(masks) != maps.shape[0]:
+        raise ValueError(f"masks must hold one mask per image ({maps.shape[0]}); got {len(masks)}.")
+    grid_masks = resize_masks(masks, maps.shape[2:], dilate=dilate)
+    return float(_plausibility_per_image(maps, weights, grid_masks).mean())
+
+
+# ---------------------------------------------------------------------------------------------
+# table rows
+
+
+def _class_codes(classes, labels, name):
+    """Positions of ``labels`` in ``classes`` (ValueError naming ``name`` for unknown labels)."""
+    classes = np.asarray(classes)
+    labels = np.asarray(labels)
+    order = np.argsort(classes, kind="stable")
+    position = np.searchsorted(classes[order], labels)
+    position = np.clip(position, 0, len(classes) - 1)
+    found = classes[order][position] == labels
+    if not np.all(found):
+        raise ValueError(f"{name} holds labels that are not among the classes: {np.unique(labels[~found])[:5]}.")
+    return order[position]
+
+
+def _table_row(predicted, y, weight_matrix, predicted_codes, maps_of, masks, train_features, y_train, random_state):
+    """The shared body of :func:`evaluate` and :func:`evaluate_linear_probe`.
+
+    ``maps_of(start, stop)`` returns the maps ``(m, K, h, w)`` of the images ``start:stop`` on all
+    K columns of ``weight_matrix`` (C, K); the unused columns (all-zero weights) are dropped here.
+    """
+    used = np.any(weight_matrix != 0, axis=0)
+    if not used.any():
+        raise ValueError("the classifier has no feature with a non-zero weight; the metrics are undefined.")
+    rows = weight_matrix[predicted_codes][:, used]
+    n = len(predicted_codes)
+    if masks is not None and len(masks) != n:
+        raise ValueError(f"masks must hold one mask per test sample ({n}); got {len(masks)}.")
+    sid_values, sid_counts, plausible = [], [], []
+    for start in range(0, n, _CHUNK):
+        stop = min(start + _CHUNK, n)
+        maps, chunk_rows = _check_maps_weights(np.asarray(maps_of(start, stop))[:, used], rows[start:stop])
+        values, counts = _sid_per_image(maps, chunk_rows, 5)
+        sid_values.append(values)
+        sid_counts.append(counts)
+        if masks is not None:
+            grid_masks = resize_masks(masks[start:stop], maps.shape[2:], dilate=True)
+            plausible.append(_plausibility_per_image(maps, chunk_rows, grid_masks))
+    row = {"Accuracy": float(np.mean(np.asarray(predicted) == np.asarray(y)))}
+    if masks is not None:
+        row["Plausibility"] = float(np.concatenate(plausible).mean())
+    sid_values, sid_counts = np.concatenate(sid_values), np.concatenate(sid_counts)
+    if sid_counts.any():
+        row["SID@5"] = float(sid_values[sid_counts].mean())
+    else:
+        warnings.warn(
+            "SID@5 is left out: no predicted class has 5 features with a non-zero weight.", UserWarning, stacklevel=3
+        )
+    F = np.asarray(train_features, dtype=np.float64)[:, used]
+    row["Class-Independence"] = class_independence(F, y_train)
+    row["Contrastiveness"] = contrastiveness(F, random_state=random_state)
+    row["Correlation"] = correlation(F)
+    return row
+
+
+def _check_train_split(X_train, y_train, X, y, names):
+    if (X_train is None) != (y_train is None):
+        raise ValueError(f"{names[0]} and {names[1]} must be given together; got only one of them.")
+    return (X, y) if X_train is None else (X_train, y_train)
+
+
+def evaluate(estimator, X, y, masks=None, X_train=None, y_train=None, stage="sparse", random_state=None):
+    """The paper's table row (SPEC 6) for a fitted QPM classifier.
+
+    Parameters
+    ----------
+    estimator : fitted QPMClassifier
+        Read through ``predict(X, stage=)``, ``feature_maps(X, stage=)``,
+        ``pooled_features(X, stage=)``, ``class_weights(stage=)`` and ``classes_``.
+    X : array-like
+        Test inputs (patch grids) in any form the estimator accepts.
+    y : array-like of shape (n,)
+        Test labels.
+    masks : array-like of shape (n, H, W) or sequence of 2-D arrays, default=None
+        Object masks of the test images (image or grid resolution); "Plausibility" is reported
+        only when given.
+    X_train, y_train : default=None
+        Training split for Class-Independence, Contrastiveness and Correlation, which SPEC 6
+        computes on the training set. When omitted they are computed on ``X, y``.
+    stage : {"sparse", "dense"}, default="sparse"
+        Which head to evaluate: the fine-tuned sparse model or the dense stage-1 model.
+    random_state : int, RandomState instance or None, default=None
+        Seeds the Gaussian mixtures of Contrastiveness.
+
+    Returns
+    -------
+    dict
+        ``{"Accuracy", "Plausibility" (with masks), "SID@5", "Class-Independence",
+        "Contrastiveness", "Correlation"}``, fractions in [0, 1]. "SID@5" is left out (with a
+        warning) when no predicted class has 5 non-zero weights.
+
+    Notes
+    -----
+    As in SPEC 6 the metric weight matrix ``V_u`` is the head weight (the 0/1 assignment for the
+    sparse stage, the dense linear weight for the dense stage) restricted to the columns with a
+    non-zero entry; maps are raw (unstandardised), train features are the raw pooled features.
+
+    Examples
+    --------
+    >>> from qpm_sklearn.metrics import evaluate
+    >>> row = evaluate(model, X_test, y_test, masks=masks_test, X_train=X, y_train=y)  # doctest: +SKIP
+    >>> round(100 * row["Plausibility"], 1)  # doctest: +SKIP
+    """
+    if stage not in ("sparse", "dense"):
+        raise ValueError(f"stage must be 'sparse' or 'dense'; got {stage!r}.")
+    X_fit, y_fit = _check_train_split(X_train, y_train, X, y, ("X_train", "y_train"))
+    X, y = np.asarray(X), np.asarray(y)
+    predicted = np.asarray(estimator.predict(X, stage=stage))
+    if predicted.shape != y.shape:
+        raise ValueError(f"y must have shape {predicted.shape} (one label per sample of X); got {y.shape}.")
+    weight_matrix = np.asarray(estimator.class_weights(stage=stage), dtype=np.float64)
+    codes = _class_codes(estimator.classes_, predicted, "estimator.predict(X)")
+
+    def maps_of(start, stop):
+        return estimator.feature_maps(X[start:stop], stage=stage)
+
+    train_features = estimator.pooled_features(X_fit, stage=stage)
+    return _table_row(predicted, y, weight_matrix, codes, maps_of, masks, train_features, y_fit, random_state)
+
+
+def _probe_weights(probe):
+    """(C, d) effective weights of a fitted linear probe on its raw input, and its classes.
+
+    A Pipeline may put StandardScaler steps (or "passthrough") before the linear estimator: the
+    scaler's ``scale_`` is folded into the weights (``w / scale``); its mean only shifts the
+    logit by a constant, which no metric reads. Other preprocessing steps are rejected.
+    """
+    steps = getattr(probe, "steps", None)
+    final = probe[-1] if steps is not None else probe
+    coef = getattr(final, "coef_", None)
+    if coef is None:
+        raise TypeError(f"probe must be a fitted linear classifier with coef_ (or a Pipeline ending in one); got {type(final).__name__}.")
+    coef = np.atleast_2d(np.asarray(coef, dtype=np.float64))
+    scale = np.ones(coef.shape[1])
+    for name, step in (steps or [])[:-1]:
+        if step is None or step == "passthrough":
+            continue
+        if type(step).__name__ != "StandardScaler":
+            raise TypeError(
+                f"probe: only StandardScaler steps may precede the linear classifier (their scale is folded into "
+                f"the weights); got step {name!r} of type {type(step).__name__}. Apply the final estimator directly."
+            )
+        if getattr(step, "scale_", None) is not None:
+            scale = scale * np.asarray(step.scale_, dtype=np.float64)
+    classes = np.asarray(final.classes_)
+    if coef.shape[0] == 1 and len(classes) == 2:
+        # Binary: decision > 0 means classes_[1]; class 0's evidence is the opposite direction.
+        coef = np.vstack([-coef[0], coef[0]])
+    return coef / scale, classes
+
+
+def evaluate_linear_probe(probe, X_cls, X_patch, y, masks=None, X_cls_train=None, y_train=None, random_state=None):
+    """The paper's table row for a linear probe on CLS embeddings (SPEC 7.1, "DINO GradCAM").
+
+    The probe predicts from CLS embeddings; its "feature maps" are the raw patch tokens (every
+    embedding dimension is a map) weighted by the predicted class's coefficients: SID@5 compares
+    the 5 dimensions with the largest signed coefficients, Plausibility uses
+    ``G = sum_j w_j token_j``, and the train-feature metrics read the CLS embeddings.
+
+    Parameters
+    ----------
+    probe : fitted sklearn linear classifier or Pipeline
+        Has ``coef_`` of shape (C, d) (or (1, d) for two classes) and ``classes_``. A Pipeline may
+        put StandardScaler steps before the classifier: their ``scale_`` is folded into the
+        weights (``w / scale``; the mean only shifts logits by a constant). Any other
+        preprocessing step raises a TypeError.
+    X_cls : array-like of shape (n, d)
+        Test CLS embeddings.
+    X_patch : array-like of shape (n, h, w, d)
+        Test patch tokens.
+    y : array-like of shape (n,)
+        Test labels.
+    masks : default=None
+        Object masks of the test images, as in :func:`evaluate`.
+    X_cls_train, y_train : default=None
+        Training CLS embeddings and labels for the train-feature metrics (``X_cls, y`` when omitted).
+    random_state : int, RandomState instance or None, default=None
+        Seeds the Gaussian mixtures of Contrastiveness.
+
+    Returns
+    -------
+    dict
+        Same keys as :func:`evaluate`.
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> from qpm_sklearn.metrics import evaluate_linear_probe
+    >>> probe = LogisticRegression(max_iter=1000).fit(cls_train, y_train)  # doctest: +SKIP
+    >>> evaluate_linear_probe(probe, cls_test, patches_test, y_test, masks=masks_test)  # doctest: +SKIP
+    """
+    X_fit, y_fit = _check_train_split(X_cls_train, y_train, X_cls, y, ("X_cls_train", "y_train"))
+    weight_matrix, classes = _probe_weights(probe)
+    patches = np.asarray(X_patch)
+    if patches.ndim != 4 or patches.shape[3] != weight_matrix.shape[1]:
+        raise ValueError(
+            f"X_patch must have shape (n, h, w, {weight_matrix.shape[1]}) (the probe's input dimension); got {patches.shape}."
+        )
+    y = np.asarray(y)
+    predicted = np.asarray(probe.predict(X_cls))
+    if predicted.shape != y.shape or patches.shape[0] != len(y):
+        raise ValueError(f"X_cls, X_patch and y must hold the same number of samples; got {len(predicted)}, {patches.shape[0]}, {len(y)}.")
+    codes = _class_codes(classes, predicted, "probe.predict(X_cls)")
+
+    def maps_of(start, stop):
+        return patches[start:stop].transpose(0, 3, 1, 2)
+
+    return _table_row(predicted, y, weight_matrix, codes, maps_of, masks, X_fit, y_fit, random_state)

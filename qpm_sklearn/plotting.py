@@ -1,0 +1,269 @@
+"""Figures of explanations, class comparisons and the global assignment (needs matplotlib).
+
+matplotlib is an optional dependency (``pip install qpm_sklearn[plot]``). The functions build
+:class:`matplotlib.figure.Figure` objects directly (no pyplot state), so they work from a plain
+script and save with ``fig.savefig("file.png")`` on any backend, Agg included.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .explanation import upsample_maps
+
+__all__ = ["plot_explanation", "plot_class_comparison", "plot_assignment"]
+
+_OVERLAY_ALPHA = 0.55
+_PIXELS_PER_CELL = 14  # a ViT-B/14 patch: the blank canvas has the size of the image the grid came from
+
+
+def _figure(**kwargs):
+    try:
+        from matplotlib.figure import Figure
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "qpm_sklearn.plotting needs matplotlib; install it with `pip install qpm_sklearn[plot]`."
+        ) from exc
+    return Figure(**kwargs)
+
+
+def _name(key, names, default):
+    """``names[key]`` for a mapping or sequence of names, else ``default``."""
+    if names is None:
+        return default
+    if isinstance(names, dict):
+        return str(names.get(key, default))
+    try:
+        return str(names[int(key)])
+    except (IndexError, TypeError, ValueError):
+        return default
+
+
+def _class_name(label, classes, class_names):
+    """Name of class ``label``: ``class_names`` is a mapping label -> name or a sequence in ``classes`` order."""
+    if isinstance(class_names, dict):
+        return _name(label, class_names, str(label))
+    position = np.flatnonzero(np.asarray(classes) == label)
+    return _name(position[0], class_names, str(label)) if len(position) else str(label)
+
+
+def _feature_name(feature, feature_names):
+    """Name of adapter channel ``feature``: mapping id -> name or sequence indexed by channel id."""
+    return _name(feature, feature_names, f"feature {int(feature)}")
+
+
+def _check_image(image, name="image"):
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+        raise ValueError(f"{name} must be an array of shape (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}.")
+    if image.dtype.kind == "f":
+        image = np.clip(image, 0.0, 1.0)
+    return image
+
+
+def _canvas(image, grid):
+    """The background (image or blank canvas) and its (H, W)."""
+    if image is None:
+        size = (grid[0] * _PIXELS_PER_CELL, grid[1] * _PIXELS_PER_CELL)
+        return np.ones((*size, 3)), size
+    image = _check_image(image)
+    return image, image.shape[:2]
+
+
+def _overlay(ax, background, heat, title):
+    ax.imshow(background, cmap="gray" if background.ndim == 2 else None)
+    ax.imshow(heat, cmap="jet", alpha=_OVERLAY_ALPHA, vmin=0.0, vmax=1.0)
+    ax.set_title(title, fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_explanation(explanation, index=0, image=None, class_names=None, feature_names=None):
+    """Figure of one explained prediction: image, class evidence and each feature's saliency.
+
+    Panels, left to right: the image (a blank canvas when none is given); the class evidence
+    ``sum_j w_j map_j`` (the GradCAM-like map that Plausibility scores, min-shifted and
+    normalised); then one panel per feature of the predicted class, largest contribution first,
+    with its saliency (bilinear upsampling, min-max normalised per map) and its contribution to
+    the logit. The title gives the predicted class, its probability and the logit decomposition.
+
+    Parameters
+    ----------
+    explanation : Explanation
+        From :meth:`QPMClassifier.explain`.
+    index : int, default=0
+        Which sample of the explanation.
+    image : array-like of shape (H, W) or (H, W, 3), default=None
+        The sample's image (uint8 or floats in [0, 1]), squashed the way the embedder saw it.
+    class_names : sequence or dict, default=None
+        Names in ``explanation.classes`` order, or a mapping label -> name.
+    feature_names : sequence or dict, default=None
+        Names indexed by adapter channel id, or a mapping id -> name.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = plot_explanation(clf.explain(X[:1]))  # doctest: +SKIP
+    >>> fig.savefig("explanation.png")  # doctest: +SKIP
+    """
+    n = len(explanation.prediction)
+    if not isinstance(index, (int, np.integer)) or not -n <= index < n:
+        raise ValueError(f"index must be an integer in [{-n}, {n}); got {index!r}.")
+    features = np.asarray(explanation.features[index])
+    valid = features >= 0
+    maps = np.asarray(explanation.maps[index])[valid]
+    contributions = np.asarray(explanation.contributions[index])[valid]
+    weights = np.asarray(explanation.weights[index])[valid]
+    background, size = _canvas(image, maps.shape[-2:])
+
+    evidence = np.einsum("k,khw->hw", weights, maps)
+    panels = 2 + len(maps)
+    fig = _figure(figsize=(2.3 * panels, 2.9), layout="constrained")
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    axes[0].imshow(background, cmap="gray" if background.ndim == 2 else None)
+    axes[0].set_title("image" if image is not None else "(no image)", fontsize=9)
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
+    _overlay(axes[1], background, upsample_maps(evidence, size), "class evidence\nΣ w·map")
+    saliency = upsample_maps(maps, size)
+    for ax, feature, contribution, heat in zip(axes[2:], features[valid], contributions, saliency):
+        _overlay(ax, background, heat, f"{_feature_name(feature, feature_names)}\ncontribution {contribution:+.2f}")
+
+    label = explanation.prediction[index]
+    probability = float(np.max(explanation.proba[index]))  # the prediction is the arg-max class
+    fig.suptitle(
+        f"predicted {_class_name(label, explanation.classes, class_names)} (p = {probability:.2f}): "
+        f"logit {float(explanation.logit[index]):.2f} = {float(explanation.intercept[index]):.2f} "
+        f"+ Σ contributions {contributions.sum():.2f}",
+        fontsize=10,
+    )
+    return fig
+
+
+def plot_class_comparison(estimator, a, b, X=None, images=None, class_names=None, feature_names=None):
+    """Figure of the features two classes share and those that tell them apart.
+
+    The top panel marks, for each feature used by class ``a`` or ``b`` (shared ones first), which
+    of the two classes uses it. With example inputs ``X`` (one sample of each class), a row per
+    class below shows where each of its features fires on its example.
+
+    Parameters
+    ----------
+    estimator : fitted QPMClassifier
+        Read through ``compare_classes(a, b)``, ``classes_``, ``selected_features_`` and, with
+        ``X``, ``feature_maps``.
+    a, b : labels
+        The two classes.
+    X : array-like of shape (2, ...), default=None
+        One example input of class ``a`` then one of class ``b`` (as ``estimator`` takes them).
+    images : sequence of 2 images, default=None
+        The examples' images, under the maps (a blank canvas when omitted).
+    class_names, feature_names : sequence or dict, default=None
+        As in :func:`plot_explanation`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> fig = plot_class_comparison(clf, 0, 1, X=X[[i_0, i_1]])  # doctest: +SKIP
+    """
+    comparison = estimator.compare_classes(a, b)
+    groups = [("shared", comparison["shared"]), ("only_a", comparison["only_a"]), ("only_b", comparison["only_b"])]
+    columns = [(int(f), group) for group, ids in groups for f in np.asarray(ids)]
+    if not columns:
+        raise ValueError(f"classes {a!r} and {b!r} use no features; nothing to compare.")
+    name_a = _class_name(a, estimator.classes_, class_names)
+    name_b = _class_name(b, estimator.classes_, class_names)
+    # 0 = unused, 1 = distinguishing, 2 = shared.
+    usage = np.zeros((2, len(columns)))
+    for j, (_, group) in enumerate(columns):
+        if group == "shared":
+            usage[:, j] = 2
+        else:
+            usage[0 if group == "only_a" else 1, j] = 1
+
+    with_maps = X is not None
+    fig = _figure(figsize=(max(1.9 * len(columns), 5.0), 2.2 + (4.4 if with_maps else 0)), layout="constrained")
+    grid = fig.add_gridspec(3 if with_maps else 1, len(columns), height_ratios=[0.8, 1, 1] if with_maps else None)
+    top = fig.add_subplot(grid[0, :])
+    top.imshow(usage, cmap="Greens", vmin=0, vmax=2, aspect="auto")
+    top.set_yticks([0, 1], [name_a, name_b])
+    top.set_xticks(range(len(columns)), [_feature_name(f, feature_names) for f, _ in columns], rotation=30, fontsize=8)
+    for j, (_, group) in enumerate(columns):
+        for row in range(2):
+            if usage[row, j]:
+                top.text(j, row, "shared" if group == "shared" else "only", ha="center", va="center", fontsize=8)
+    top.set_title(
+        f"{name_a} vs {name_b}: {len(comparison['shared'])} shared, {len(comparison['only_a'])} only {name_a}, "
+        f"{len(comparison['only_b'])} only {name_b}",
+        fontsize=10,
+    )
+    if with_maps:
+        maps = np.asarray(estimator.feature_maps(X))
+        if maps.shape[0] != 2:
+            raise ValueError(f"X must hold exactly 2 examples (one of {a!r}, one of {b!r}); got {maps.shape[0]}.")
+        if images is not None and len(images) != 2:
+            raise ValueError(f"images must hold 2 images (one per example); got {len(images)}.")
+        channel = {int(f): k for k, f in enumerate(estimator.selected_features_)}
+        for row in range(2):
+            background, size = _canvas(None if images is None else images[row], maps.shape[-2:])
+            for j, (feature, _) in enumerate(columns):
+                ax = fig.add_subplot(grid[1 + row, j])
+                if usage[row, j]:
+                    heat = upsample_maps(maps[row, channel[feature]], size)
+                    _overlay(ax, background, heat, f"{(name_a, name_b)[row]}: {_feature_name(feature, feature_names)}")
+                else:
+                    ax.set_axis_off()
+    return fig
+
+
+def plot_assignment(estimator, class_names=None, feature_names=None):
+    """Figure of the global class x feature assignment (``assignment_``).
+
+    Rows are classes, columns the selected features (``selected_features_`` order); a filled cell
+    means the class uses the feature. Tick labels are written when there are at most 60 rows or
+    columns.
+
+    Parameters
+    ----------
+    estimator : fitted QPMClassifier
+    class_names, feature_names : sequence or dict, default=None
+        As in :func:`plot_explanation`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> plot_assignment(clf).savefig("assignment.png")  # doctest: +SKIP
+    """
+    assignment = np.asarray(estimator.assignment_)
+    selected = np.asarray(estimator.selected_features_)
+    classes = np.asarray(estimator.classes_)
+    if assignment.shape != (len(classes), len(selected)):
+        raise ValueError(
+            f"estimator.assignment_ must have shape (n_classes, n_selected) = {(len(classes), len(selected))}; "
+            f"got {assignment.shape}."
+        )
+    n_classes, n_selected = assignment.shape
+    fig = _figure(figsize=(min(2 + 0.3 * n_selected, 20), min(1.5 + 0.3 * n_classes, 20)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(assignment != 0, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
+    if n_selected <= 60:
+        ax.set_xticks(range(n_selected), [_feature_name(f, feature_names) for f in selected], rotation=90, fontsize=7)
+    if n_classes <= 60:
+        ax.set_yticks(range(n_classes), [_class_name(c, classes, class_names) for c in classes], fontsize=7)
+    ax.set_xlabel("selected feature")
+    ax.set_ylabel("class")
+    per_class = np.count_nonzero(assignment, axis=1)
+    ax.set_title(
+        f"assignment: {n_classes} classes x {n_selected} features, {per_class.min()}-{per_class.max()} per class",
+        fontsize=10,
+    )
+    return fig

@@ -1,0 +1,927 @@
+"""The QPM feature-selection problem (SPEC 5, decisions 13.5-13.6).
+
+Problem (DESIGN.md, ``solve_selection``), with ``k = n_per_class``, ``m = n_selected`` and
+``alpha = 1000 / (k * C)``::
+
+    maximise  alpha * sum_{f,c} A[f,c] E[f,c] - sum_{i<j} penalty[i,j] s_i s_j + sum_f bias[f] s_f
+    over      s in {0,1}^N, E in {0,1}^{N x C}
+    s.t.      sum(s) = m,  E <= s,  every column of E has exactly k ones,  no two columns equal.
+
+For a fixed selection ``S`` the best assignment without the no-duplicate rule is each class's
+top-k of ``A`` over ``S``; duplicates are repaired exactly (:func:`_assign`). The default solver
+relaxes the problem (concave by a diagonal shift, which is exact on binary points), solves the
+relaxation with OSQP, rounds it and improves the rounding by swap local search with seeded
+perturbations. The upper bound it reports is certified from the relaxation's solution (a
+tangent-plane / Lagrangian argument, :func:`_certified_bound`), so it is valid whatever accuracy
+OSQP reached. ``solver="exact"`` solves the linearised MILP with HiGHS (``scipy.optimize.milp``).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp
+
+from sklearn.utils import check_random_state
+
+from ._device import logger, progress
+
+__all__ = [
+    "SelectionResult",
+    "feature_class_correlation",
+    "feature_similarity",
+    "redundancy_penalty",
+    "selection_objective",
+    "solve_selection",
+]
+
+_OSQP_ALGEBRAS = ("builtin", "mkl", "cuda")
+
+
+@dataclass
+class SelectionResult:
+    """Outcome of :func:`solve_selection`.
+
+    Attributes
+    ----------
+    selected : ndarray of shape (n_selected,)
+        Sorted ids of the selected features.
+    assignment : ndarray of shape (n_classes, n_selected), dtype uint8
+        ``assignment[c, j] = 1`` when class ``c`` uses feature ``selected[j]``; exactly
+        ``n_per_class`` ones per row and no two rows equal.
+    objective : float
+        Objective of the returned solution (DESIGN.md formula, :func:`selection_objective`).
+    upper_bound : float
+        A valid upper bound on the optimum.
+    gap : float
+        ``(upper_bound - objective) / |objective|`` (Gurobi's relative MIP gap).
+    seconds : float
+        Wall-clock time of the solve.
+    status : str
+        ``"optimal"`` (proven), ``"feasible"`` (heuristic solution with the bound above),
+        ``"time_limit"`` (stopped by ``time_limit``; still feasible) or ``"time_limit_heuristic"``
+        (the MILP found no solution in time; the default method's solution is returned).
+    """
+
+    selected: np.ndarray
+    assignment: np.ndarray
+    objective: float
+    upper_bound: float
+    gap: float
+    seconds: float
+    status: str
+
+    def as_dict(self) -> dict:
+        """The scalar numbers as plain Python types (for ``selection_info_`` and JSON)."""
+        return {
+            "objective": float(self.objective),
+            "upper_bound": float(self.upper_bound),
+            "gap": float(self.gap),
+            "seconds": float(self.seconds),
+            "status": str(self.status),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# Problem data: A, R, penalty (SPEC 5.2, 5.3, 5.7 + 13.5)
+# --------------------------------------------------------------------------------------------
+
+
+def _finite_matrix(value, name, *, ndim=2) -> np.ndarray:
+    array = np.asarray(value, dtype=np.float64)
+    if array.ndim != ndim or 0 in array.shape:
+        raise ValueError(f"{name} must be a non-empty {ndim}-D array; got shape {array.shape}.")
+    if not np.all(np.isfinite(array)):
+        raise ValueError(f"{name} must contain only finite values; got NaN or inf.")
+    return array
+
+
+def feature_class_correlation(F, y) -> np.ndarray:
+    """Pearson correlation of every feature with every class indicator (SPEC 5.2).
+
+    ``A[j, c]`` is the correlation between ``F[:, j]`` and ``1[y == c]`` (population standard
+    deviations, denominators clamped at 1e-10); ``A`` is then divided by ``max|A|``.
+
+    Parameters
+    ----------
+    F : array-like of shape (n_samples, n_features)
+        Pooled feature values of the training images.
+    y : array-like of shape (n_samples,)
+        Labels; the classes are ``np.unique(y)`` in sorted order.
+
+    Returns
+    -------
+    A : ndarray of shape (n_features, n_classes), float64
+        All zeros when no feature varies with the classes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> F = np.array([[1.0, 0.0], [2.0, 1.0], [3.0, 0.0], [4.0, 1.0]])
+    >>> feature_class_correlation(F, [0, 0, 1, 1]).round(3)
+    array([[-1.,  1.],
+           [ 0.,  0.]])
+    """
+    F = _finite_matrix(F, "F")
+    y = np.asarray(y)
+    if y.ndim != 1 or y.shape[0] != F.shape[0]:
+        raise ValueError(f"y must have shape ({F.shape[0]},) to match F; got shape {y.shape}.")
+    _, codes = np.unique(y, return_inverse=True)
+    onehot = np.eye(codes.max() + 1)[codes]
+    F_centred = F - F.mean(0)
+    Y_centred = onehot - onehot.mean(0)
+    covariance = F_centred.T @ Y_centred / F.shape[0]
+    scale = np.maximum(np.outer(F.std(0), onehot.std(0)), 1e-10)
+    A = covariance / scale
+    peak = np.abs(A).max()
+    return A / peak if peak > 0 else A
+
+
+def feature_similarity(A) -> np.ndarray:
+    """Cosine similarity of the rows of ``A`` (SPEC 5.3), zero diagonal.
+
+    Row norms are clamped at 1e-8; the matrix is divided by its largest absolute entry
+    (diagonal included, i.e. a no-op unless some rows are zero) before the diagonal is zeroed.
+
+    Examples
+    --------
+    >>> feature_similarity([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]]).round(3)
+    array([[0.   , 0.707, 0.   ],
+           [0.707, 0.   , 0.707],
+           [0.   , 0.707, 0.   ]])
+    """
+    A = _finite_matrix(A, "A")
+    unit = A / np.maximum(np.linalg.norm(A, axis=1, keepdims=True), 1e-8)
+    R = unit @ unit.T
+    peak = np.abs(R).max()
+    if peak > 0:
+        R /= peak
+    np.fill_diagonal(R, 0.0)
+    return R
+
+
+def _greedy_clique(compatible: np.ndarray, size: int, n_starts: int = 16) -> np.ndarray | None:
+    """A clique of ``size`` nodes in the boolean graph ``compatible``, or None if none is found.
+
+    Greedy: from each of the ``n_starts`` highest-degree nodes, repeatedly add the candidate
+    with the most neighbours among the remaining candidates.
+    """
+    degree = compatible.sum(1)
+    eligible = degree >= size - 1  # a member of a size-clique has at least size-1 neighbours
+    if eligible.sum() < size:
+        return None
+    adjacency = compatible.astype(np.float32)
+    for start in np.argsort(-degree, kind="stable")[:n_starts]:
+        clique = [start]
+        candidates = compatible[start] & eligible
+        while len(clique) < size and candidates.any():
+            inner_degree = np.where(candidates, adjacency @ candidates.astype(np.float32), -1.0)
+            node = int(np.argmax(inner_degree))
+            clique.append(node)
+            candidates &= compatible[node]
+        if len(clique) >= size:
+            return np.array(clique)
+    return None
+
+
+def redundancy_penalty(R, n_selected) -> tuple[np.ndarray, float]:
+    """Penalty matrix of the selection problem and its threshold tau* (SPEC 5.7, 13.5).
+
+    ``tau*`` is (heuristically) the smallest threshold at which ``n_selected`` mutually
+    dissimilar features exist, i.e. a clique of that size in the graph with edges
+    ``R[i, j] < tau``; it is found by bisection over the distinct off-diagonal values of ``R``
+    with a greedy clique search. Pairs with ``R[i, j] >= tau*`` are penalised by
+    ``(R[i, j] - m) / (max R - m)`` with ``m`` the smallest off-diagonal value; all other
+    entries are 0. ``tau*`` lives on the same scale as the penalty (fixing SPEC 5.9).
+
+    Parameters
+    ----------
+    R : array-like of shape (n_features, n_features)
+        Symmetric similarity with zero diagonal (:func:`feature_similarity`).
+    n_selected : int
+        Size of the mutually dissimilar set that must exist below the threshold.
+
+    Returns
+    -------
+    penalty : ndarray of shape (n_features, n_features)
+        Symmetric, zero diagonal, values in [0, 1].
+    tau : float
+        The threshold; ``inf`` when only the complete graph holds such a set (no penalty).
+
+    Examples
+    --------
+    >>> R = feature_similarity([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    >>> penalty, tau = redundancy_penalty(R, 2)
+    >>> penalty.round(3), round(tau, 3)
+    (array([[0., 1., 0.],
+           [1., 0., 0.],
+           [0., 0., 0.]]), 0.994)
+    """
+    R = _finite_matrix(R, "R")
+    n_features = R.shape[0]
+    if R.shape != (n_features, n_features):
+        raise ValueError(f"R must be a square (n_features, n_features) matrix; got shape {R.shape}.")
+    _check_int(n_selected, "n_selected", 1, n_features)
+    off_diagonal = R[np.triu_indices(n_features, 1)]
+    penalty = np.zeros_like(R)
+    if off_diagonal.size == 0:
+        return penalty, math.inf
+    levels = np.unique(off_diagonal)
+    # Bisection for the first level whose graph (edges R < level) holds the clique;
+    # index len(levels) stands for tau = inf (complete graph, always has one).
+    low, high = 0, len(levels)
+    while low < high:
+        middle = (low + high) // 2
+        compatible = R < levels[middle]
+        np.fill_diagonal(compatible, False)
+        if _greedy_clique(compatible, n_selected) is not None:
+            high = middle
+        else:
+            low = middle + 1
+    tau = float(levels[low]) if low < len(levels) else math.inf
+    smallest, largest = off_diagonal.min(), off_diagonal.max()
+    if largest > smallest:
+        penalty = np.where(R >= tau, (R - smallest) / (largest - smallest), 0.0)
+        np.fill_diagonal(penalty, 0.0)
+    return penalty, tau
+
+
+# --------------------------------------------------------------------------------------------
+# The problem and its objective
+# --------------------------------------------------------------------------------------------
+
+
+def _check_int(value, name, low, high):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}.")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}]; got {value}.")
+
+
+@dataclass
+class _Problem:
+    """The instance in the solvers' terms: ``W = alpha * A`` and ``Q`` = symmetric penalty."""
+
+    W: np.ndarray  # (N, C) assignment weights alpha * A
+    Q: np.ndarray  # (N, N) symmetric, zero diagonal; the objective subtracts s^T Q s / 2
+    bias: np.ndarray  # (N,)
+    m: int
+    k: int
+
+    @property
+    def scale(self) -> float:
+        """Magnitude used for relative tolerances."""
+        return 1.0 + np.abs(self.W).max() * self.W.shape[1] + np.abs(self.Q).max() * self.m**2
+
+    def pair_penalty(self, S: np.ndarray) -> float:
+        return 0.5 * float(self.Q[np.ix_(S, S)].sum())
+
+
+def _build_problem(A, n_selected, n_per_class, penalty, bias) -> _Problem:
+    A = _finite_matrix(A, "A")
+    n_features, n_classes = A.shape
+    _check_int(n_selected, "n_selected", 1, n_features)
+    _check_int(n_per_class, "n_per_class", 1, n_selected)
+    if math.comb(n_selected, n_per_class) < n_classes:
+        raise ValueError(
+            f"n_selected={n_selected} features allow only {math.comb(n_selected, n_per_class)} distinct "
+            f"sets of n_per_class={n_per_class}, fewer than the {n_classes} classes that each need "
+            "their own set; increase n_selected or change n_per_class."
+        )
+    Q = np.zeros((n_features, n_features))
+    if penalty is not None:
+        penalty = _finite_matrix(penalty, "penalty")
+        if penalty.shape != (n_features, n_features):
+            raise ValueError(f"penalty must have shape ({n_features}, {n_features}); got {penalty.shape}.")
+        Q = np.triu(penalty, 1)  # the objective counts penalty[i, j] for i < j only
+        Q = Q + Q.T
+    if bias is None:
+        bias = np.zeros(n_features)
+    else:
+        bias = _finite_matrix(bias, "bias", ndim=1)
+        if bias.shape != (n_features,):
+            raise ValueError(f"bias must have shape ({n_features},); got {bias.shape}.")
+    alpha = 1000.0 / (n_per_class * n_classes)
+    return _Problem(W=alpha * A, Q=Q, bias=bias, m=n_selected, k=n_per_class)
+
+
+def selection_objective(A, selected, assignment, *, penalty=None, bias=None) -> float:
+    """Objective of a selection by the DESIGN.md formula (no feasibility check).
+
+    Parameters
+    ----------
+    A : array-like of shape (n_features, n_classes)
+    selected : array-like of int, shape (n_selected,)
+    assignment : array-like of shape (n_classes, n_selected)
+        0/1, columns follow ``selected``.
+    penalty : array-like of shape (n_features, n_features), optional
+        Only the entries ``i < j`` count.
+    bias : array-like of shape (n_features,), optional
+
+    Examples
+    --------
+    >>> selection_objective([[1.0], [0.5]], [0, 1], [[1, 0]])
+    1000.0
+    """
+    A = np.asarray(A, dtype=np.float64)
+    selected = np.asarray(selected, dtype=np.intp)
+    assignment = np.asarray(assignment, dtype=np.float64)
+    n_classes = A.shape[1]
+    n_per_class = assignment.sum() / n_classes
+    value = 1000.0 / (n_per_class * n_classes) * float((A[selected].T * assignment).sum())
+    if penalty is not None:
+        block = np.asarray(penalty, dtype=np.float64)[np.ix_(selected, selected)]
+        order = np.argsort(selected)
+        value -= float(np.triu(block[np.ix_(order, order)], 1).sum())
+    if bias is not None:
+        value += float(np.asarray(bias, dtype=np.float64)[selected].sum())
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Assignment for a fixed selection, with exact duplicate repair
+# --------------------------------------------------------------------------------------------
+
+
+def _best_subsets(values: np.ndarray, k: int):
+    """Yield the k-subsets of ``range(len(values))`` in order of non-increasing value sum."""
+    order = np.argsort(-values, kind="stable")
+    sorted_values = values[order]
+    start = tuple(range(k))
+    heap = [(-sorted_values[:k].sum(), start)]
+    seen = {start}
+    while heap:
+        negative, positions = heapq.heappop(heap)
+        yield -negative, tuple(sorted(order[list(positions)].tolist()))
+        for p in range(k):
+            moved = positions[p] + 1
+            if moved < len(values) and (p == k - 1 or positions[p + 1] != moved):
+                child = positions[:p] + (moved,) + positions[p + 1 :]
+                if child not in seen:
+                    seen.add(child)
+                    total = -negative - sorted_values[positions[p]] + sorted_values[moved]
+                    heapq.heappush(heap, (-total, child))
+
+
+def _assign(WS: np.ndarray, k: int) -> tuple[np.ndarray, float, float]:
+    """Best assignment of k of the ``m`` selected features to every class, columns distinct.
+
+    ``WS`` (m, C) holds the weights of the selected features. Returns the (C, m) boolean
+    assignment, its value, and the value without the no-duplicate rule (per-class top-k).
+
+    Exact: classes whose top-k sets collide form the set I; each gets its |I| best subsets;
+    a class outside I whose top-k set appears among them joins I, until closed. A best matching
+    of I to these subsets (plus the untouched top-k sets outside I) is optimal, because no
+    class in I needs a subset beyond its |I| best (at most |I|-1 are taken by the others).
+    """
+    m, n_classes = WS.shape
+    top = np.argpartition(-WS, k - 1, axis=0)[:k] if k < m else np.broadcast_to(np.arange(m)[:, None], (m, n_classes))
+    top_sets = [tuple(sorted(column)) for column in np.sort(top, axis=0).T.tolist()]
+    free_value = float(np.take_along_axis(WS, np.asarray(top), axis=0).sum())
+    owners: dict[tuple, list[int]] = {}
+    for c, subset in enumerate(top_sets):
+        owners.setdefault(subset, []).append(c)
+    chosen = list(top_sets)
+    involved = {c for group in owners.values() if len(group) > 1 for c in group}
+    if involved:
+        generators, lists = {}, {}
+        while True:
+            for c in involved:
+                generators.setdefault(c, _best_subsets(WS[:, c], k))
+                lists.setdefault(c, [])
+                while len(lists[c]) < len(involved):
+                    lists[c].append(next(generators[c])[1])
+            listed = {subset for c in involved for subset in lists[c]}
+            joining = {c for c in range(n_classes) if c not in involved and top_sets[c] in listed}
+            if not joining:
+                break
+            involved |= joining
+        rows = sorted(involved)
+        columns = sorted({subset for c in rows for subset in lists[c]})
+        member = np.zeros((len(columns), m))
+        for j, subset in enumerate(columns):
+            member[j, list(subset)] = 1.0
+        gain = WS[:, rows].T @ member.T  # (|I|, n_subsets): value of each subset for each class
+        row_index, column_index = linear_sum_assignment(gain, maximize=True)
+        for r, j in zip(row_index, column_index):
+            chosen[rows[r]] = columns[j]
+    assignment = np.zeros((n_classes, m), dtype=bool)
+    for c, subset in enumerate(chosen):
+        assignment[c, list(subset)] = True
+    value = float((WS.T * assignment).sum()) if involved else free_value
+    return assignment, value, free_value
+
+
+def _evaluate(problem: _Problem, S: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """(objective, objective without the no-duplicate rule, assignment) of the selection S."""
+    assignment, value, free_value = _assign(problem.W[S], problem.k)
+    linear = float(problem.bias[S].sum()) - problem.pair_penalty(S)
+    return value + linear, free_value + linear, assignment
+
+
+# --------------------------------------------------------------------------------------------
+# Swap local search
+# --------------------------------------------------------------------------------------------
+
+
+def _swap_gains(problem: _Problem, S: np.ndarray) -> np.ndarray:
+    """Change of the duplicate-free objective for every swap: ``gains[j, i]`` for S[i] -> j.
+
+    Per class c, with v_k / v_k1 the k-th / (k+1)-th largest weight over S: removing a top-k
+    member i lets v_k1 in (so the new threshold is v_k1), removing another leaves v_k; an added
+    j then gains max(0, W[j, c] - threshold). Summed over classes this is one matrix product.
+    Rows of features already in S are -inf.
+    """
+    W, k, m = problem.W, problem.k, problem.m
+    WS = W[S]
+    order = np.argsort(-WS, axis=0, kind="stable")
+    top = np.zeros(WS.shape)
+    np.put_along_axis(top, order[:k], 1.0, axis=0)
+    columns = np.arange(W.shape[1])
+    v_k = WS[order[k - 1], columns]
+    # With m == k every feature is in the top-k, so any added feature must enter: a threshold
+    # below every weight makes the formula give exactly W[j] - W[i].
+    v_k1 = WS[order[k], columns] if k < m else W.min(0) - 1.0
+    loss = (top * (v_k1 - WS)).sum(1)  # (m,) removing S[i]
+    over_k = np.maximum(W - v_k, 0.0)
+    gains = over_k.sum(1)[:, None] + (np.maximum(W - v_k1, 0.0) - over_k) @ top.T + loss[None, :]
+    penalty_to_S = problem.Q[:, S].sum(1)
+    gains += penalty_to_S[S][None, :] - penalty_to_S[:, None] + problem.Q[:, S]
+    gains += problem.bias[:, None] - problem.bias[S][None, :]
+    gains[S] = -np.inf
+    return gains
+
+
+class _LocalSearch:
+    """Best-improvement swap search on the true objective (duplicates repaired).
+
+    Candidate swaps are ranked by the duplicate-free objective, which is an upper bound of the
+    true one: a swap whose duplicate-free value does not beat the current true value cannot
+    improve it, so only the others are evaluated exactly (usually the first one).
+    """
+
+    def __init__(self, problem: _Problem, deadline: float, max_evaluations: int = 256):
+        self.problem = problem
+        self.deadline = deadline
+        self.max_evaluations = max_evaluations
+        self.cache: dict[bytes, tuple[float, float, np.ndarray]] = {}
+        self.timed_out = False
+
+    def evaluate(self, S: np.ndarray):
+        key = np.sort(S).tobytes()
+        if key not in self.cache:
+            self.cache[key] = _evaluate(self.problem, np.sort(S))
+        return self.cache[key]
+
+    def run(self, S: np.ndarray) -> tuple[np.ndarray, float]:
+        S = np.sort(S)
+        value, free_value, _ = self.evaluate(S)
+        tolerance = 1e-10 * self.problem.scale
+        while True:
+            if time.perf_counter() > self.deadline:
+                self.timed_out = True
+                return S, value
+            candidates = free_value + _swap_gains(self.problem, S)
+            flat = np.flatnonzero(candidates > value + tolerance)
+            flat = flat[np.argsort(-candidates.ravel()[flat], kind="stable")][: self.max_evaluations]
+            for index in flat:
+                j, i = divmod(int(index), S.size)
+                trial = np.sort(np.concatenate([np.delete(S, i), [j]]))
+                trial_value, trial_free, _ = self.evaluate(trial)
+                if trial_value > value + tolerance:
+                    S, value, free_value = trial, trial_value, trial_free
+                    break
+            else:
+                return S, value
+
+
+# --------------------------------------------------------------------------------------------
+# Relaxation (OSQP) and its certified bound
+# --------------------------------------------------------------------------------------------
+
+
+def _concave_shift(Q: np.ndarray) -> float:
+    """Smallest uniform diagonal shift making ``Q + shift * I`` positive semidefinite (+ margin)."""
+    if not Q.any():
+        return 0.0
+    smallest = float(np.linalg.eigvalsh(Q)[0])
+    return max(0.0, -smallest) * (1.0 + 1e-9) + 1e-12 * (1.0 + np.abs(Q).max())
+
+
+def _class_thresholds(W: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
+    """Per class, the optimal dual threshold u of max{W.e : 0 <= e <= s, sum e = k}.
+
+    It minimises k*u + sum_f s_f max(0, W[f] - u): the weight at which the s-mass of the
+    features sorted by weight reaches k.
+    """
+    order = np.argsort(-W, axis=0, kind="stable")
+    mass = np.cumsum(s[order], axis=0)
+    position = np.minimum((mass < k - 1e-12).sum(0), W.shape[0] - 1)
+    return W[order[position, np.arange(W.shape[1])], np.arange(W.shape[1])]
+
+
+def _certified_bound(problem: _Problem, s: np.ndarray, shift: float) -> float:
+    """Upper bound on the optimum, valid for any point ``s`` (the relaxation's solution).
+
+    On binary s with sum(s) = m the objective equals the concave
+    Phi(s) = -s'(Q + shift I)s/2 + (shift/2 + bias)'s + sum_c g_c(s), where g_c(s) is the LP value
+    of class c's assignment. For all s: the concave quadratic lies below its tangent plane at
+    ``s`` and g_c(s) <= k u_c + sum_f s_f max(0, W[f, c] - u_c) for any u_c (LP duality). The
+    maximum of the resulting linear function over {0 <= s <= 1, sum s = m} is the sum of its m
+    largest coefficients. With non-negative penalties, dropping the penalty instead gives a
+    second bound; the smaller is returned.
+    """
+    W, Q, k, m = problem.W, problem.Q, problem.k, problem.m
+    s = np.clip(s, 0.0, 1.0)
+    u = _class_thresholds(W, s, k)
+    assignment_slope = np.maximum(W - u, 0.0).sum(1)
+    constant = k * float(u.sum())
+
+    def best_linear(coefficients):
+        return float(np.partition(coefficients, -m)[-m:].sum())
+
+    curvature = Q @ s + shift * s
+    bound = constant + 0.5 * float(s @ curvature) + best_linear(
+        assignment_slope + problem.bias + 0.5 * shift - curvature
+    )
+    if np.all(Q >= 0):
+        bound = min(bound, constant + best_linear(assignment_slope + problem.bias))
+    return bound
+
+
+def _osqp_algebra(algebra: str) -> str:
+    import osqp
+
+    if algebra not in _OSQP_ALGEBRAS:
+        raise ValueError(f"algebra must be one of {_OSQP_ALGEBRAS}; got {algebra!r}.")
+    if not osqp.algebra_available(algebra):
+        warnings.warn(
+            f"OSQP algebra {algebra!r} was requested but does not load here (available: "
+            f"{osqp.algebras_available()}); using 'builtin'.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+        return "builtin"
+    return algebra
+
+
+def _relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verbose, candidates_per_class):
+    """Solve the concave relaxation with OSQP on pruned candidate edges; return (s, info).
+
+    Variables x = [s (N), e (one per candidate edge), t (C)]: the candidate edges of class c are
+    its ``L_c`` heaviest features, and the slack t_c stands for assignment mass on the other
+    features, valued at their largest weight (an over-estimate, so this stays a relaxation).
+    Classes whose slack is used get twice the candidates and the problem is solved again,
+    warm-started. OSQP minimises, so the objective is negated.
+    """
+    import osqp
+
+    W, k, m = problem.W, problem.k, problem.m
+    n_features, n_classes = W.shape
+    classes = np.arange(n_classes)
+    ranking = np.argsort(-W, axis=0, kind="stable")
+    n_candidates = np.full(n_classes, min(n_features, candidates_per_class))
+    curvature = sp.triu(sp.csc_matrix(problem.Q + shift * np.eye(n_features)), format="csc")
+    s = np.full(n_features, m / n_features)
+    warm = False
+    info = {"osqp_status": "not run", "osqp_iterations": 0, "osqp_rounds": 0}
+    start = time.perf_counter()
+    while True:
+        edge_class = np.repeat(classes, n_candidates)
+        edge_feature = np.concatenate([ranking[: n_candidates[c], c] for c in classes])
+        n_edges = edge_feature.size
+        edges = n_features + np.arange(n_edges)  # column of each edge variable
+        slacks = n_features + n_edges + classes  # column of each slack variable
+        n_var = n_features + n_edges + n_classes
+        pruned = n_candidates < n_features
+        slack_value = np.where(pruned, W[ranking[np.minimum(n_candidates, n_features - 1), classes], classes], 0.0)
+        P = sp.block_diag([curvature, sp.csc_matrix((n_edges + n_classes,) * 2)], format="csc")
+        q = -np.concatenate([problem.bias + 0.5 * shift, W[edge_feature, edge_class], slack_value])
+        sum_s = sp.csc_matrix((np.ones(n_features), (np.zeros(n_features, int), np.arange(n_features))), (1, n_var))
+        edge_below_s = sp.csc_matrix(  # e[f, c] - s[f] <= 0
+            (np.repeat([1.0, -1.0], n_edges), (np.tile(np.arange(n_edges), 2), np.concatenate([edges, edge_feature]))),
+            (n_edges, n_var),
+        )
+        class_total = sp.csc_matrix(  # sum_f e[f, c] + t_c = k
+            (np.ones(n_edges + n_classes), (np.concatenate([edge_class, classes]), np.concatenate([edges, slacks]))),
+            (n_classes, n_var),
+        )
+        constraints = sp.vstack([sum_s, edge_below_s, class_total, sp.identity(n_var, format="csc")], format="csc")
+        lower = np.concatenate([[m], np.full(n_edges, -np.inf), np.full(n_classes, k), np.zeros(n_var)])
+        upper = np.concatenate(
+            [[m], np.zeros(n_edges), np.full(n_classes, k), np.ones(n_features), np.full(n_edges, np.inf),
+             np.where(pruned, np.inf, 0.0)]
+        )
+        settings = dict(verbose=verbose, eps_abs=eps, eps_rel=eps, max_iter=max_iter, polishing=True)
+        if time_limit is not None:
+            remaining = time_limit - (time.perf_counter() - start)
+            if remaining <= 0:
+                break
+            settings["time_limit"] = remaining
+        solver = osqp.OSQP(algebra=algebra)
+        solver.setup(P, q, constraints, lower, upper, **settings)
+        if warm:
+            solver.warm_start(x=_relaxed_warm_start(s, W, edge_feature, edge_class, k))
+        result = solver.solve(raise_error=False)
+        info["osqp_status"] = result.info.status
+        info["osqp_iterations"] += int(result.info.iter)
+        info["osqp_rounds"] += 1
+        if result.x is None or not np.all(np.isfinite(result.x[:n_features])):
+            break
+        s, warm = np.clip(result.x[:n_features], 0.0, 1.0), True
+        grow = (result.x[slacks] > 1e-4) & pruned
+        if result.info.status != "solved" or not grow.any():
+            break
+        n_candidates[grow] = np.minimum(2 * n_candidates[grow], n_features)
+    info["osqp_seconds"] = time.perf_counter() - start
+    if info["osqp_status"] != "solved":
+        warnings.warn(
+            f"OSQP stopped with status {info['osqp_status']!r}; the solution stays feasible and the "
+            "bound valid, but the bound may be loose (raise max_iter or time_limit).",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return s, info
+
+
+def _relaxed_warm_start(s, W, edge_feature, edge_class, k):
+    """Primal warm start: s, and each class's LP assignment (greedy fill) over its candidates."""
+    n_classes = W.shape[1]
+    e = np.zeros(edge_feature.size)
+    for c in range(n_classes):
+        index = np.flatnonzero(edge_class == c)
+        index = index[np.argsort(-W[edge_feature[index], c], kind="stable")]
+        capacity = s[edge_feature[index]]
+        already = np.concatenate([[0.0], np.cumsum(capacity)[:-1]])
+        e[index] = np.minimum(capacity, np.maximum(k - already, 0.0))
+    slack = np.maximum(k - np.bincount(edge_class, weights=e, minlength=n_classes), 0.0)
+    return np.concatenate([s, e, slack])
+
+
+# --------------------------------------------------------------------------------------------
+# Exact MILP (HiGHS through scipy.optimize.milp)
+# --------------------------------------------------------------------------------------------
+
+
+def _solve_milp(problem: _Problem, *, time_limit, mip_rel_gap, verbose):
+    """Linearised MILP with the no-duplicate rule added lazily per offending class pair.
+
+    Variables: s (N), E (N*C, index f*C + c), y_ij for every penalised pair, and per lazily
+    added class pair (c1, c2) continuous z_f <= min(E[f,c1] + E[f,c2], 2 - E[f,c1] - E[f,c2])
+    with sum z >= 2 (z_f can be 1 only where exactly one class uses f, so the two columns
+    differ). Returns (S or None, upper bound, proven optimal, timed out).
+    """
+    W, Q, k, m = problem.W, problem.Q, problem.k, problem.m
+    n_features, n_classes = W.shape
+    n_edges = n_features * n_classes
+    pair_i, pair_j = np.nonzero(np.triu(Q, 1))
+    pair_q = Q[pair_i, pair_j]
+    n_pairs = pair_i.size
+    base = n_features + n_edges + n_pairs
+    feature_index = np.arange(n_features)
+    edge_feature = np.repeat(feature_index, n_classes)
+
+    def rows(data, row, column, n_rows, n_columns):
+        return sp.csr_matrix((data, (row, column)), shape=(n_rows, n_columns))
+
+    dedup_pairs: list[tuple[int, int]] = []
+    upper_bound, start = math.inf, time.perf_counter()
+    while True:
+        n_var = base + n_features * len(dedup_pairs)
+        blocks, lower, upper = [], [], []
+        blocks.append(rows(np.ones(n_features), np.zeros(n_features, int), feature_index, 1, n_var))
+        lower.append([m]), upper.append([m])
+        edge_rows = np.arange(n_edges)
+        blocks.append(rows(np.repeat([1.0, -1.0], n_edges), np.tile(edge_rows, 2),
+                           np.concatenate([n_features + edge_rows, edge_feature]), n_edges, n_var))
+        lower.append(np.full(n_edges, -np.inf)), upper.append(np.zeros(n_edges))
+        blocks.append(rows(np.ones(n_edges), np.tile(np.arange(n_classes), n_features),
+                           n_features + edge_rows, n_classes, n_var))
+        lower.append(np.full(n_classes, k)), upper.append(np.full(n_classes, k))
+        # Products s_i s_j: y >= s_i + s_j - 1 for positive penalties, y <= s_i, y <= s_j for negative.
+        positive = np.flatnonzero(pair_q > 0)
+        y = n_features + n_edges + np.arange(n_pairs)
+        r = np.arange(positive.size)
+        blocks.append(rows(np.tile([1.0, 1.0, -1.0], positive.size), np.repeat(r, 3),
+                           np.column_stack([pair_i[positive], pair_j[positive], y[positive]]).ravel(),
+                           positive.size, n_var))
+        lower.append(np.full(positive.size, -np.inf)), upper.append(np.ones(positive.size))
+        negative = np.flatnonzero(pair_q < 0)
+        r = np.arange(2 * negative.size)
+        blocks.append(rows(np.tile([1.0, -1.0], 2 * negative.size), np.repeat(r, 2),
+                           np.column_stack([np.repeat(y[negative], 2),
+                                            np.column_stack([pair_i[negative], pair_j[negative]]).ravel()]).ravel(),
+                           2 * negative.size, n_var))
+        lower.append(np.full(2 * negative.size, -np.inf)), upper.append(np.zeros(2 * negative.size))
+        for p, (c1, c2) in enumerate(dedup_pairs):
+            z = base + p * n_features + feature_index
+            e1, e2 = n_features + feature_index * n_classes + c1, n_features + feature_index * n_classes + c2
+            r = np.arange(n_features)
+            blocks.append(rows(np.tile([1.0, -1.0, -1.0], n_features), np.repeat(r, 3),
+                               np.column_stack([z, e1, e2]).ravel(), n_features, n_var))
+            lower.append(np.full(n_features, -np.inf)), upper.append(np.zeros(n_features))
+            blocks.append(rows(np.ones(3 * n_features), np.repeat(r, 3),
+                               np.column_stack([z, e1, e2]).ravel(), n_features, n_var))
+            lower.append(np.full(n_features, -np.inf)), upper.append(np.full(n_features, 2.0))
+            blocks.append(rows(np.ones(n_features), np.zeros(n_features, int), z, 1, n_var))
+            lower.append([2.0]), upper.append([np.inf])
+        cost = np.concatenate([-problem.bias, -W.ravel(), pair_q, np.zeros(n_features * len(dedup_pairs))])
+        integrality = np.concatenate([np.ones(n_features + n_edges), np.zeros(n_var - n_features - n_edges)])
+        options = {"disp": verbose, "mip_rel_gap": mip_rel_gap}
+        if time_limit is not None:
+            options["time_limit"] = max(time_limit - (time.perf_counter() - start), 1e-3)
+        result = milp(cost, integrality=integrality, bounds=Bounds(0.0, 1.0), options=options,
+                      constraints=LinearConstraint(sp.vstack(blocks, format="csr"),
+                                                   np.concatenate(lower), np.concatenate(upper)))
+        if getattr(result, "mip_dual_bound", None) is not None and np.isfinite(result.mip_dual_bound):
+            upper_bound = min(upper_bound, -float(result.mip_dual_bound))
+        if result.x is None:
+            return None, upper_bound, False, True
+        S = np.flatnonzero(result.x[:n_features] > 0.5)
+        E = result.x[n_features : n_features + n_edges].reshape(n_features, n_classes) > 0.5
+        if result.status != 0:
+            return S, upper_bound, False, True
+        _, first, counts = np.unique(E.T, axis=0, return_index=True, return_counts=True)
+        if np.all(counts == 1):
+            return S, upper_bound, True, False
+        columns = {}
+        for c in range(n_classes):
+            columns.setdefault(E[:, c].tobytes(), []).append(c)
+        dedup_pairs += [(a, b) for group in columns.values() for a, b in zip(group[:-1], group[1:])]
+        logger.info("exact selection: %d duplicate class pairs constrained, solving again", len(dedup_pairs))
+
+
+# --------------------------------------------------------------------------------------------
+# Public solver
+# --------------------------------------------------------------------------------------------
+
+
+def solve_selection(
+    A,
+    *,
+    n_selected,
+    n_per_class,
+    penalty=None,
+    bias=None,
+    time_limit=None,
+    random_state=None,
+    solver="osqp",
+    verbose=False,
+    algebra="builtin",
+    eps=1e-6,
+    max_iter=20000,
+    candidates_per_class=None,
+    n_perturbations=40,
+    mip_rel_gap=1e-6,
+) -> SelectionResult:
+    """Select ``n_selected`` features and assign ``n_per_class`` of them to every class.
+
+    Maximises ``alpha * sum A*E - sum_{i<j} penalty[i,j] s_i s_j + sum bias*s`` with
+    ``alpha = 1000 / (n_per_class * n_classes)`` under the constraints of DESIGN.md (exactly
+    ``n_selected`` features, exactly ``n_per_class`` per class, no two classes with the same set).
+
+    ``solver="osqp"`` (default): the quadratic term is made concave by a diagonal shift (exact
+    on binary points), the continuous relaxation is solved by OSQP on pruned candidate edges,
+    its solution is rounded and improved by swap local search followed by ``n_perturbations``
+    seeded random perturbations (iterated local search). Every constraint holds exactly. The
+    upper bound is certified from the relaxation (valid however accurately OSQP solved it).
+    ``solver="exact"``: the linearised MILP solved by HiGHS (``scipy.optimize.milp``), the
+    no-duplicate rule added lazily; a proven optimum when it finishes within ``time_limit``.
+
+    Parameters
+    ----------
+    A : array-like of shape (n_features, n_classes)
+        Feature-class scores (:func:`feature_class_correlation`).
+    n_selected, n_per_class : int
+        Budgets; ``comb(n_selected, n_per_class)`` must be at least the number of classes.
+    penalty : array-like of shape (n_features, n_features), optional
+        Pair penalties; entries ``i < j`` count (:func:`redundancy_penalty`). Default: none.
+    bias : array-like of shape (n_features,), optional
+        Per-feature reward. Default: none.
+    time_limit : float, optional
+        Seconds for the whole solve. Without it the result depends only on the inputs and
+        ``random_state``; with it, on the machine's speed as well.
+    random_state : int, RandomState instance or None
+        Seeds the perturbations.
+    solver : {"osqp", "exact"}
+    verbose : bool
+        Solver output and a progress bar.
+    algebra : {"builtin", "mkl", "cuda"}
+        OSQP linear-algebra backend, always passed explicitly; one that does not load here is
+        replaced by ``"builtin"`` with a RuntimeWarning.
+    eps : float
+        OSQP absolute and relative tolerance.
+    max_iter : int
+        OSQP iteration limit per solve.
+    candidates_per_class : int, optional
+        Initial number of candidate features per class in the relaxation (default
+        ``4 * n_per_class + 4``); grown where the relaxation needs more.
+    n_perturbations : int
+        Perturbation rounds of the iterated local search.
+    mip_rel_gap : float
+        Relative gap at which HiGHS stops (``solver="exact"``).
+
+    Returns
+    -------
+    SelectionResult
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> A = np.random.default_rng(0).normal(size=(12, 4))
+    >>> result = solve_selection(A, n_selected=5, n_per_class=2, random_state=0)
+    >>> result.selected.shape, result.assignment.shape, result.assignment.sum(1).tolist()
+    ((5,), (4, 5), [2, 2, 2, 2])
+    >>> bool(result.upper_bound >= result.objective)
+    True
+    """
+    start = time.perf_counter()
+    problem = _build_problem(A, n_selected, n_per_class, penalty, bias)
+    if solver not in ("osqp", "exact"):
+        raise ValueError(f"solver must be 'osqp' or 'exact'; got {solver!r}.")
+    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
+        raise ValueError(f"time_limit must be None or a positive number of seconds; got {time_limit!r}.")
+    _check_int(n_perturbations, "n_perturbations", 0, 10**9)
+    candidates_per_class = 4 * n_per_class + 4 if candidates_per_class is None else candidates_per_class
+    _check_int(candidates_per_class, "candidates_per_class", 1, 10**9)
+    deadline = math.inf if time_limit is None else start + time_limit
+    status = "feasible"
+    shift = _concave_shift(problem.Q)
+
+    if solver == "exact":
+        S, upper_bound, proven, timed_out = _solve_milp(
+            problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap, verbose=verbose
+        )
+        if S is None:
+            warnings.warn(
+                "The MILP found no solution within time_limit; returning the default method's solution.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            status = "time_limit_heuristic"
+            S = _round(problem, np.full(problem.W.shape[0], problem.m / problem.W.shape[0]))
+            S, _ = _LocalSearch(problem, math.inf).run(S)
+        elif proven:
+            status = "optimal"
+        elif timed_out:
+            status = "time_limit"
+    else:
+        algebra = _osqp_algebra(algebra)
+        osqp_limit = None if time_limit is None else max(deadline - time.perf_counter(), 1e-3)
+        s, _ = _relaxation(
+            problem, shift=shift, algebra=algebra, eps=eps, max_iter=max_iter, time_limit=osqp_limit,
+            verbose=verbose, candidates_per_class=candidates_per_class,
+        )
+        upper_bound = _certified_bound(problem, s, shift)
+        search = _LocalSearch(problem, deadline)
+        S, value = search.run(_round(problem, s))
+        rng = check_random_state(random_state)
+        weights = s + 1.0 / s.size
+        for _ in progress(range(n_perturbations), verbose=verbose, desc="selection search"):
+            if search.timed_out or time.perf_counter() > deadline:
+                break
+            trial, trial_value = search.run(_perturb(S, weights, rng))
+            if trial_value > value:
+                S, value = trial, trial_value
+        if search.timed_out or time.perf_counter() > deadline:
+            status = "time_limit"
+
+    S = np.sort(S)
+    objective, _, assignment = _evaluate(problem, S)
+    upper_bound = max(upper_bound, objective)
+    gap = (upper_bound - objective) / max(abs(objective), 1e-12) if upper_bound > objective else 0.0
+    if status == "feasible" and gap <= 1e-9:
+        status = "optimal"
+    return SelectionResult(
+        selected=S.astype(np.intp),
+        assignment=assignment.astype(np.uint8),
+        objective=float(objective),
+        upper_bound=float(upper_bound),
+        gap=float(gap),
+        seconds=time.perf_counter() - start,
+        status=status,
+    )
+
+
+def _round(problem: _Problem, s: np.ndarray) -> np.ndarray:
+    """The m features with the largest relaxed value (ties: larger total weight first)."""
+    order = np.lexsort((-problem.W.sum(1), -np.round(s, 9)))
+    return np.sort(order[: problem.m])
+
+
+def _perturb(S: np.ndarray, weights: np.ndarray, rng) -> np.ndarray:
+    """Swap a few random selected features for unselected ones drawn by relaxed value."""
+    outside = np.setdiff1d(np.arange(weights.size), S)
+    if outside.size == 0:
+        return S
+    n_swaps = int(rng.randint(1, min(S.size, outside.size, 4) + 1))
+    p = weights[outside] / weights[outside].sum()
+    added = rng.choice(outside, size=n_swaps, replace=False, p=p)
+    kept = rng.choice(S, size=S.size - n_swaps, replace=False)
+    return np.sort(np.concatenate([kept, added]))

@@ -1,0 +1,572 @@
+"""The training loops of both stages and their losses (SPEC sections 3, 4 and 13.4).
+
+``train_network`` runs one stage (dense or sparse: the network decides which
+parameters train); ``forward_in_batches`` evaluates a network on many samples.
+Speed matters here (issue "Speed"): on CUDA the tokens are moved to the GPU once
+when they fit, batches are gathered on the device from a device permutation,
+losses are accumulated as device tensors (one host synchronisation per epoch),
+and the full-size training steps are replayed from a CUDA graph. The CPU path is
+plain eager PyTorch and needs no compiler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ._device import as_numpy, logger, progress, resolve_device, torch_generator
+
+__all__ = [
+    "diversity_loss",
+    "l1_maps",
+    "l1_features",
+    "cosine_schedule",
+    "tokens_on_device",
+    "train_network",
+    "forward_in_batches",
+]
+
+# Names of the loss terms, in the order they are accumulated.
+_TERMS = ("loss", "ce", "diversity", "l1_maps", "l1_features")
+# Fraction of the steps used for the linear learning-rate warm-up (at most one epoch).
+_WARMUP_FRACTION = 0.05
+# Eager steps before a CUDA graph is captured (lazy optimizer state, cuBLAS workspaces).
+_GRAPH_WARMUP_STEPS = 3
+# Tokens stay on the GPU when they take at most this share of its free memory.
+_RESIDENT_SHARE = 0.5
+
+
+def diversity_loss(logits, maps, features, head_weight, beta):
+    """Feature diversity loss ``L_div`` of SPEC 3.2.
+
+    ``-beta/B * sum_b sum_p max_n w[b,n] * s[b,n] * softmax_p(maps[b,n])[p]`` with
+    ``w`` the L2-normalised absolute head row of the predicted class (argmax of
+    ``logits``, no gradient through it) and ``s`` the feature vector scaled by its
+    own maximum.
+
+    Parameters
+    ----------
+    logits : Tensor of shape (B, C)
+    maps : Tensor of shape (B, K, h, w)
+    features : Tensor of shape (B, K)
+        Post-dropout feature vector fed to the head.
+    head_weight : Tensor of shape (C, K)
+    beta : float
+
+    Returns
+    -------
+    loss : scalar Tensor
+    """
+    batch = logits.shape[0]
+    predicted = logits.detach().argmax(1)  # (B,)
+    rows = head_weight[predicted].abs()  # (B, K)
+    weights = rows / (torch.linalg.vector_norm(rows, dim=1, keepdim=True) + 1e-5)  # (B, K)
+    scaled = features / features.amax(1, keepdim=True).clamp(min=1e-6)  # (B, K)
+    spatial = maps.flatten(2).softmax(-1)  # (B, K, h*w)
+    weighted = (weights * scaled).unsqueeze(-1) * spatial  # (B, K, h*w)
+    return -beta / batch * weighted.amax(1).sum()
+
+
+def l1_maps(maps):
+    """L1-FM of SPEC 3.3: mean absolute value over all map entries."""
+    return maps.abs().mean()
+
+
+def l1_features(features):
+    """L1-FV of SPEC 3.4 (``norm_with_max=False``): mean absolute feature value."""
+    return features.abs().mean()
+
+
+def cosine_schedule(total_steps: int, steps_per_epoch: int) -> np.ndarray:
+    """Learning-rate factors per step: short linear warm-up, then cosine decay (SPEC 13.4).
+
+    The warm-up lasts 5 % of the steps (at least 1, at most one epoch) and
+    rises linearly to 1; the cosine then decays towards 0 over the remaining steps.
+    """
+    warmup = max(1, min(steps_per_epoch, int(_WARMUP_FRACTION * total_steps)))
+    steps = np.arange(total_steps, dtype=np.float64)
+    decay = 0.5 * (1.0 + np.cos(math.pi * (steps - warmup) / max(1, total_steps - warmup)))
+    return np.where(steps < warmup, (steps + 1) / warmup, decay)
+
+
+def tokens_on_device(tokens, device, *, resident=None):
+    """Tokens staged once for several ``train_network`` / ``forward_in_batches`` calls.
+
+    On CUDA the tokens are copied to the GPU in bfloat16 (the MLP's autocast
+    dtype, so results are unchanged) when they fit in half of the free memory --
+    or as ``resident`` forces; otherwise the host array is returned and the
+    training loop streams batches. On the CPU a float array becomes a tensor
+    without a copy. Passing the result to both stages of a fit saves one
+    host-to-device transfer per call.
+
+    Parameters
+    ----------
+    tokens : ndarray or Tensor of shape (n, P, D)
+    device : str or torch.device
+    resident : bool or None, default=None
+
+    Returns
+    -------
+    tokens : Tensor on ``device``, or the input unchanged when it stays on the host.
+    """
+    device = resolve_device(device)
+    _check_tokens(tokens)
+    dtype = _compute_dtype(device)
+    if _decide_resident(tokens, device, resident, dtype):
+        return _to_device(tokens, device, dtype)
+    return tokens
+
+
+def train_network(
+    network,
+    tokens,
+    y,
+    *,
+    grid,
+    epochs,
+    batch_size,
+    lr,
+    weight_decay,
+    diversity,
+    l1_maps=0.0,
+    l1_features=0.0,
+    device,
+    seed,
+    verbose=False,
+    desc="",
+    resident=None,
+    cuda_graphs=None,
+):
+    """Train the parameters of ``network`` that require grad; one stage of QPM.
+
+    Loss per batch: ``CE + L_div(beta=diversity) + l1_maps * L1_FM + l1_features * L1_FV``
+    (SPEC 3). Optimiser: ``torch.optim.AdamW`` (fused on CUDA) on the parameters
+    with ``requires_grad``, weight decay on all of them, learning rate following
+    :func:`cosine_schedule` per step. Shuffling uses a generator seeded by
+    ``seed``; dropout draws from the torch RNG seeded by ``seed`` inside a forked
+    RNG state (the caller's global RNG is left untouched), so on the CPU two runs
+    with the same seed give bit-identical weights. On CUDA the MLP runs under
+    bf16 autocast with float32 master weights.
+
+    A final batch of a single sample is dropped when ``n > 1`` (a 1-row BatchNorm
+    batch cannot be normalised in training mode, and one-token inputs are what
+    scikit-learn's estimator checks use); every other final partial batch is kept.
+
+    Parameters
+    ----------
+    network : QPMNetwork
+        Moved to ``device`` in place; returned in eval mode.
+    tokens : ndarray or Tensor of shape (n, P, D)
+        float32 or float16 patch tokens, ``P = h * w``. A tensor already on
+        ``device`` is used as is.
+    y : array-like of shape (n,)
+        Integer class codes in ``[0, C)``.
+    grid : tuple (h, w)
+    epochs, batch_size : int
+    lr, weight_decay : float
+    diversity : float
+        ``beta`` of the diversity loss; 0 skips it.
+    l1_maps, l1_features : float, default=0.0
+        Weights of L1-FM and L1-FV.
+    device : str or torch.device
+    seed : int
+    verbose : bool, default=False
+        Progress bar over epochs.
+    desc : str, default=""
+        Label of the progress bar.
+    resident : bool or None, default=None
+        CUDA only: keep all tokens on the GPU (True), stream batches from pinned
+        host memory (False), or decide from the free GPU memory (None).
+    cuda_graphs : bool or None, default=None
+        CUDA only: replay full-size steps from a CUDA graph (None = yes on CUDA
+        with resident tokens). False forces the plain eager loop; both give the
+        same result up to floating-point rounding.
+
+    Returns
+    -------
+    history : list of dict
+        One row per epoch: ``epoch`` (1-based), ``loss``, ``ce``, ``diversity``
+        (``L_div``, beta included), ``l1_maps``, ``l1_features`` (unweighted; the
+        loss adds them times their weights), ``lr`` (of the last step), ``seconds``.
+        Loss values are means over the epoch's samples.
+    """
+    device = resolve_device(device)
+    n_samples, n_tokens = _check_tokens(tokens)
+    grid = _check_grid(grid, n_tokens)
+    n_classes = network.head.weight.shape[0]
+    labels = _check_labels(y, n_samples, n_classes)
+    if n_samples * n_tokens < 2:
+        raise ValueError("tokens: training needs at least 2 token rows (BatchNorm statistics); got 1 sample of 1 token.")
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size!r}.")
+
+    network.to(device).train()
+    params = [p for p in network.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("network has no parameter with requires_grad=True: nothing to train.")
+    batches = _TokenBatches(tokens, labels, device, batch_size, resident)
+    steps_per_epoch = len(batches.bounds)
+    if epochs < 1 or steps_per_epoch == 0:
+        network.eval()
+        return []
+    schedule = lr * cosine_schedule(epochs * steps_per_epoch, steps_per_epoch)
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        # capturable + tensor lr: the same optimizer serves the eager and the graphed step.
+        optimizer = torch.optim.AdamW(
+            params, lr=torch.tensor(lr, device=device), weight_decay=weight_decay, fused=True, capturable=True
+        )
+    else:
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+    def set_lr(step):
+        for group in optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(schedule[step])  # a kernel argument, no synchronisation
+            else:
+                group["lr"] = float(schedule[step])
+
+    totals = torch.zeros(len(_TERMS), device=device)
+    weights = dict(beta=float(diversity), maps_weight=float(l1_maps), features_weight=float(l1_features))
+
+    def train_step(x, y_batch):
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device):
+            logits, maps, features = network(x, grid)
+        loss, terms = _loss_terms(logits, maps, features, network.head.weight, y_batch, **weights)
+        loss.backward()
+        optimizer.step()
+        totals.add_(terms * x.shape[0])
+
+    use_graphs = on_cuda and batches.resident and cuda_graphs is not False
+    graph = _GraphedStep(train_step, batches) if use_graphs else None
+    history = []
+    step = 0
+    epoch_bar = progress(range(epochs), verbose=verbose, desc=desc, total=epochs, unit="epoch")
+    with _seeded_rng(seed, device):
+        generator = torch_generator(seed, device)
+        for epoch in epoch_bar:
+            start = time.perf_counter()
+            totals.zero_()
+            order = torch.randperm(n_samples, generator=generator, device=device)
+            for index, batch_slice in enumerate(batches.bounds):
+                set_lr(step)
+                if graph is not None and graph.handles(batch_slice):
+                    graph.run(order[batch_slice])
+                else:
+                    train_step(*batches.get(order, index))
+                step += 1
+            sums = totals.cpu().numpy().astype(np.float64)  # the one synchronisation per epoch
+            row = dict(epoch=epoch + 1)
+            row.update({name: float(value / batches.n_used) for name, value in zip(_TERMS, sums)})
+            row.update(lr=float(schedule[step - 1]), seconds=time.perf_counter() - start)
+            if not all(math.isfinite(row[name]) for name in _TERMS):
+                raise FloatingPointError(
+                    f"training diverged at epoch {epoch + 1} ({desc or 'train_network'}): loss {row['loss']}; "
+                    "try a smaller learning rate."
+                )
+            history.append(row)
+            logger.debug("%s epoch %d: %s", desc, epoch + 1, row)
+            if verbose and hasattr(epoch_bar, "set_postfix"):
+                epoch_bar.set_postfix(loss=f"{row['loss']:.4f}", ce=f"{row['ce']:.4f}")
+    network.eval()
+    return history
+
+
+def forward_in_batches(network, tokens, *, grid, batch_size, device, return_maps=False):
+    """Evaluate ``network`` in eval mode under ``inference_mode``; outputs as float32 numpy.
+
+    Parameters
+    ----------
+    network : QPMNetwork
+        Moved to ``device`` in place; its train/eval mode is restored afterwards.
+    tokens : ndarray or Tensor of shape (n, P, D)
+    grid : tuple (h, w)
+    batch_size : int
+    device : str or torch.device
+    return_maps : bool, default=False
+
+    Returns
+    -------
+    outputs : dict of ndarray
+        ``"logits"`` (n, C), ``"features"`` (n, K) pooled (no dropout), and
+        ``"maps"`` (n, K, h, w) when ``return_maps``.
+    """
+    device = resolve_device(device)
+    n_samples, n_tokens = _check_tokens(tokens)
+    grid = _check_grid(grid, n_tokens)
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1; got {batch_size!r}.")
+    was_training = network.training
+    network.to(device).eval()
+    outputs = {}
+    try:
+        with torch.inference_mode(), _autocast(device):
+            for start in range(0, n_samples, batch_size):
+                stop = min(start + batch_size, n_samples)
+                x = _slice_to_device(tokens, start, stop, device)
+                logits, maps, features = network(x, grid)
+                batch_out = dict(logits=logits, features=features)
+                if return_maps:
+                    batch_out["maps"] = maps
+                for name, value in batch_out.items():
+                    if name not in outputs:
+                        outputs[name] = np.empty((n_samples,) + tuple(value.shape[1:]), dtype=np.float32)
+                    outputs[name][start:stop] = as_numpy(value)
+    finally:
+        network.train(was_training)
+    if not outputs:  # no samples: shapes from the network itself
+        n_out = len(network.selected) if network.selected is not None else network.mlp.n_features
+        outputs = dict(
+            logits=np.empty((0, network.head.weight.shape[0]), np.float32), features=np.empty((0, n_out), np.float32)
+        )
+        if return_maps:
+            outputs["maps"] = np.empty((0, n_out) + tuple(grid), np.float32)
+    return outputs
+
+
+def _loss_terms(logits, maps, features, head_weight, y_batch, *, beta, maps_weight, features_weight):
+    """Total loss and the detached (5,) vector of its terms (order of ``_TERMS``)."""
+    ce = F.cross_entropy(logits, y_batch)
+    if beta > 0:
+        div = diversity_loss(logits, maps, features, head_weight, beta)
+    else:
+        div = torch.zeros((), device=logits.device)
+    # The L1 terms are cheap: always computed, so the history reports them.
+    l1m, l1f = l1_maps(maps), l1_features(features)
+    loss = ce + div + maps_weight * l1m + features_weight * l1f
+    return loss, torch.stack([loss, ce, div, l1m, l1f]).detach()
+
+
+class _TokenBatches:
+    """Shuffled training batches, from device-resident tokens or streamed from host memory.
+
+    ``bounds`` lists the slices of the permutation that form the epoch's steps
+    (the final batch dropped when it holds a single sample of several).
+    """
+
+    def __init__(self, tokens, labels, device, batch_size, resident):
+        n_samples = len(labels)
+        self.device = device
+        self.batch_size = batch_size
+        self.bounds = [slice(start, min(start + batch_size, n_samples)) for start in range(0, n_samples, batch_size)]
+        if n_samples > 1 and self.bounds[-1].stop - self.bounds[-1].start == 1:
+            self.bounds.pop()
+        self.n_used = sum(b.stop - b.start for b in self.bounds)
+        self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
+        self.dtype = _compute_dtype(device)
+        self.resident = _decide_resident(tokens, device, resident, self.dtype)
+        if self.resident:
+            self.tokens = _to_device(tokens, device, self.dtype)
+        else:
+            self.host = tokens.detach().cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
+            self._stream = None
+
+    def gather(self, indices):
+        """Batch of the resident tokens at ``indices`` (a device LongTensor)."""
+        x = self.tokens.index_select(0, indices).to(self.dtype)
+        return x, self.labels.index_select(0, indices)
+
+    def get(self, order, index):
+        """The ``index``-th batch of the epoch whose permutation is ``order``."""
+        indices = order[self.bounds[index]]
+        if self.resident:
+            return self.gather(indices)
+        if index == 0:
+            self._stream = _HostStream(self.host, order.cpu().numpy(), self.bounds, self.device, self.dtype)
+        return self._stream.next(), self.labels.index_select(0, indices)
+
+
+class _HostStream:
+    """Streams batches of host tokens to the device, one batch ahead, through two pinned buffers."""
+
+    def __init__(self, host, order, bounds, device, dtype):
+        self.host, self.order, self.bounds, self.device, self.dtype = host, order, bounds, device, dtype
+        on_cuda = device.type == "cuda"
+        shape = (max(b.stop - b.start for b in bounds),) + host.shape[1:]
+        host_dtype = torch.from_numpy(host[:0]).dtype
+        self.buffers = [torch.empty(shape, dtype=host_dtype, pin_memory=on_cuda) for _ in range(2)]
+        self.copy_stream = torch.cuda.Stream(device) if on_cuda else None
+        self.copied = [None, None]  # event per buffer: its last host-to-device copy has finished
+        self.position = 0
+        self.pending = self._fetch(0)
+
+    def _fetch(self, index):
+        slot = index % 2
+        if self.copied[slot] is not None:
+            self.copied[slot].synchronize()  # waits for a copy only, never for compute
+        indices = self.order[self.bounds[index]]
+        buffer = self.buffers[slot][: len(indices)]
+        np.take(self.host, indices, axis=0, out=buffer.numpy())
+        if self.copy_stream is None:
+            return buffer.to(self.dtype), None
+        with torch.cuda.stream(self.copy_stream):
+            x = buffer.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.copy_stream)
+        self.copied[slot] = event
+        return x, event
+
+    def next(self):
+        x, event = self.pending
+        if event is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(event)
+            x.record_stream(stream)
+        self.position += 1
+        if self.position < len(self.bounds):
+            self.pending = self._fetch(self.position)  # host gather overlaps the GPU's work
+        return x.to(self.dtype)
+
+
+class _GraphedStep:
+    """Replays the full-size training step from a CUDA graph (resident tokens only).
+
+    The first few full-size steps run eagerly on a side stream (they are real
+    training steps, so nothing is computed twice); the next one is captured --
+    gather, forward, backward, optimizer step and loss accumulation -- and every
+    later full-size step is a copy of the batch indices plus one replay. Partial
+    batches stay eager. If capture fails the loop goes on eagerly, with a warning.
+    """
+
+    def __init__(self, train_step, batches):
+        self.train_step = train_step
+        self.batches = batches
+        self.full_size = batches.batch_size
+        self.indices = torch.zeros(self.full_size, dtype=torch.long, device=batches.device)
+        self.graph = None
+        self.failed = False
+        self.n_eager = 0
+
+    def handles(self, batch_slice):
+        return not self.failed and batch_slice.stop - batch_slice.start == self.full_size
+
+    def run(self, indices):
+        self.indices.copy_(indices)
+        if self.graph is not None:
+            self.graph.replay()
+            return
+        if self.n_eager < _GRAPH_WARMUP_STEPS:
+            side = torch.cuda.Stream(self.batches.device)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.train_step(*self.batches.gather(self.indices))
+            torch.cuda.current_stream().wait_stream(side)
+            self.n_eager += 1
+            return
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self.train_step(*self.batches.gather(self.indices))
+        except RuntimeError as exc:  # capture records only: nothing ran, so the step runs eagerly
+            warnings.warn(f"CUDA graph capture failed ({exc}); training continues without graphs.", RuntimeWarning)
+            self.failed = True
+            torch.cuda.synchronize()
+            self.train_step(*self.batches.gather(self.indices))
+            return
+        self.graph = graph
+        graph.replay()
+
+
+def _autocast(device):
+    """bf16 autocast on CUDA (float32 master weights); nothing elsewhere.
+
+    The weight-cast cache is off: it must be for CUDA-graph capture, and the
+    eager path uses the same setting so both compute identically.
+    """
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
+    return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _seeded_rng(seed, device):
+    """Seed the torch RNG (dropout) for the block and restore the caller's state afterwards."""
+    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] if (
+        device.type == "cuda") else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.random.default_generator.manual_seed(int(seed))
+        if cuda_devices:
+            with torch.cuda.device(cuda_devices[0]):
+                torch.cuda.manual_seed(int(seed))
+        yield
+
+
+def _compute_dtype(device):
+    """dtype a batch enters the MLP with: the autocast dtype on CUDA, float32 elsewhere."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _decide_resident(tokens, device, resident, dtype):
+    if isinstance(tokens, torch.Tensor) and tokens.device == device:
+        return True
+    if resident is not None:
+        return bool(resident)
+    if device.type != "cuda":
+        return True  # host memory is where the tokens already are
+    n_bytes = int(np.prod(tokens.shape)) * torch.empty((), dtype=dtype).element_size()
+    free, _ = torch.cuda.mem_get_info(device)
+    fits = n_bytes <= _RESIDENT_SHARE * free
+    if not fits:
+        logger.info("tokens (%.1f GB) do not fit on %s: streaming batches from host memory.", n_bytes / 1e9, device)
+    return fits
+
+
+def _to_device(tokens, device, dtype, chunk=512):
+    """All tokens on ``device``: no copy on the CPU; on CUDA converted chunk by chunk to ``dtype``."""
+    if isinstance(tokens, torch.Tensor):
+        return tokens.detach().to(device, dtype if device.type == "cuda" else tokens.dtype)
+    if device.type == "cpu":
+        return torch.from_numpy(np.ascontiguousarray(tokens))
+    out = torch.empty(tokens.shape, dtype=dtype, device=device)
+    for start in range(0, len(tokens), chunk):
+        out[start : start + chunk].copy_(torch.from_numpy(np.ascontiguousarray(tokens[start : start + chunk])))
+    return out
+
+
+def _slice_to_device(tokens, start, stop, device):
+    if isinstance(tokens, torch.Tensor):
+        x = tokens[start:stop].to(device)
+    else:
+        x = torch.from_numpy(np.ascontiguousarray(tokens[start:stop])).to(device)
+    return x if device.type == "cuda" else x.float()
+
+
+def _check_tokens(tokens):
+    if not isinstance(tokens, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"tokens must be a numpy array or torch tensor of shape (n, P, D); got {type(tokens).__name__}.")
+    if tokens.ndim != 3:
+        raise ValueError(f"tokens must have shape (n, P, D); got shape {tuple(tokens.shape)}.")
+    floating = tokens.is_floating_point() if isinstance(tokens, torch.Tensor) else np.issubdtype(tokens.dtype, np.floating)
+    if not floating:
+        raise TypeError(f"tokens must be floating point (float32 or float16); got dtype {tokens.dtype}.")
+    return int(tokens.shape[0]), int(tokens.shape[1])
+
+
+def _check_grid(grid, n_tokens):
+    try:
+        height, width = (int(side) for side in grid)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"grid must be a pair (h, w) of ints; got {grid!r}.") from exc
+    if height * width != n_tokens:
+        raise ValueError(f"grid {(height, width)} has {height * width} positions but tokens have P={n_tokens}.")
+    return height, width
+
+
+def _check_labels(y, n_samples, n_classes):
+    labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if labels.shape != (n_samples,):
+        raise ValueError(f"y must have shape ({n_samples},) to match tokens; got {labels.shape}.")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        raise TypeError(f"y must hold integer class codes; got dtype {labels.dtype}.")
+    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
+        raise ValueError(f"y must be class codes in [0, {n_classes}); got values in [{labels.min()}, {labels.max()}].")
+    return labels.astype(np.int64)

@@ -1,0 +1,176 @@
+"""The SLDD / Q-SENN solvers against independent references (scipy, brute force, planted signal)."""
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+from scipy.special import logsumexp
+
+from qpm_sklearn.glm import (
+    elastic_net_path,
+    group_elastic_net_selection,
+    lambda_path,
+    max_regularisation,
+    standardisation,
+)
+
+
+def _blobs(n=150, n_features=5, n_classes=3, seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % n_classes
+    F = rng.normal(size=(n, n_features)) + scale * np.eye(n_classes)[y] @ rng.normal(size=(n_classes, n_features))
+    return F, y
+
+
+def _objective(W, b, F, y, lam, alpha):
+    logits = F @ W.T + b
+    ce = np.mean(logsumexp(logits, axis=1) - logits[np.arange(len(y)), y])
+    return ce + lam * (alpha * np.abs(W).sum() + 0.5 * (1 - alpha) * (W**2).sum())
+
+
+def _scipy_elastic_net(F, y, lam, alpha):
+    """Reference optimum: L-BFGS-B on W = P − N with P, N ≥ 0 (smooth, bound-constrained)."""
+    n_classes, n_features = int(y.max()) + 1, F.shape[1]
+    size = n_classes * n_features
+    Y = np.eye(n_classes)[y]
+
+    def fun(theta):
+        P, N = theta[:size].reshape(n_classes, n_features), theta[size : 2 * size].reshape(n_classes, n_features)
+        b = theta[2 * size :]
+        W = P - N
+        logits = F @ W.T + b
+        lse = logsumexp(logits, axis=1)
+        value = np.mean(lse - logits[np.arange(len(y)), y]) + lam * (
+            alpha * (P + N).sum() + 0.5 * (1 - alpha) * (W**2).sum()
+        )
+        R = (np.exp(logits - lse[:, None]) - Y) / len(y)
+        g_W = R.T @ F + lam * (1 - alpha) * W
+        grad = np.concatenate([(g_W + lam * alpha).ravel(), (-g_W + lam * alpha).ravel(), R.sum(0)])
+        return value, grad
+
+    bounds = [(0, None)] * (2 * size) + [(None, None)] * n_classes
+    result = minimize(fun, np.zeros(2 * size + n_classes), jac=True, method="L-BFGS-B", bounds=bounds,
+                      options={"maxiter": 20000, "ftol": 1e-15, "gtol": 1e-12})  # fmt: skip
+    theta = result.x
+    return theta[:size].reshape(n_classes, n_features) - theta[size : 2 * size].reshape(n_classes, n_features), theta[2 * size :]
+
+
+def test_lambda_path_is_log_spaced_and_ends_at_zero():
+    lams = lambda_path(2.0, n_lambdas=5, lam_min_ratio=1e-2)
+    np.testing.assert_allclose(lams, [2.0, 2.0 * 10**-0.5, 0.2, 2.0 * 10**-1.5, 0.02, 0.0])
+
+
+def test_max_regularisation_matches_a_loop():
+    F, y = _blobs()
+    Yc = np.eye(3)[y] - np.eye(3)[y].mean(0)
+    inner = np.array([[F[:, j] @ Yc[:, c] / len(y) for c in range(3)] for j in range(F.shape[1])])
+    assert max_regularisation(F, y, group=False) == pytest.approx(np.abs(inner).max())
+    assert max_regularisation(F, y, group=True) == pytest.approx(max(np.linalg.norm(r) for r in inner))
+
+
+def test_standardisation_clamps_std():
+    mean, std = standardisation(np.array([[1.0, 5.0], [3.0, 5.0]]))
+    np.testing.assert_allclose(mean, [2.0, 5.0])
+    np.testing.assert_allclose(std, [1.0, 1e-5])
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.1, 0.01])
+def test_path_points_are_the_scipy_optimum(fraction):
+    F, y = _blobs()
+    F = (F - F.mean(0)) / F.std(0)
+    alpha = 0.9
+    lam_max = max_regularisation(F, y, group=False) / alpha
+    lam = fraction * lam_max
+    path = elastic_net_path(F, y, alpha=alpha, n_lambdas=1, lam_max=lam, tol=1e-9, max_epochs=50000)
+    point = path[0]
+    assert point["lam"] == pytest.approx(lam) and point["converged"]
+    W_ref, b_ref = _scipy_elastic_net(F, y, lam, alpha)
+    ours, ref = _objective(point["weight"], point["bias"], F, y, lam, alpha), _objective(W_ref, b_ref, F, y, lam, alpha)
+    assert ours <= ref + 1e-9
+    np.testing.assert_allclose(point["weight"], W_ref, atol=2e-4)
+    # Softmax logits are defined up to a constant: compare centred biases.
+    np.testing.assert_allclose(point["bias"] - point["bias"].mean(), b_ref - b_ref.mean(), atol=2e-4)
+    # Exact zeros where the reference is (numerically) zero.
+    assert np.all(point["weight"][np.abs(W_ref) < 1e-6] == 0)
+
+
+def test_path_shape_sparsity_and_default_lam_max():
+    F, y = _blobs(n_features=8)
+    path = elastic_net_path(F, y, n_lambdas=20)
+    assert len(path) == 21 and path[-1]["lam"] == 0.0
+    assert [p["weight"].shape for p in path] == [(3, 8)] * 21
+    assert np.abs(path[0]["weight"]).max() < 1e-8  # λ_max is the smallest all-zero λ
+    nnz = [np.count_nonzero(p["weight"]) for p in path]
+    assert nnz[1] > 0 and nnz[-2] > nnz[1]
+    lams = [p["lam"] for p in path]
+    assert lams == sorted(lams, reverse=True)
+
+
+def test_path_is_deterministic():
+    F, y = _blobs(seed=3)
+    a, b = elastic_net_path(F, y, n_lambdas=5), elastic_net_path(F, y, n_lambdas=5)
+    for p, q in zip(a, b):
+        np.testing.assert_array_equal(p["weight"], q["weight"])
+        np.testing.assert_array_equal(p["bias"], q["bias"])
+
+
+def test_path_warns_when_a_point_does_not_converge():
+    F, y = _blobs()
+    with pytest.warns(RuntimeWarning, match="did not converge"):
+        elastic_net_path(F, y, n_lambdas=3, max_epochs=2, tol=1e-12)
+
+
+def _planted(n=400, n_features=30, informative=(3, 11, 17, 25), seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 4, n)
+    F = rng.gamma(2.0, 0.5, size=(n, n_features))  # raw, positive, non-unit scale
+    for c, j in enumerate(informative):
+        F[:, j] += 2.0 * (y == c)
+    return F, y
+
+
+def test_selection_finds_the_informative_features():
+    F, y = _planted()
+    assert group_elastic_net_selection(F, y, n_keep=4).tolist() == [3, 11, 17, 25]
+
+
+def test_selection_first_feature_is_the_largest_standardised_group_gradient():
+    F, y = _planted(seed=1)
+    Z = (F - F.mean(0)) / F.std(0)
+    Yc = np.eye(4)[y] - np.eye(4)[y].mean(0)
+    expected = int(np.argmax(np.linalg.norm(Z.T @ Yc, axis=1)))
+    assert group_elastic_net_selection(F, y, n_keep=1).tolist() == [expected]
+
+
+def test_selection_is_sorted_unique_and_deterministic():
+    F, y = _planted(seed=2)
+    first = group_elastic_net_selection(F, y, n_keep=10)
+    assert len(first) == 10 and np.all(np.diff(first) > 0)
+    np.testing.assert_array_equal(first, group_elastic_net_selection(F, y, n_keep=10))
+
+
+def test_selection_fills_with_a_warning_when_features_carry_nothing():
+    F, y = _planted(n_features=6, informative=(0, 1, 2, 3))
+    F[:, 4:] = 7.0  # constant: zero gradient, can never enter
+    with pytest.warns(RuntimeWarning, match="filled"):
+        selected = group_elastic_net_selection(F, y, n_keep=6)
+    assert selected.tolist() == [0, 1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [({"n_keep": 0}, "n_keep"), ({"n_keep": 31}, "n_keep"), ({"alpha": 0.0}, "alpha"), ({"tol": 0.0}, "tol")],
+)
+def test_selection_rejects_bad_arguments(kwargs, match):
+    F, y = _planted()
+    with pytest.raises(ValueError, match=match):
+        group_elastic_net_selection(F, y, **{"n_keep": 4, **kwargs})
+
+
+def test_inputs_are_validated():
+    F, y = _blobs()
+    with pytest.raises(ValueError, match="y must have shape"):
+        elastic_net_path(F, y[:-1])
+    with pytest.raises(ValueError, match="NaN"):
+        elastic_net_path(np.where(F > 1, np.nan, F), y)
+    with pytest.raises(ValueError, match="n_classes"):
+        elastic_net_path(F, y, n_classes=2)

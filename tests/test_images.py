@@ -1,0 +1,233 @@
+"""Image reading, conversion, resizing and normalisation (qpm_sklearn.images)."""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qpm_sklearn import images as im
+
+CUB_MEAN = (0.4853, 0.4964, 0.4295)
+CUB_STD = (0.2300, 0.2258, 0.2625)
+
+
+def _rgb(seed=0, shape=(9, 13, 3)):
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------------------------------
+# The container
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "X, error, words",
+    [
+        ("a.png", TypeError, "single str"),
+        (Image.new("RGB", (4, 4)), TypeError, "Wrap it in a list"),
+        ([], ValueError, "empty"),
+        (np.zeros((0, 8, 8, 3), np.uint8), ValueError, "empty"),
+        (np.zeros((8, 8), np.uint8), ValueError, "(n, H, W, 3)"),
+        (np.zeros((2, 8, 8, 3, 1), np.uint8), ValueError, "shape (2, 8, 8, 3, 1)"),
+        (np.zeros((2, 8, 8, 4), np.uint8), ValueError, "(n, H, W, 3)"),
+        (np.zeros((2, 8, 0, 3), np.uint8), ValueError, "empty spatial"),
+        (np.zeros((2, 8, 8, 3), np.float32), TypeError, "dtype float32"),
+        (["a.png", 3], TypeError, "X[1]"),
+        ([np.zeros((4, 4, 3), np.float64)], TypeError, "X[0]"),
+        ([np.zeros((4, 4, 2), np.uint8)], ValueError, "X[0]"),
+        (42, TypeError, "int"),
+    ],
+)
+def test_check_images_rejects_bad_containers(X, error, words):
+    with pytest.raises(error) as info:
+        im.check_images(X)
+    assert words in str(info.value)
+
+
+def test_check_images_accepts_sequences_and_arrays(tmp_path):
+    paths = np.array([str(tmp_path / "a.png"), str(tmp_path / "b.png")])  # 1-d array of str
+    assert im.check_images(paths) == list(paths)
+    array = np.zeros((2, 5, 5), np.uint8)
+    assert im.check_images(array) is array
+    mixed = (tmp_path / "a.png", Image.new("L", (3, 3)), np.zeros((3, 3, 3), np.uint8))
+    assert len(im.check_images(mixed)) == 3
+    assert len(im.check_images(iter(["x.png"]))) == 1  # any iterable is materialised
+
+
+# ------------------------------------------------------------------------------------------------
+# Reading and converting
+# ------------------------------------------------------------------------------------------------
+
+
+def test_missing_and_corrupt_files_are_named(tmp_path):
+    missing = tmp_path / "missing.jpg"
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        im.read_image(missing, 3)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    with pytest.raises(ValueError, match=r"X\[5\].*corrupt.png"):
+        im.read_image(str(corrupt), 5)
+    truncated = tmp_path / "truncated.png"
+    Image.fromarray(_rgb(shape=(64, 64, 3))).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:200])
+    with pytest.raises(ValueError, match="truncated.png"):
+        im.read_image(truncated)
+
+
+def test_file_round_trip_is_lossless(tmp_path):
+    pixels = _rgb()
+    Image.fromarray(pixels).save(tmp_path / "x.png")
+    assert np.array_equal(np.asarray(im.read_image(tmp_path / "x.png")), pixels)
+
+
+def test_gray_rgba_palette_cmyk_and_16bit_conversions(tmp_path):
+    rgb = _rgb()
+    gray = rgb[..., 0]
+    assert np.array_equal(np.asarray(im.to_rgb(Image.fromarray(gray))), np.repeat(gray[..., None], 3, -1))
+    # RGBA: alpha is dropped, colour kept.
+    rgba = np.concatenate([rgb, _rgb(1)[..., :1]], -1)
+    assert np.array_equal(np.asarray(im.to_rgb(Image.fromarray(rgba))), rgb)
+    # Palette (with transparency, saved and reloaded): colours are the palette lookup, no warning.
+    palette = _rgb(2, (256, 3))
+    indices = _rgb(3, (9, 13))
+    p_image = Image.fromarray(indices, mode="P")
+    p_image.putpalette(palette.ravel().tolist())
+    p_image.info["transparency"] = b"\x00" * 256
+    p_image.save(tmp_path / "p.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        converted = np.asarray(im.read_image(tmp_path / "p.png"))
+    assert np.array_equal(converted, palette[indices])
+    # CMYK: PIL's own formula (naive inversion), independent of our code path.
+    cmyk = Image.fromarray(rgb).convert("CMYK")
+    c, m, y, k = (np.asarray(cmyk, dtype=np.int64)[..., i] for i in range(4))
+    expected = np.stack([255 - np.minimum(255, v + k) for v in (c, m, y)], -1)
+    assert np.array_equal(np.asarray(im.to_rgb(cmyk)), expected)
+    # LA: luminance replicated.
+    la = Image.fromarray(np.stack([gray, gray[::-1]], -1), mode="LA")
+    assert np.array_equal(np.asarray(im.to_rgb(la))[..., 1], gray)
+    # 16-bit gray through a PNG file: mapped linearly 0..65535 -> 0..255.
+    deep = (np.arange(9 * 13, dtype=np.int64).reshape(9, 13) * 509) % 65536
+    Image.fromarray(deep.astype(np.uint16)).save(tmp_path / "deep.png")
+    out = np.asarray(im.read_image(tmp_path / "deep.png"))[..., 0].astype(np.int64)
+    assert np.array_equal(out, np.round(deep.astype(np.float64) * 255 / 65535).astype(np.int64))
+    assert out.max() > 200  # not clipped to 255 everywhere nor divided into black
+
+
+def test_unconvertible_modes_are_refused_with_the_name():
+    with pytest.raises(ValueError, match="mode 'F'"):
+        im.to_rgb(Image.fromarray(np.ones((4, 4), np.float32)), "X[2]")
+    too_wide = Image.fromarray(np.full((4, 4), 70000, np.int32), mode="I")
+    with pytest.raises(ValueError, match=r"X\[7\].*0\.\.65535"):
+        im.read_image(too_wide, 7)
+
+
+def test_load_images_yields_rgb_in_order(tmp_path):
+    arrays = [_rgb(i) for i in range(5)]
+    for i in range(0, 5, 2):
+        Image.fromarray(arrays[i]).save(tmp_path / f"{i}.png")
+    X = [tmp_path / "0.png", Image.fromarray(arrays[1]), str(tmp_path / "2.png"), arrays[3], tmp_path / "4.png"]
+    loaded = list(im.load_images(X, n_jobs=3))
+    assert [img.mode for img in loaded] == ["RGB"] * 5
+    for image, array in zip(loaded, arrays):
+        assert np.array_equal(np.asarray(image), array)
+
+
+# ------------------------------------------------------------------------------------------------
+# Resizing and normalisation against numpy hand computations
+# ------------------------------------------------------------------------------------------------
+
+
+def test_squash_resize_uses_bicubic_or_bilinear_without_crop():
+    pixels = _rgb(shape=(20, 50, 3))
+    bicubic = im.load_resized(pixels, 0, 28)
+    assert bicubic.shape == (28, 28, 3) and bicubic.dtype == np.uint8
+    assert np.array_equal(bicubic, np.asarray(Image.fromarray(pixels).resize((28, 28), Image.BICUBIC)))
+    bilinear = im.load_resized(pixels, 0, 28, "paper")
+    assert np.array_equal(bilinear, np.asarray(Image.fromarray(pixels).resize((28, 28), Image.BILINEAR)))
+    # A left/right split image stays split at the middle: the aspect ratio is squashed, not cropped.
+    split = np.zeros((10, 40, 3), np.uint8)
+    split[:, 20:] = 255
+    out = im.load_resized(split, 0, 28)
+    assert out[:, :13].max() == 0 and out[:, 15:].min() == 255
+    # Smaller than a patch: simply upsampled.
+    assert im.load_resized(_rgb(shape=(2, 3, 3)), 0, 14).shape == (14, 14, 3)
+    # Already the right size: untouched.
+    exact = _rgb(shape=(28, 28, 3))
+    assert np.array_equal(im.load_resized(exact, 0, 28), exact)
+
+
+def _hand_imagenet(batch, mean=im.IMAGENET_MEAN, std=im.IMAGENET_STD):
+    x = batch.astype(np.float64) / 255.0
+    x = (x - np.array(mean)) / np.array(std)
+    return x.transpose(0, 3, 1, 2)
+
+
+def _hand_paper(batch, mean, std):
+    x = _hand_imagenet(batch, mean, std)
+    out = np.empty_like(x)
+    for i, image in enumerate(x):
+        out[i] = np.clip((image - image.min()) / (image.max() - image.min()), 0, 1)
+    return out
+
+
+def test_normalize_imagenet_matches_numpy():
+    batch = _rgb(shape=(3, 7, 7, 3))
+    got = im.normalize(torch.from_numpy(batch))
+    assert got.dtype == torch.float32 and got.shape == (3, 3, 7, 7)
+    np.testing.assert_allclose(got.numpy(), _hand_imagenet(batch), atol=1e-5)
+    custom = im.normalize(torch.from_numpy(batch), mean=CUB_MEAN, std=CUB_STD)
+    np.testing.assert_allclose(custom.numpy(), _hand_imagenet(batch, CUB_MEAN, CUB_STD), atol=1e-5)
+
+
+def test_normalize_paper_matches_numpy_and_never_nans():
+    batch = _rgb(shape=(3, 7, 7, 3))
+    got = im.normalize(torch.from_numpy(batch), preprocessing="paper", mean=CUB_MEAN, std=CUB_STD).numpy()
+    np.testing.assert_allclose(got, _hand_paper(batch, CUB_MEAN, CUB_STD), atol=1e-5)
+    assert got.min() == 0.0 and got.max() == pytest.approx(1.0)
+    flat = np.full((1, 5, 5, 3), 128, np.uint8)
+    constant = im.normalize(torch.from_numpy(flat), preprocessing="paper", mean=(0.5,) * 3, std=(0.2,) * 3)
+    assert torch.isfinite(constant).all() and constant.abs().max() == 0
+
+
+def test_to_pixel_values_end_to_end(tmp_path):
+    arrays = [_rgb(0, (30, 20, 3)), _rgb(1, (28, 28, 3))]
+    Image.fromarray(arrays[0]).save(tmp_path / "a.png")
+    got = im.to_pixel_values([tmp_path / "a.png", arrays[1]], 28, "paper", CUB_MEAN, CUB_STD, n_jobs=2)
+    resized = np.stack([np.asarray(Image.fromarray(a).resize((28, 28), Image.BILINEAR)) for a in arrays])
+    np.testing.assert_allclose(got.numpy(), _hand_paper(resized, CUB_MEAN, CUB_STD), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(preprocessing="paper"), "needs the dataset's mean and std"),
+        (dict(preprocessing="paper", mean=CUB_MEAN), "needs the dataset's mean and std"),
+        (dict(preprocessing="imagenet", mean=(0.5, 0.5)), "mean must be 3 finite"),
+        (dict(preprocessing="imagenet", mean=[[0.5, 0.5, 0.5]]), "mean must be 3 finite"),
+        (dict(preprocessing="imagenet", std=(0.2, 0.0, 0.2)), "std must be positive"),
+        (dict(preprocessing="imagenet", std=(0.2, np.nan, 0.2)), "std must be 3 finite"),
+        (dict(preprocessing="zca"), "preprocessing must be one of"),
+    ],
+)
+def test_statistics_are_validated(kwargs, words):
+    kwargs = {"mean": None, "std": None, **kwargs}
+    with pytest.raises(ValueError, match=words):
+        im.resolve_statistics(kwargs["preprocessing"], kwargs["mean"], kwargs["std"])
+
+
+def test_image_key_follows_content(tmp_path):
+    pixels = _rgb()
+    changed = pixels.copy()
+    changed[0, 0, 0] ^= 1
+    assert im.image_key(pixels) == im.image_key(pixels.copy())
+    assert im.image_key(pixels) != im.image_key(changed)
+    assert im.image_key(Image.fromarray(pixels)) != im.image_key(Image.fromarray(changed))
+    path = tmp_path / "x.png"
+    Image.fromarray(pixels).save(path)
+    before = im.image_key(path)
+    assert im.image_key(str(path)) == before
+    Image.fromarray(changed).save(path)
+    assert im.image_key(path) != before
