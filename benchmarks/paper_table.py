@@ -177,6 +177,11 @@ class Embeddings:
         self.paths, self.args = paths, args
         self.store, self.seconds = {}, {}
 
+    def release(self, keep) -> None:
+        """Drop the embeddings not in ``keep`` (a set of (model, output)); a full CUB grid is gigabytes."""
+        for key in [k for k in self.store if k not in keep]:
+            del self.store[key]
+
     def get(self, model: str, output: str) -> np.ndarray:
         key = (model, output)
         if key not in self.store:
@@ -227,6 +232,10 @@ class Runner:
 
             self.masks[grid] = load_masks(self.mask_paths, size=grid)
         return self.masks[grid]
+
+    def embeddings_needed(self, row: Row) -> set:
+        model = row.model or self.args.model
+        return {(model, "cls"), (model, "patch")} if row.kind == "probe" else {(model, row.output)}
 
     def qpm_params(self, row: Row) -> dict:
         args = self.args
@@ -389,8 +398,9 @@ def main(argv=None) -> int:
         # joblib caches the dense stage: qpm / qpm_compact (and sldd / qsenn) share one dense fit.
         memory_dir = str(Path(args.cache_dir) / "dense_stage") if args.cache_dir else scratch
         runner = Runner(args, data, memory_dir)
-        for name in args.rows:
+        for position, name in enumerate(args.rows):
             row = rows[name]
+            runner.embeddings.release(set().union(*(runner.embeddings_needed(rows[n]) for n in args.rows[position:])))
             _log(f"row {name}: {row.label}")
             start = time.perf_counter()
             result = {"name": name, "label": row.label, "paper": paper.get(name, {}), "metrics": {}}

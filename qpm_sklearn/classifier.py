@@ -80,8 +80,9 @@ def _fit_dense_stage(tokens, y, grid, n_classes, settings, seed, device, verbose
         pooled training features in eval mode, ``history`` (per-epoch rows).
     """
     from .adapter import DenseHead, QPMNetwork, TokenMLP, network_state
-    from .training import forward_in_batches, train_network
+    from .training import forward_in_batches, tokens_on_device, train_network
 
+    tokens = tokens_on_device(tokens, device)  # staged once for training and the feature pass
     torch.manual_seed(seed)
     network = QPMNetwork(
         TokenMLP(tokens.shape[-1], settings["hidden_size"], settings["n_features"], settings["n_layers"]),
@@ -368,16 +369,20 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
 
         head = self._select(dense["features"], y_codes, n_classes, selection_seed)
         self.selected_features_ = head["selected"]
-        self.sparse_weight_ = head["weight"].astype(np.float32)
-        self.sparse_bias_ = head["bias"].astype(np.float32)
-        self.assignment_ = (self.sparse_weight_ != 0).astype(np.int8)
-        self.feature_mean_ = head["mean"].astype(np.float32)
-        self.feature_std_ = head["std"].astype(np.float32)
         self.selection_info_ = head["info"]
-
-        self.sparse_mlp_state_, sparse_history = self._fine_tune(tokens, y_codes, grid, sparse_seed, device)
+        self._set_head(head)
+        self.sparse_mlp_state_, sparse_history = self._fine_tune(
+            tokens, y_codes, grid, n_classes, selection_seed, sparse_seed, device
+        )
         self.history_ += [dict(row, stage="sparse") for row in sparse_history]
         return self
+
+    def _set_head(self, head: dict) -> None:
+        self.sparse_weight_ = np.asarray(head["weight"], dtype=np.float32)
+        self.sparse_bias_ = np.asarray(head["bias"], dtype=np.float32)
+        self.assignment_ = (self.sparse_weight_ != 0).astype(np.int8)
+        self.feature_mean_ = np.asarray(head["mean"], dtype=np.float32)
+        self.feature_std_ = np.asarray(head["std"], dtype=np.float32)
 
     def _select(self, features, y_codes, n_classes, seed) -> dict:
         """Choose the sparse head from the dense training features (stage 2)."""
@@ -390,6 +395,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
                 y_codes,
                 n_selected=self.n_selected,
                 n_per_class=self.n_per_class,
+                n_classes=n_classes,
                 random_state=seed,
                 verbose=self.verbose,
             )
@@ -423,38 +429,69 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
             "info": dict(result.as_dict(), tau=float(tau), method="qpm"),
         }
 
-    def _fine_tune(self, tokens, y_codes, grid, seed, device):
-        """Fine-tune the MLP under the fixed sparse head (stage 3)."""
-        from .adapter import network_state
-        from .training import train_network
+    def _fine_tune(self, tokens, y_codes, grid, n_classes, split_seed, seed, device):
+        """Fine-tune the MLP under the sparse head (stage 3); returns the MLP state and history.
 
-        torch.manual_seed(seed)
-        network = self._build_network("sparse", mlp_state=self.dense_mlp_state_)
-        history = train_network(
-            network,
-            tokens,
-            y_codes,
-            grid=grid,
-            epochs=self.sparse_epochs,
-            batch_size=self.sparse_batch_size,
-            lr=self.sparse_lr,
-            weight_decay=self.sparse_weight_decay,
-            diversity=self.sparse_diversity,
-            l1_maps=self.l1_maps,
-            l1_features=self.l1_features,
-            device=device,
-            seed=seed,
-            verbose=self.verbose,
-            desc="sparse",
-        )
-        return network_state(network.mlp), history
+        DINO-QPM trains with frozen head and statistics, CE + diversity + the
+        two L1 terms. The comparison systems (SPEC 7.3/7.4) train the
+        standardisation too, with dropout 0.1 and without L1 terms; Q-SENN
+        refits and re-quantises its head on the current features before each
+        of its rounds after the first.
+        """
+        from .adapter import network_state
+        from .training import forward_in_batches, tokens_on_device, train_network
+
+        tokens = tokens_on_device(tokens, device)
+        baseline = self.selection != "qpm"
+        rounds = _QSENN_ROUNDS if self.selection == "qsenn" else 1
+        mlp_state, history, network = self.dense_mlp_state_, [], None
+        for round_index in range(rounds):
+            if round_index > 0:
+                from .baselines import qsenn_refit
+
+                features = forward_in_batches(
+                    network, tokens, grid=grid, batch_size=_INFERENCE_BATCH_SIZE, device=device
+                )["features"]
+                head = qsenn_refit(
+                    features, y_codes, self.n_per_class, n_classes=n_classes, random_state=split_seed,
+                    verbose=self.verbose,
+                )  # fmt: skip
+                self._set_head(head)
+            torch.manual_seed(seed + round_index)
+            network = self._build_network(
+                "sparse", mlp_state=mlp_state, train_stats=baseline, dropout=_BASELINE_DROPOUT if baseline else 0.0
+            )
+            rows = train_network(
+                network,
+                tokens,
+                y_codes,
+                grid=grid,
+                epochs=self.sparse_epochs,
+                batch_size=self.sparse_batch_size,
+                lr=self.sparse_lr,
+                weight_decay=self.sparse_weight_decay,
+                diversity=self.sparse_diversity,
+                l1_maps=0.0 if baseline else self.l1_maps,
+                l1_features=0.0 if baseline else self.l1_features,
+                device=device,
+                seed=seed + round_index,
+                verbose=self.verbose,
+                desc="sparse",
+            )
+            history += [dict(row, round=round_index) for row in rows]
+            mlp_state = network_state(network.mlp)
+            if baseline:  # the standardisation was trained
+                self.feature_mean_ = network.head.mean.detach().cpu().numpy().astype(np.float32)
+                self.feature_std_ = network.head.std.detach().cpu().numpy().astype(np.float32)
+        return mlp_state, history
 
     # ------------------------------------------------------------ networks
-    def _build_network(self, stage: str, mlp_state=None):
+    def _build_network(self, stage: str, mlp_state=None, train_stats=False, dropout=0.0):
         """Rebuild the torch network of ``stage`` from the fitted numpy state.
 
         ``mlp_state`` overrides the stage's MLP weights (fine-tuning starts from
-        the dense MLP).
+        the dense MLP); ``train_stats`` and ``dropout`` configure the sparse head
+        for fine-tuning.
         """
         from .adapter import DenseHead, QPMNetwork, SparseHead, TokenMLP, load_network_state
 
@@ -469,8 +506,8 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
             self.feature_mean_,
             self.feature_std_,
             bias=self.sparse_bias_,
-            train_stats=False,
-            dropout=0.0,
+            train_stats=train_stats,
+            dropout=dropout,
         )
         network = QPMNetwork(mlp, head, selected=torch.as_tensor(self.selected_features_, dtype=torch.long))
         load_network_state(network.mlp, self.sparse_mlp_state_ if mlp_state is None else mlp_state)
@@ -634,6 +671,9 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
 
 
 _INFERENCE_BATCH_SIZE = 256
+# SPEC 7.3/7.4: the comparison systems fine-tune with dropout 0.1 and Q-SENN runs 4 rounds.
+_BASELINE_DROPOUT = 0.1
+_QSENN_ROUNDS = 4
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

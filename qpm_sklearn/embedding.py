@@ -97,12 +97,13 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
 
     Examples
     --------
+    >>> import tempfile
     >>> import numpy as np
     >>> from qpm_sklearn import Dinov2Embedder
     >>> from qpm_sklearn._testing import save_random_backbone
-    >>> folder = save_random_backbone(tmp_folder, "tiny")  # doctest: +SKIP
+    >>> folder = save_random_backbone(tempfile.mkdtemp(), "tiny")  # offline stand-in for a hub id
     >>> images = np.random.default_rng(0).integers(0, 256, (2, 40, 50, 3), dtype=np.uint8)
-    >>> Dinov2Embedder(model=str(folder), image_size=56).transform(images).shape  # doctest: +SKIP
+    >>> Dinov2Embedder(model=str(folder), image_size=56, device="cpu").transform(images).shape
     (2, 4, 4, 32)
     """
 
@@ -160,7 +161,7 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
     # scikit-learn protocol
     # ----------------------------------------------------------------------------------------
 
-    def fit(self, X=None, y=None):
+    def fit(self, X, y=None):
         """Validate the parameters; nothing is learned (the backbone is frozen).
 
         Parameters
@@ -172,9 +173,12 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
         -------
         self : Dinov2Embedder
         """
+        self._check_params()
+        return self
+
+    def _check_params(self):
         self._validate_params()
         _images.resolve_statistics(self.preprocessing, self.mean, self.std)
-        return self
 
     def __sklearn_is_fitted__(self):
         return True  # stateless: transform needs no fit
@@ -191,6 +195,7 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
         # The weights are reloaded from `model` on demand; they are never pickled.
         state.pop("_backbone", None)
         state.pop("_backbone_config", None)
+        state.pop("_effective_batch_size", None)
         return state
 
     def transform(self, X):
@@ -206,8 +211,9 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
             ``(n, h, w, d)`` for ``output="patch"``, ``(n, d)`` for "cls" and "mean", of
             ``output_dtype`` (a read-only memory map with ``cache_dir`` and float16).
         """
-        self.fit()
+        self._check_params()
         X = _images.check_images(X)
+        _images.check_files_exist(X)
         config = self._load_config()
         grid = self._grid(config)
         n_registers = int(getattr(config, "num_register_tokens", 0) or 0)
@@ -219,7 +225,11 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
 
         if self.cache_dir is None:
             result = np.empty((len(X), *row_shape), dtype=out_dtype)
-            rows, sink = np.arange(len(X)), result.__setitem__
+            rows = np.arange(len(X))
+
+            def sink(batch, values):  # batches are consecutive rows: a slice, not fancy indexing
+                result[batch[0] : batch[0] + len(batch)] = values
+
         else:
             with ThreadPoolExecutor(n_jobs) as pool:
                 keys = np.stack([np.frombuffer(k, np.uint8) for k in pool.map(_images.image_key, X)])
@@ -336,17 +346,33 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
             pixels = torch.from_numpy(pixels)
             return pixels.pin_memory() if pin else pixels
 
+        def write(batch, host, copied):
+            if copied is not None:
+                copied.synchronize()
+            sink(batch, host.numpy())
+
+        # Three stages overlap: threads decode batch k+1, the device embeds batch k, and a
+        # writer copies batch k-1 from pinned memory into the result (or the cache).
         self._effective_batch_size = self.batch_size
-        with ThreadPoolExecutor(n_jobs) as decoders, ThreadPoolExecutor(1) as prefetcher:
-            pending = prefetcher.submit(decode, batches[0])
+        with (
+            ThreadPoolExecutor(n_jobs) as decoders,
+            ThreadPoolExecutor(1) as prefetcher,
+            ThreadPoolExecutor(1) as writer,
+        ):
+            decoding, writing = prefetcher.submit(decode, batches[0]), None
             for index in progress(range(len(batches)), verbose=self.verbose, desc="Embedding", unit="batch"):
-                pixels = pending.result()
-                if index + 1 < len(batches):  # decode the next batch while this one runs
-                    pending = prefetcher.submit(decode, batches[index + 1])
-                sink(batches[index], self._embed_pixels(backbone, pixels, device, compute_dtype, n_registers, grid, forward_kwargs))
+                pixels = decoding.result()
+                if index + 1 < len(batches):
+                    decoding = prefetcher.submit(decode, batches[index + 1])
+                embedded = self._embed_pixels(backbone, pixels, device, compute_dtype, n_registers, grid, forward_kwargs)
+                host, copied = _to_host(embedded)
+                if writing is not None:
+                    writing.result()  # at most one batch in flight; surfaces write errors
+                writing = writer.submit(write, batches[index], host, copied)
+            writing.result()
 
     def _embed_pixels(self, backbone, pixels, device, compute_dtype, n_registers, grid, forward_kwargs):
-        """uint8 (B, S, S, 3) → numpy embeddings; halves the batch on CUDA out-of-memory."""
+        """uint8 (B, S, S, 3) → embeddings on the device; halves the batch on CUDA out-of-memory."""
         parts, start = [], 0
         while start < len(pixels):
             stop = start + self._effective_batch_size
@@ -365,7 +391,7 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
                     RuntimeWarning,
                     stacklevel=2,
                 )
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def _embed_chunk(self, backbone, pixels, device, compute_dtype, n_registers, grid, forward_kwargs):
         with torch.inference_mode():
@@ -387,10 +413,22 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
                 else:
                     result = patches.reshape(len(tokens), grid, grid, -1)
             torch_out = torch.float16 if self.output_dtype == "float16" else torch.float32
-            return result.to(torch_out).cpu().numpy()
+            return result.to(torch_out)
 
     def _forward(self, backbone, pixel_values, forward_kwargs) -> torch.Tensor:
         return backbone(pixel_values=pixel_values, **forward_kwargs).last_hidden_state
+
+
+def _to_host(tensor: torch.Tensor):
+    """Start copying ``tensor`` to host memory; returns (host tensor, CUDA event or None)."""
+    if tensor.device.type != "cuda":
+        return tensor.cpu(), None
+    with torch.inference_mode():
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        host.copy_(tensor, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied
 
 
 def _looks_like_path(name: str) -> bool:
@@ -432,19 +470,24 @@ def _model_revision(name: str, config) -> str:
 
 @contextlib.contextmanager
 def _quiet_transformers(verbose):
-    """Silence transformers' logging and progress bars unless verbose, then restore them."""
+    """Silence transformers' logging and the hub's download bars unless verbose, then restore."""
     if verbose:
         yield
         return
+    from huggingface_hub import utils as hub_utils
     from transformers.utils import logging as hf_logging
 
     level = hf_logging.get_verbosity()
     bars = hf_logging.is_progress_bar_enabled()
+    hub_bars = not hub_utils.are_progress_bars_disabled()
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
     try:
         yield
     finally:
         hf_logging.set_verbosity(level)
         if bars:
             hf_logging.enable_progress_bar()
+        if hub_bars:
+            hub_utils.enable_progress_bars()

@@ -39,7 +39,7 @@ __all__ = [
 ]
 
 # Images whose maps are evaluated at once (bounds memory for dense heads / raw patch tokens).
-_CHUNK = 256
+_CHUNK = 128
 
 
 # ---------------------------------------------------------------------------------------------
@@ -81,16 +81,15 @@ def _check_features(F):
 def _sid_per_image(maps, weights, k):
     """Per-image ``(1/k) sum_p max_{j in T_k} P_ij(p)`` and the mask of images that count."""
     n, K = weights.shape
-    flat = maps.reshape(n, K, -1)
-    scale = np.maximum(np.abs(flat).mean(axis=2, keepdims=True), 1e-5)
-    logits = flat / scale
+    # Stable sort: among tied weights (binary heads with more than k ones) the lowest ids win.
+    top = np.argsort(-weights, axis=1, kind="stable")[:, : min(k, K)]
+    chosen = np.take_along_axis(maps.reshape(n, K, -1), top[:, :, None], axis=1)  # (n, k, P)
+    scale = np.maximum(np.abs(chosen).mean(axis=2, keepdims=True), 1e-5)
+    logits = chosen / scale
     logits -= logits.max(axis=2, keepdims=True)
     probs = np.exp(logits)
     probs /= probs.sum(axis=2, keepdims=True)
-    # Stable sort: among tied weights (binary heads with more than k ones) the lowest ids win.
-    top = np.argsort(-weights, axis=1, kind="stable")[:, : min(k, K)]
-    chosen = np.take_along_axis(probs, top[:, :, None], axis=1)
-    values = chosen.max(axis=1).sum(axis=1) / k
+    values = probs.max(axis=1).sum(axis=1) / k
     counts = np.count_nonzero(weights, axis=1) >= k
     return values, counts
 
@@ -314,7 +313,9 @@ def resize_masks(masks, size, dilate=True):
     """
     h, w = (int(v) for v in size)
     if isinstance(masks, np.ndarray) and masks.ndim != 3:
-        raise ValueError(f"masks must be an array of shape (n, H, W) or a sequence of 2-D arrays; got shape {masks.shape}.")
+        raise ValueError(
+            f"masks must be an array of shape (n, H, W) or a sequence of 2-D arrays; got shape {masks.shape}."
+        )
     out = np.zeros((len(masks), h, w), dtype=bool)
     structure = np.ones((3, 3), dtype=bool)
     for i, mask in enumerate(masks):
@@ -510,7 +511,10 @@ def _probe_weights(probe):
     final = probe[-1] if steps is not None else probe
     coef = getattr(final, "coef_", None)
     if coef is None:
-        raise TypeError(f"probe must be a fitted linear classifier with coef_ (or a Pipeline ending in one); got {type(final).__name__}.")
+        raise TypeError(
+            "probe must be a fitted linear classifier with coef_ (or a Pipeline ending in one); "
+            f"got {type(final).__name__}."
+        )
     coef = np.atleast_2d(np.asarray(coef, dtype=np.float64))
     scale = np.ones(coef.shape[1])
     for name, step in (steps or [])[:-1]:
@@ -575,12 +579,16 @@ def evaluate_linear_probe(probe, X_cls, X_patch, y, masks=None, X_cls_train=None
     patches = np.asarray(X_patch)
     if patches.ndim != 4 or patches.shape[3] != weight_matrix.shape[1]:
         raise ValueError(
-            f"X_patch must have shape (n, h, w, {weight_matrix.shape[1]}) (the probe's input dimension); got {patches.shape}."
+            f"X_patch must have shape (n, h, w, {weight_matrix.shape[1]}) (the probe's input dimension); "
+            f"got {patches.shape}."
         )
     y = np.asarray(y)
     predicted = np.asarray(probe.predict(X_cls))
     if predicted.shape != y.shape or patches.shape[0] != len(y):
-        raise ValueError(f"X_cls, X_patch and y must hold the same number of samples; got {len(predicted)}, {patches.shape[0]}, {len(y)}.")
+        raise ValueError(
+            "X_cls, X_patch and y must hold the same number of samples; "
+            f"got {len(predicted)}, {patches.shape[0]}, {len(y)}."
+        )
     codes = _class_codes(classes, predicted, "probe.predict(X_cls)")
 
     def maps_of(start, stop):

@@ -13,12 +13,14 @@ relaxes the problem (concave by a diagonal shift, which is exact on binary point
 relaxation with OSQP, rounds it and improves the rounding by swap local search with seeded
 perturbations. The upper bound it reports is certified from the relaxation's solution (a
 tangent-plane / Lagrangian argument, :func:`_certified_bound`), so it is valid whatever accuracy
-OSQP reached. ``solver="exact"`` solves the linearised MILP with HiGHS (``scipy.optimize.milp``).
+OSQP reached; with non-negative penalties the LP bound without the penalty (HiGHS) is used when
+it is smaller. ``solver="exact"`` solves the linearised MILP with HiGHS (``scipy.optimize.milp``).
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import time
 import warnings
@@ -26,8 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp
-
+from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, linprog, milp
 from sklearn.utils import check_random_state
 
 from ._device import logger, progress
@@ -537,21 +538,12 @@ def _certified_bound(problem: _Problem, s: np.ndarray, shift: float) -> float:
     largest coefficients. With non-negative penalties, dropping the penalty instead gives a
     second bound; the smaller is returned.
     """
-    W, Q, k, m = problem.W, problem.Q, problem.k, problem.m
     s = np.clip(s, 0.0, 1.0)
-    u = _class_thresholds(W, s, k)
-    assignment_slope = np.maximum(W - u, 0.0).sum(1)
-    constant = k * float(u.sum())
-
-    def best_linear(coefficients):
-        return float(np.partition(coefficients, -m)[-m:].sum())
-
-    curvature = Q @ s + shift * s
-    bound = constant + 0.5 * float(s @ curvature) + best_linear(
-        assignment_slope + problem.bias + 0.5 * shift - curvature
-    )
-    if np.all(Q >= 0):
-        bound = min(bound, constant + best_linear(assignment_slope + problem.bias))
+    u = _class_thresholds(problem.W, s, problem.k)
+    curvature = problem.Q @ s + shift * s
+    bound = _dual_bound(problem, u, slope=0.5 * shift - curvature, constant=0.5 * float(s @ curvature))
+    if np.all(problem.Q >= 0):
+        bound = min(bound, _dual_bound(problem, u))
     return bound
 
 
@@ -571,53 +563,90 @@ def _osqp_algebra(algebra: str) -> str:
     return algebra
 
 
-def _relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verbose, candidates_per_class):
+@dataclass
+class _PrunedRelaxation:
+    """Linear part of the relaxation on pruned candidate edges.
+
+    Variables x = [s (N), e (one per candidate edge), t (C)]: the candidate edges of class c
+    are its ``n_candidates[c]`` heaviest features; the slack t_c stands for assignment mass on
+    its other features, valued at their largest weight (an over-estimate, so the pruned problem
+    still relaxes the full one). Constraints ``lower <= matrix @ x <= upper``: sum s = m,
+    e[f, c] <= s[f], sum_f e[f, c] + t_c = k, then the variable bounds. ``gain`` is the linear
+    objective (to maximise).
+    """
+
+    gain: np.ndarray
+    matrix: sp.csc_matrix
+    lower: np.ndarray
+    upper: np.ndarray
+    edge_feature: np.ndarray
+    edge_class: np.ndarray
+    class_rows: np.ndarray  # rows of the per-class totals
+    slacks: np.ndarray  # columns of t
+    pruned: np.ndarray  # classes with a slack
+
+    @classmethod
+    def build(cls, problem: _Problem, n_candidates: np.ndarray, ranking: np.ndarray) -> "_PrunedRelaxation":
+        W, k, m = problem.W, problem.k, problem.m
+        n_features, n_classes = W.shape
+        classes = np.arange(n_classes)
+        edge_class = np.repeat(classes, n_candidates)
+        edge_feature = np.concatenate([ranking[: n_candidates[c], c] for c in classes])
+        n_edges = edge_feature.size
+        edges = n_features + np.arange(n_edges)
+        slacks = n_features + n_edges + classes
+        n_var = n_features + n_edges + n_classes
+        pruned = n_candidates < n_features
+        slack_value = np.where(pruned, W[ranking[np.minimum(n_candidates, n_features - 1), classes], classes], 0.0)
+        sum_s = sp.csc_matrix((np.ones(n_features), (np.zeros(n_features, int), np.arange(n_features))), (1, n_var))
+        edge_below_s = sp.csc_matrix(
+            (np.repeat([1.0, -1.0], n_edges), (np.tile(np.arange(n_edges), 2), np.concatenate([edges, edge_feature]))),
+            (n_edges, n_var),
+        )
+        class_total = sp.csc_matrix(
+            (np.ones(n_edges + n_classes), (np.concatenate([edge_class, classes]), np.concatenate([edges, slacks]))),
+            (n_classes, n_var),
+        )
+        return cls(
+            gain=np.concatenate([problem.bias, W[edge_feature, edge_class], slack_value]),
+            matrix=sp.vstack([sum_s, edge_below_s, class_total, sp.identity(n_var, format="csc")], format="csc"),
+            lower=np.concatenate([[m], np.full(n_edges, -np.inf), np.full(n_classes, k), np.zeros(n_var)]),
+            upper=np.concatenate(
+                [[m], np.zeros(n_edges), np.full(n_classes, k), np.ones(n_features), np.full(n_edges, np.inf),
+                 np.where(pruned, np.inf, 0.0)]
+            ),
+            edge_feature=edge_feature,
+            edge_class=edge_class,
+            class_rows=1 + n_edges + classes,
+            slacks=slacks,
+            pruned=pruned,
+        )
+
+
+def _relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verbose, candidates_per_class,
+                slack_tolerance=1e-2):
     """Solve the concave relaxation with OSQP on pruned candidate edges; return (s, info).
 
-    Variables x = [s (N), e (one per candidate edge), t (C)]: the candidate edges of class c are
-    its ``L_c`` heaviest features, and the slack t_c stands for assignment mass on the other
-    features, valued at their largest weight (an over-estimate, so this stays a relaxation).
-    Classes whose slack is used get twice the candidates and the problem is solved again,
-    warm-started. OSQP minimises, so the objective is negated.
+    Maximises -s'(Q + shift I)s/2 + shift/2 sum s + the linear part of :class:`_PrunedRelaxation`
+    (OSQP minimises, so negated). Classes whose slack carries mass get twice the candidates and
+    the problem is solved again, warm-started.
     """
     import osqp
 
-    W, k, m = problem.W, problem.k, problem.m
-    n_features, n_classes = W.shape
-    classes = np.arange(n_classes)
-    ranking = np.argsort(-W, axis=0, kind="stable")
+    n_features, n_classes = problem.W.shape
+    ranking = np.argsort(-problem.W, axis=0, kind="stable")
     n_candidates = np.full(n_classes, min(n_features, candidates_per_class))
     curvature = sp.triu(sp.csc_matrix(problem.Q + shift * np.eye(n_features)), format="csc")
-    s = np.full(n_features, m / n_features)
+    s = np.full(n_features, problem.m / n_features)
     warm = False
     info = {"osqp_status": "not run", "osqp_iterations": 0, "osqp_rounds": 0}
     start = time.perf_counter()
     while True:
-        edge_class = np.repeat(classes, n_candidates)
-        edge_feature = np.concatenate([ranking[: n_candidates[c], c] for c in classes])
-        n_edges = edge_feature.size
-        edges = n_features + np.arange(n_edges)  # column of each edge variable
-        slacks = n_features + n_edges + classes  # column of each slack variable
-        n_var = n_features + n_edges + n_classes
-        pruned = n_candidates < n_features
-        slack_value = np.where(pruned, W[ranking[np.minimum(n_candidates, n_features - 1), classes], classes], 0.0)
-        P = sp.block_diag([curvature, sp.csc_matrix((n_edges + n_classes,) * 2)], format="csc")
-        q = -np.concatenate([problem.bias + 0.5 * shift, W[edge_feature, edge_class], slack_value])
-        sum_s = sp.csc_matrix((np.ones(n_features), (np.zeros(n_features, int), np.arange(n_features))), (1, n_var))
-        edge_below_s = sp.csc_matrix(  # e[f, c] - s[f] <= 0
-            (np.repeat([1.0, -1.0], n_edges), (np.tile(np.arange(n_edges), 2), np.concatenate([edges, edge_feature]))),
-            (n_edges, n_var),
-        )
-        class_total = sp.csc_matrix(  # sum_f e[f, c] + t_c = k
-            (np.ones(n_edges + n_classes), (np.concatenate([edge_class, classes]), np.concatenate([edges, slacks]))),
-            (n_classes, n_var),
-        )
-        constraints = sp.vstack([sum_s, edge_below_s, class_total, sp.identity(n_var, format="csc")], format="csc")
-        lower = np.concatenate([[m], np.full(n_edges, -np.inf), np.full(n_classes, k), np.zeros(n_var)])
-        upper = np.concatenate(
-            [[m], np.zeros(n_edges), np.full(n_classes, k), np.ones(n_features), np.full(n_edges, np.inf),
-             np.where(pruned, np.inf, 0.0)]
-        )
+        relaxed = _PrunedRelaxation.build(problem, n_candidates, ranking)
+        n_other = relaxed.gain.size - n_features
+        P = sp.block_diag([curvature, sp.csc_matrix((n_other, n_other))], format="csc")
+        q = -relaxed.gain
+        q[:n_features] -= 0.5 * shift
         settings = dict(verbose=verbose, eps_abs=eps, eps_rel=eps, max_iter=max_iter, polishing=True)
         if time_limit is not None:
             remaining = time_limit - (time.perf_counter() - start)
@@ -625,9 +654,9 @@ def _relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verbose, 
                 break
             settings["time_limit"] = remaining
         solver = osqp.OSQP(algebra=algebra)
-        solver.setup(P, q, constraints, lower, upper, **settings)
+        solver.setup(P, q, relaxed.matrix, relaxed.lower, relaxed.upper, **settings)
         if warm:
-            solver.warm_start(x=_relaxed_warm_start(s, W, edge_feature, edge_class, k))
+            solver.warm_start(x=_relaxed_warm_start(s, problem.W, relaxed.edge_feature, relaxed.edge_class, problem.k))
         result = solver.solve(raise_error=False)
         info["osqp_status"] = result.info.status
         info["osqp_iterations"] += int(result.info.iter)
@@ -635,7 +664,7 @@ def _relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verbose, 
         if result.x is None or not np.all(np.isfinite(result.x[:n_features])):
             break
         s, warm = np.clip(result.x[:n_features], 0.0, 1.0), True
-        grow = (result.x[slacks] > 1e-4) & pruned
+        grow = (result.x[relaxed.slacks] > slack_tolerance) & relaxed.pruned
         if result.info.status != "solved" or not grow.any():
             break
         n_candidates[grow] = np.minimum(2 * n_candidates[grow], n_features)
@@ -648,6 +677,41 @@ def _relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verbose, 
             stacklevel=3,
         )
     return s, info
+
+
+def _penalty_free_bound(problem: _Problem, candidates_per_class: int) -> float:
+    """Bound from the LP relaxation without the (non-negative) penalty, solved by HiGHS.
+
+    Valid when every penalty is >= 0 (the penalty term is then <= 0). Certified like
+    :func:`_certified_bound`: the LP's class duals u give k sum u + the m best coefficients of
+    bias + sum_c max(0, W[:, c] - u_c), an upper bound for every feasible point.
+    """
+    n_features, n_classes = problem.W.shape
+    ranking = np.argsort(-problem.W, axis=0, kind="stable")
+    relaxed = _PrunedRelaxation.build(problem, np.full(n_classes, min(n_features, candidates_per_class)), ranking)
+    n_var = relaxed.gain.size
+    rows = relaxed.matrix[: -n_var]
+    equal = relaxed.lower[: -n_var] == relaxed.upper[: -n_var]
+    result = linprog(
+        -relaxed.gain,
+        A_ub=rows[~equal], b_ub=relaxed.upper[: -n_var][~equal],
+        A_eq=rows[equal], b_eq=relaxed.upper[: -n_var][equal],
+        bounds=np.column_stack([relaxed.lower[-n_var:], relaxed.upper[-n_var:]]),
+        method="highs",
+    )
+    if result.status != 0:
+        return math.inf
+    class_position = np.cumsum(equal)[relaxed.class_rows] - 1  # rows of the class totals among A_eq
+    u = -result.eqlin.marginals[class_position]
+    candidates = [u, _class_thresholds(problem.W, np.clip(result.x[:n_features], 0, 1), problem.k)]
+    return min(_dual_bound(problem, u_c) for u_c in candidates)
+
+
+def _dual_bound(problem: _Problem, u: np.ndarray, slope=0.0, constant=0.0) -> float:
+    """Maximum over {0 <= s <= 1, sum s = m} of the linear over-estimator
+    k sum u + constant + (bias + slope + sum_c max(0, W[:, c] - u_c))'s: its m largest coefficients."""
+    coefficients = problem.bias + slope + np.maximum(problem.W - u, 0.0).sum(1)
+    return problem.k * float(u.sum()) + constant + float(np.partition(coefficients, -problem.m)[-problem.m :].sum())
 
 
 def _relaxed_warm_start(s, W, edge_feature, edge_class, k):
@@ -691,6 +755,7 @@ def _solve_milp(problem: _Problem, *, time_limit, mip_rel_gap, verbose):
         return sp.csr_matrix((data, (row, column)), shape=(n_rows, n_columns))
 
     dedup_pairs: list[tuple[int, int]] = []
+    involved: set[int] = set()
     upper_bound, start = math.inf, time.perf_counter()
     while True:
         n_var = base + n_features * len(dedup_pairs)
@@ -753,7 +818,9 @@ def _solve_milp(problem: _Problem, *, time_limit, mip_rel_gap, verbose):
         columns = {}
         for c in range(n_classes):
             columns.setdefault(E[:, c].tobytes(), []).append(c)
-        dedup_pairs += [(a, b) for group in columns.values() for a, b in zip(group[:-1], group[1:])]
+        # Classes that collided once tend to collide again: keep all of them pairwise distinct.
+        involved.update(c for group in columns.values() if len(group) > 1 for c in group)
+        dedup_pairs = list(itertools.combinations(sorted(involved), 2))
         logger.info("exact selection: %d duplicate class pairs constrained, solving again", len(dedup_pairs))
 
 
@@ -774,7 +841,7 @@ def solve_selection(
     solver="osqp",
     verbose=False,
     algebra="builtin",
-    eps=1e-6,
+    eps=1e-4,
     max_iter=20000,
     candidates_per_class=None,
     n_perturbations=40,
@@ -821,7 +888,7 @@ def solve_selection(
         OSQP iteration limit per solve.
     candidates_per_class : int, optional
         Initial number of candidate features per class in the relaxation (default
-        ``4 * n_per_class + 4``); grown where the relaxation needs more.
+        ``12 * n_per_class + 4``); grown where the relaxation needs more.
     n_perturbations : int
         Perturbation rounds of the iterated local search.
     mip_rel_gap : float
@@ -848,7 +915,7 @@ def solve_selection(
     if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
         raise ValueError(f"time_limit must be None or a positive number of seconds; got {time_limit!r}.")
     _check_int(n_perturbations, "n_perturbations", 0, 10**9)
-    candidates_per_class = 4 * n_per_class + 4 if candidates_per_class is None else candidates_per_class
+    candidates_per_class = 12 * n_per_class + 4 if candidates_per_class is None else candidates_per_class
     _check_int(candidates_per_class, "candidates_per_class", 1, 10**9)
     deadline = math.inf if time_limit is None else start + time_limit
     status = "feasible"
@@ -879,6 +946,8 @@ def solve_selection(
             verbose=verbose, candidates_per_class=candidates_per_class,
         )
         upper_bound = _certified_bound(problem, s, shift)
+        if np.all(problem.Q >= 0) and problem.Q.any():
+            upper_bound = min(upper_bound, _penalty_free_bound(problem, candidates_per_class))
         search = _LocalSearch(problem, deadline)
         S, value = search.run(_round(problem, s))
         rng = check_random_state(random_state)

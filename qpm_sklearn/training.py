@@ -115,7 +115,7 @@ def tokens_on_device(tokens, device, *, resident=None):
     -------
     tokens : Tensor on ``device``, or the input unchanged when it stays on the host.
     """
-    device = resolve_device(device)
+    device = _resolve_device(device)
     _check_tokens(tokens)
     dtype = _compute_dtype(device)
     if _decide_resident(tokens, device, resident, dtype):
@@ -196,13 +196,16 @@ def train_network(
         loss adds them times their weights), ``lr`` (of the last step), ``seconds``.
         Loss values are means over the epoch's samples.
     """
-    device = resolve_device(device)
+    device = _resolve_device(device)
     n_samples, n_tokens = _check_tokens(tokens)
     grid = _check_grid(grid, n_tokens)
     n_classes = network.head.weight.shape[0]
     labels = _check_labels(y, n_samples, n_classes)
     if n_samples * n_tokens < 2:
-        raise ValueError("tokens: training needs at least 2 token rows (BatchNorm statistics); got 1 sample of 1 token.")
+        raise ValueError(
+            "tokens: training needs at least 2 token rows (BatchNorm statistics); "
+            f"got {n_samples} sample(s) of {n_tokens} token(s)."
+        )
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size!r}.")
@@ -213,7 +216,7 @@ def train_network(
         raise ValueError("network has no parameter with requires_grad=True: nothing to train.")
     batches = _TokenBatches(tokens, labels, device, batch_size, resident)
     steps_per_epoch = len(batches.bounds)
-    if epochs < 1 or steps_per_epoch == 0:
+    if epochs < 1:
         network.eval()
         return []
     schedule = lr * cosine_schedule(epochs * steps_per_epoch, steps_per_epoch)
@@ -299,7 +302,7 @@ def forward_in_batches(network, tokens, *, grid, batch_size, device, return_maps
         ``"logits"`` (n, C), ``"features"`` (n, K) pooled (no dropout), and
         ``"maps"`` (n, K, h, w) when ``return_maps``.
     """
-    device = resolve_device(device)
+    device = _resolve_device(device)
     n_samples, n_tokens = _check_tokens(tokens)
     grid = _check_grid(grid, n_tokens)
     batch_size = int(batch_size)
@@ -490,14 +493,21 @@ def _autocast(device):
 @contextlib.contextmanager
 def _seeded_rng(seed, device):
     """Seed the torch RNG (dropout) for the block and restore the caller's state afterwards."""
-    cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()] if (
-        device.type == "cuda") else []
+    cuda_devices = [device.index] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.random.default_generator.manual_seed(int(seed))
         if cuda_devices:
             with torch.cuda.device(cuda_devices[0]):
                 torch.cuda.manual_seed(int(seed))
         yield
+
+
+def _resolve_device(device):
+    """``resolve_device`` with the CUDA index made explicit, so ``tensor.device == device`` holds."""
+    device = resolve_device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _compute_dtype(device):
@@ -521,14 +531,16 @@ def _decide_resident(tokens, device, resident, dtype):
 
 
 def _to_device(tokens, device, dtype, chunk=512):
-    """All tokens on ``device``: no copy on the CPU; on CUDA converted chunk by chunk to ``dtype``."""
-    if isinstance(tokens, torch.Tensor):
-        return tokens.detach().to(device, dtype if device.type == "cuda" else tokens.dtype)
-    if device.type == "cpu":
-        return torch.from_numpy(np.ascontiguousarray(tokens))
+    """All tokens on ``device``: as they are on the CPU or when already there; else chunk-wise in ``dtype``."""
+    if isinstance(tokens, torch.Tensor) and (tokens.device == device or device.type == "cpu"):
+        return tokens.detach().to(device)
+    if not isinstance(tokens, torch.Tensor):
+        tokens = torch.from_numpy(np.ascontiguousarray(tokens))  # no copy for a C-ordered array
+        if device.type == "cpu":
+            return tokens
     out = torch.empty(tokens.shape, dtype=dtype, device=device)
     for start in range(0, len(tokens), chunk):
-        out[start : start + chunk].copy_(torch.from_numpy(np.ascontiguousarray(tokens[start : start + chunk])))
+        out[start : start + chunk].copy_(tokens[start : start + chunk])
     return out
 
 
@@ -537,15 +549,21 @@ def _slice_to_device(tokens, start, stop, device):
         x = tokens[start:stop].to(device)
     else:
         x = torch.from_numpy(np.ascontiguousarray(tokens[start:stop])).to(device)
-    return x if device.type == "cuda" else x.float()
+    # CUDA autocast casts 16/32-bit floats for the MLP but leaves float64 alone.
+    return x if device.type == "cuda" and x.dtype != torch.float64 else x.float()
 
 
 def _check_tokens(tokens):
     if not isinstance(tokens, (np.ndarray, torch.Tensor)):
-        raise TypeError(f"tokens must be a numpy array or torch tensor of shape (n, P, D); got {type(tokens).__name__}.")
+        raise TypeError(
+            f"tokens must be a numpy array or torch tensor of shape (n, P, D); got {type(tokens).__name__}."
+        )
     if tokens.ndim != 3:
         raise ValueError(f"tokens must have shape (n, P, D); got shape {tuple(tokens.shape)}.")
-    floating = tokens.is_floating_point() if isinstance(tokens, torch.Tensor) else np.issubdtype(tokens.dtype, np.floating)
+    if isinstance(tokens, torch.Tensor):
+        floating = tokens.is_floating_point()
+    else:
+        floating = np.issubdtype(tokens.dtype, np.floating)
     if not floating:
         raise TypeError(f"tokens must be floating point (float32 or float16); got dtype {tokens.dtype}.")
     return int(tokens.shape[0]), int(tokens.shape[1])

@@ -40,7 +40,7 @@ def write_fake_cub(folder, *, n_classes=3, n_per_class=4, size=28, segmentations
     for image_id, relpath, c, _ in rows:
         side = size // 2
         box = (int(rng.integers(0, size - side)), int(rng.integers(0, size - side)), side)
-        _write_image(cub_dir / "images" / relpath, rng, size, box, fill=(60 * c + 100, 200, 255 - 60 * c))
+        _write_image(cub_dir / "images" / relpath, rng, size, box, fill=((60 * c + 100) % 256, 200, (255 - 60 * c) % 256))
         if segmentations:
             mask = np.zeros((size, size), dtype=np.uint8)
             mask[box[0] : box[0] + side, box[1] : box[1] + side] = 255

@@ -32,7 +32,8 @@ def _numpy_mlp(mlp, tokens, *, train, stats=None):
             stats.append((mean, h.var(0, ddof=1)))
         else:
             mean, var = norm.running_mean.double().numpy(), norm.running_var.double().numpy()
-        h = (h - mean) / np.sqrt(var + EPS) * norm.weight.detach().double().numpy() + norm.bias.detach().double().numpy()
+        gamma, beta = norm.weight.detach().double().numpy(), norm.bias.detach().double().numpy()
+        h = (h - mean) / np.sqrt(var + EPS) * gamma + beta
         h = np.maximum(h, 0.0)
     return h.reshape(batch, n_tokens, -1)
 

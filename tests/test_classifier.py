@@ -248,3 +248,14 @@ def test_save_load_string_labels_and_version_check(tmp_path):
         QPMClassifier.load(tmp_path / "junk.npz")
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         QPMClassifier.load(tmp_path / "missing.npz")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the CPU-only fallback")
+def test_model_for_cuda_predicts_on_a_cpu_only_machine_with_a_warning(fitted):
+    clf, X, _ = fitted
+    expected = clf.predict_proba(X)
+    on_gpu = pickle.loads(pickle.dumps(clf.set_params(device="cuda")))
+    clf.set_params(device=None)
+    with pytest.warns(RuntimeWarning, match="CUDA is not available"):
+        proba = on_gpu.predict_proba(X)
+    np.testing.assert_array_equal(proba, expected)

@@ -186,7 +186,7 @@ def test_parameter_errors(tiny_backbone, tmp_path):
     with pytest.raises(ValueError, match="mean and std"):
         _cpu(tiny_backbone, image_size=SIZE, preprocessing="paper").transform(X)
     with pytest.raises(ValueError, match="batch_size"):
-        _cpu(tiny_backbone, batch_size=0).fit()
+        _cpu(tiny_backbone, batch_size=0).fit(None)
     missing = tmp_path / "no_such_model"
     with pytest.raises(FileNotFoundError, match="no_such_model"):
         _cpu(str(missing), image_size=SIZE).transform(X)

@@ -76,6 +76,13 @@ def test_missing_and_corrupt_files_are_named(tmp_path):
         im.read_image(truncated)
 
 
+def test_check_files_exist_names_the_first_missing(tmp_path):
+    Image.fromarray(_rgb()).save(tmp_path / "here.png")
+    im.check_files_exist([tmp_path / "here.png", Image.new("RGB", (2, 2)), _rgb()])
+    with pytest.raises(FileNotFoundError, match=r"X\[2\].*gone.png"):
+        im.check_files_exist([tmp_path / "here.png", _rgb(), str(tmp_path / "gone.png"), tmp_path / "also.png"])
+
+
 def test_file_round_trip_is_lossless(tmp_path):
     pixels = _rgb()
     Image.fromarray(pixels).save(tmp_path / "x.png")

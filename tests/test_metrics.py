@@ -323,7 +323,8 @@ def test_evaluate_against_recomputation(monkeypatch):
     # Without a training split the feature metrics read the test set; without masks no Plausibility.
     row_test = evaluate(est, X, y)
     assert "Plausibility" not in row_test
-    assert row_test["Class-Independence"] == pytest.approx(ref_class_independence(est.maps[:, :-1].mean((2, 3)), list(y)))
+    expected = ref_class_independence(est.maps[:, :-1].mean((2, 3)), list(y))
+    assert row_test["Class-Independence"] == pytest.approx(expected)
 
 
 def test_evaluate_errors_and_missing_sid():
@@ -363,7 +364,9 @@ def test_linear_probe_against_recomputation(n_classes):
     X_train, _, y_train = _probe_data(rng, classes=n_classes)
     probe = LogisticRegression(max_iter=2000).fit(X_train, y_train)
     masks = rng.random((len(y), 4, 4)) > 0.6
-    row = evaluate_linear_probe(probe, X_cls, X_patch, y, masks=masks, X_cls_train=X_train, y_train=y_train, random_state=0)
+    row = evaluate_linear_probe(
+        probe, X_cls, X_patch, y, masks=masks, X_cls_train=X_train, y_train=y_train, random_state=0
+    )
     # Independent: the predicted class's evidence row from decision_function semantics.
     coef = probe.coef_ if n_classes > 2 else np.vstack([-probe.coef_[0], probe.coef_[0]])
     pred = probe.predict(X_cls)

@@ -55,7 +55,11 @@ class StubEstimator:
     def compare_classes(self, a, b):
         fa = set(self.selected_features_[self.assignment_[list(self.classes_).index(a)] != 0])
         fb = set(self.selected_features_[self.assignment_[list(self.classes_).index(b)] != 0])
-        return {"shared": np.array(sorted(fa & fb)), "only_a": np.array(sorted(fa - fb)), "only_b": np.array(sorted(fb - fa))}
+        return {
+            "shared": np.array(sorted(fa & fb)),
+            "only_a": np.array(sorted(fa - fb)),
+            "only_b": np.array(sorted(fb - fa)),
+        }
 
     def feature_maps(self, X):
         return np.random.default_rng(1).random((len(X), 4, 4, 4))
@@ -107,7 +111,8 @@ def test_plot_class_comparison(tmp_path):
     panels = image_axes(fig)[1:]
     # cat uses {3, 7}, owl {3, 12, 40}: shared 3 in both rows, 7 for cat, 12 and 40 for owl.
     assert len(panels) == 2 + 1 + 2
-    assert {ax.get_title() for ax in panels} == {"cat: crest", "owl: crest", "cat: feature 7", "owl: feature 12", "owl: feature 40"}
+    titles = {ax.get_title() for ax in panels}
+    assert titles == {"cat: crest", "owl: crest", "cat: feature 7", "owl: feature 12", "owl: feature 40"}
     save(fig, tmp_path, "comparison_maps.png")
     with pytest.raises(ValueError, match="exactly 2"):
         plot_class_comparison(est, "cat", "owl", X=np.zeros((3, 5)))
@@ -122,3 +127,35 @@ def test_plot_assignment(tmp_path):
     assert [t.get_text() for t in ax.get_xticklabels()] == ["feature 3", "feature 7", "feature 12", "feature 40"]
     assert ax.get_title() == "assignment: 3 classes x 4 features, 2-3 per class"
     save(fig, tmp_path, "assignment.png")
+
+
+def test_figures_of_a_fitted_classifier(tmp_path):
+    from qpm_sklearn import QPMClassifier
+    from qpm_sklearn.datasets import make_parts
+
+    X, y, _ = make_parts(n_samples=60, random_state=0)
+    clf = QPMClassifier(
+        n_features=16, hidden_size=32, n_layers=1, n_selected=4, n_per_class=2, dense_epochs=2, sparse_epochs=1,
+        device="cpu", random_state=0,
+    ).fit(X, y)
+    expl = clf.explain(X[:2])
+    fig = plot_explanation(expl, index=1)
+    assert len(image_axes(fig)) == 2 + int((expl.features[1] >= 0).sum())
+    save(fig, tmp_path, "fitted_explanation.png")
+    a, b = clf.classes_[:2]
+    fig = plot_class_comparison(clf, a, b, X=X[[np.flatnonzero(y == a)[0], np.flatnonzero(y == b)[0]]])
+    comparison = clf.compare_classes(a, b)
+    n_panels = 2 * len(comparison["shared"]) + len(comparison["only_a"]) + len(comparison["only_b"])
+    assert len(image_axes(fig)) == 1 + n_panels
+    save(fig, tmp_path, "fitted_comparison.png")
+    fig = plot_assignment(clf)
+    np.testing.assert_array_equal(fig.axes[0].images[0].get_array(), clf.assignment_ != 0)
+    save(fig, tmp_path, "fitted_assignment.png")
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
+    with pytest.raises(ImportError, match=r"pip install qpm_sklearn\[plot\]"):
+        plot_assignment(StubEstimator())

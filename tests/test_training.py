@@ -173,7 +173,9 @@ def test_sparse_stage_trains_only_the_mlp():
     assert not torch.equal(sparse.mlp.state_dict()["layers.0.weight"], mlp_before["layers.0.weight"])
     assert history[-1]["loss"] < history[0]["loss"]
     # SLDD / Q-SENN fine-tuning: mean and std train, weight stays.
-    trainable = SparseHead(assignment, np.full(3, 0.2), np.full(3, 0.5), bias=np.zeros(3), train_stats=True, dropout=0.1)
+    trainable = SparseHead(
+        assignment, np.full(3, 0.2), np.full(3, 0.5), bias=np.zeros(3), train_stats=True, dropout=0.1
+    )
     network = QPMNetwork(_dense().mlp, trainable, selected=selected)
     train_network(network, tokens, y, **TRAIN)
     assert not torch.allclose(trainable.mean, torch.full((3,), 0.2))
@@ -207,15 +209,17 @@ def test_one_token_inputs_drop_a_final_single_sample_batch():
         train_network(network, tokens[:1], y[:1], **dict(TRAIN, grid=(1, 1)))
 
 
-def test_float16_tokens_and_tensor_input_agree():
+def test_float16_float64_and_tensor_inputs_agree():
     tokens, y = _separable(n=16, dtype=np.float16)
     states = []
-    for data in (tokens, tokens_on_device(tokens, "cpu"), torch.from_numpy(tokens.astype(np.float32))):
+    as_float32 = torch.from_numpy(tokens.astype(np.float32))
+    for data in (tokens, tokens_on_device(tokens, "cpu"), as_float32, tokens.astype(np.float64)):
         network = _dense()
         train_network(network, data, y, **TRAIN)
         states.append(network_state(network))
     for other in states[1:]:
         assert all(np.array_equal(states[0][k], other[k]) for k in states[0])
+    assert tokens_on_device(tokens, "cpu", resident=False) is tokens  # stays on the host for streaming
 
 
 def test_input_validation():
