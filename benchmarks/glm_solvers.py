@@ -40,7 +40,7 @@ def main():
     path = elastic_net_path(Z, y, lam_max=lam_max)
     t_path = time.perf_counter() - t0
     result = {
-        "device": f"CPU {platform.processor() or platform.machine()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
+        "device": f"CPU {platform.machine()} ({os.cpu_count()} cores), OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
         "n_samples": int(len(y)), "n_features": int(F.shape[1]), "n_classes": 200,
         "selection_seconds": round(t_select, 2), "path_seconds": round(t_path, 2),
         "path_points": len(path), "path_epochs_total": int(sum(p["epochs"] for p in path)),

@@ -228,7 +228,7 @@ class Runner:
         if self.mask_paths is None:
             return None
         if grid not in self.masks:
-            from qpm_sklearn.datasets._cub import load_masks
+            from qpm_sklearn.datasets import load_masks
 
             self.masks[grid] = load_masks(self.mask_paths, size=grid)
         return self.masks[grid]

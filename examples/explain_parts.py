@@ -74,11 +74,11 @@ def plot_dense_vs_qpm(clf, X, masks, n_show=4):
     return fig
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/figures", help="folder for the PNG files (default: docs/figures)")
     parser.add_argument("--random-state", type=int, default=0)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 

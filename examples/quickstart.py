@@ -105,7 +105,9 @@ def main(argv=None):
     except ImportError:
         print("matplotlib is not installed: no figure (pip install 'qpm_sklearn[plot]').")
     else:
-        image = pick(test[:1])[0]
+        from qpm_sklearn.images import load_resized
+
+        image = load_resized(pick(test[:1])[0], 0, image_size)  # squashed as the backbone saw it
         figure = plot_explanation(explanation, index=0, image=image, class_names=class_names)
         figure.savefig(args.out, dpi=100)
         print(f"explanation figure saved to {args.out}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 
@@ -95,3 +96,28 @@ def progress(iterable, *, verbose: bool, desc: str, total: int | None = None, un
 def as_numpy(tensor: torch.Tensor, dtype=np.float32) -> np.ndarray:
     """Detach a tensor to a numpy array of ``dtype`` on the host."""
     return tensor.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
+
+
+@contextlib.contextmanager
+def quiet_transformers(verbose):
+    """Silence transformers' logging and the hub's download bars unless verbose, then restore."""
+    if verbose:
+        yield
+        return
+    from huggingface_hub import utils as hub_utils
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hub_bars = not hub_utils.are_progress_bars_disabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    hub_utils.disable_progress_bars()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+        if hub_bars:
+            hub_utils.enable_progress_bars()

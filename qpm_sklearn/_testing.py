@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from ._device import quiet_transformers
+
 # The architecture of facebook/dinov2-with-registers-{small,base,large} (and
 # facebook/dinov2-{small,base,large} with no registers), as in their config.json.
 BACKBONE_SIZES = {
@@ -76,5 +78,6 @@ def save_random_backbone(
     model.eval()
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(folder)
+    with quiet_transformers(verbose=False):
+        model.save_pretrained(folder)
     return folder

@@ -99,7 +99,9 @@ def sldd_sparsify(path, n_per_class: int, n_classes: int) -> tuple[np.ndarray, n
             stacklevel=2,
         )
     if sparsity[index] == 0:
-        warnings.warn("sldd_sparsify: the chosen path point is all zero; the head has no weights.", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "sldd_sparsify: the chosen path point is all zero; the head has no weights.", RuntimeWarning, stacklevel=2
+        )
 
     weight = weights[index]
     flat = np.abs(weight).ravel()

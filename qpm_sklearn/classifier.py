@@ -6,9 +6,9 @@ import math
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
-import torch
 from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
@@ -20,7 +20,12 @@ from sklearn.utils.validation import (
 )
 
 from ._device import resolve_device, torch_seed
+from .adapter import DenseHead, QPMNetwork, SparseHead, TokenMLP, load_network_state, network_state
+from .baselines import qsenn_refit, sparse_head
 from .explanation import Explanation
+from .persistence import load_estimator, save_estimator
+from .selection import feature_class_correlation, feature_similarity, redundancy_penalty, solve_selection
+from .training import forward_in_batches, tokens_on_device, train_network
 
 _STAGES = ("sparse", "dense")
 
@@ -79,9 +84,6 @@ def _fit_dense_stage(tokens, y, grid, n_classes, settings, seed, device, verbose
         ``mlp`` and ``head`` (numpy weights of the network), ``features`` (n, n_features)
         pooled training features in eval mode, ``history`` (per-epoch rows).
     """
-    from .adapter import DenseHead, QPMNetwork, TokenMLP, network_state
-    from .training import forward_in_batches, tokens_on_device, train_network
-
     tokens = tokens_on_device(tokens, device)  # staged once for training and the feature pass
     torch.manual_seed(seed)
     network = QPMNetwork(
@@ -152,12 +154,19 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
     sparse_diversity : float, default=1.0
         Weight β of the feature-diversity loss in each stage.
     l1_maps : float, default=5.0
-        Weight of the L1 penalty on the selected feature maps (sparse stage).
+        Weight of the L1 penalty on the selected feature maps (sparse stage of
+        ``selection="qpm"``).
     l1_features : float, default=1.0
-        Weight of the L1 penalty on the selected pooled features (sparse stage).
+        Weight of the L1 penalty on the selected pooled features (sparse stage
+        of ``selection="qpm"``).
     selection : {"qpm", "sldd", "qsenn"}, default="qpm"
         How the sparse head is chosen: the quadratic program of DINO-QPM, or
-        the paper's comparison systems DINO-SLDD and DINO-QSENN.
+        the paper's comparison systems DINO-SLDD and DINO-QSENN (real-valued
+        weights with a bias, trainable standardisation, dropout 0.1 and no L1
+        terms in fine-tuning; Q-SENN runs 4 refit → quantise → fine-tune rounds
+        of ``sparse_epochs`` each). The paper trained their dense stage for 40
+        epochs with ``dense_diversity=0.196`` and fine-tuned SLDD for 50 epochs;
+        see docs/baselines.md.
     solver_options : dict, default=None
         Extra keyword arguments for :func:`qpm_sklearn.selection.solve_selection`
         (``time_limit``, ``solver``, ``algebra``, ...).
@@ -180,7 +189,10 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
     selected_features_ : ndarray of shape (n_selected,)
         Adapter channel ids of the selected features, ascending.
     assignment_ : ndarray of shape (n_classes, n_selected)
-        0/1 matrix: which selected features each class uses.
+        0/1 matrix: which selected features each class uses. With
+        ``selection="qpm"`` every row has exactly ``n_per_class`` ones and no
+        two rows are equal; the comparison systems prune globally (SPEC 7.3),
+        so there a class may use more or fewer features.
     sparse_weight_ : ndarray of shape (n_classes, n_selected)
         Weights of the sparse head (equal to ``assignment_`` for DINO-QPM).
     sparse_bias_ : ndarray of shape (n_classes,)
@@ -387,8 +399,6 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
     def _select(self, features, y_codes, n_classes, seed) -> dict:
         """Choose the sparse head from the dense training features (stage 2)."""
         if self.selection != "qpm":
-            from .baselines import sparse_head
-
             return sparse_head(
                 self.selection,
                 features,
@@ -399,13 +409,6 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
                 random_state=seed,
                 verbose=self.verbose,
             )
-        from .selection import (
-            feature_class_correlation,
-            feature_similarity,
-            redundancy_penalty,
-            solve_selection,
-        )
-
         A = feature_class_correlation(features, y_codes)
         penalty, tau = redundancy_penalty(feature_similarity(A), self.n_selected)
         result = solve_selection(
@@ -438,17 +441,12 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         refits and re-quantises its head on the current features before each
         of its rounds after the first.
         """
-        from .adapter import network_state
-        from .training import forward_in_batches, tokens_on_device, train_network
-
         tokens = tokens_on_device(tokens, device)
         baseline = self.selection != "qpm"
         rounds = _QSENN_ROUNDS if self.selection == "qsenn" else 1
         mlp_state, history, network = self.dense_mlp_state_, [], None
         for round_index in range(rounds):
             if round_index > 0:
-                from .baselines import qsenn_refit
-
                 features = forward_in_batches(
                     network, tokens, grid=grid, batch_size=_INFERENCE_BATCH_SIZE, device=device
                 )["features"]
@@ -493,8 +491,6 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         the dense MLP); ``train_stats`` and ``dropout`` configure the sparse head
         for fine-tuning.
         """
-        from .adapter import DenseHead, QPMNetwork, SparseHead, TokenMLP, load_network_state
-
         mlp = TokenMLP(self.n_features_in_, self.hidden_size, self.n_features, self.n_layers)
         if stage == "dense":
             network = QPMNetwork(mlp, DenseHead(self.n_features, len(self.classes_), self.dropout))
@@ -518,8 +514,6 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         if stage not in _STAGES:
             raise ValueError(f"stage must be one of {_STAGES}; got {stage!r}.")
         tokens, grid = _check_tokens(X, self, reset=False)
-        from .training import forward_in_batches
-
         out = forward_in_batches(
             self._build_network(stage),
             tokens,
@@ -652,16 +646,12 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         path : pathlib.Path
             The file written (``.npz`` is appended when missing).
         """
-        from .persistence import save_estimator
-
         check_is_fitted(self)
         return save_estimator(self, path)
 
     @classmethod
     def load(cls, path):
         """Load a model written by :meth:`save`; refuses files of another format version."""
-        from .persistence import load_estimator
-
         return load_estimator(cls, path)
 
     def __sklearn_tags__(self):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import os
@@ -18,7 +17,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 from . import images as _images
 from ._cache import EmbeddingCache
-from ._device import logger, progress, resolve_device, resolve_dtype
+from ._device import logger, progress, quiet_transformers, resolve_device, resolve_dtype
 
 _OUTPUT_DTYPES = {"float32": np.float32, "float16": np.float16}
 # What huggingface_hub / requests / httpx raise (or say) when the hub cannot be reached.
@@ -284,7 +283,7 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
         if Path(name).expanduser().is_dir():
             name = str(Path(name).expanduser())
         try:
-            with _quiet_transformers(self.verbose):
+            with quiet_transformers(self.verbose):
                 return auto_class.from_pretrained(name, local_files_only=self.local_files_only, **kwargs)
         except Exception as exc:  # transformers raises OSError, ValueError, hub errors ...
             if not Path(name).is_dir() and self.local_files_only:
@@ -466,28 +465,3 @@ def _model_revision(name: str, config) -> str:
     if commit is None:
         logger.warning("model=%r has no hub commit hash; the cache is keyed by its name only.", name)
     return f"hub:{commit}"
-
-
-@contextlib.contextmanager
-def _quiet_transformers(verbose):
-    """Silence transformers' logging and the hub's download bars unless verbose, then restore."""
-    if verbose:
-        yield
-        return
-    from huggingface_hub import utils as hub_utils
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hub_bars = not hub_utils.are_progress_bars_disabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    hub_utils.disable_progress_bars()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-        if hub_bars:
-            hub_utils.enable_progress_bars()

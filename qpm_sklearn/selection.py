@@ -10,8 +10,8 @@ Problem (DESIGN.md, ``solve_selection``), with ``k = n_per_class``, ``m = n_sele
 For a fixed selection ``S`` the best assignment without the no-duplicate rule is each class's
 top-k of ``A`` over ``S``; duplicates are repaired exactly (:func:`_assign`). The default solver
 relaxes the problem (concave by a diagonal shift, which is exact on binary points), solves the
-relaxation with OSQP, rounds it and improves the rounding by swap local search with seeded
-perturbations. The upper bound it reports is certified from the relaxation's solution (a
+relaxation with OSQP, rounds it and improves the rounding by swap local search and a seeded
+tabu search. The upper bound it reports is certified from the relaxation's solution (a
 tangent-plane / Lagrangian argument, :func:`_certified_bound`), so it is valid whatever accuracy
 OSQP reached; with non-negative penalties the LP bound without the penalty (HiGHS) is used when
 it is smaller. ``solver="exact"`` solves the linearised MILP with HiGHS (``scipy.optimize.milp``).
@@ -27,9 +27,11 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import osqp
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, linprog, milp
 from sklearn.utils import check_random_state
+from threadpoolctl import threadpool_limits
 
 from ._device import logger, progress
 
@@ -219,10 +221,12 @@ def redundancy_penalty(R, n_selected) -> tuple[np.ndarray, float]:
     --------
     >>> R = feature_similarity([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
     >>> penalty, tau = redundancy_penalty(R, 2)
-    >>> penalty.round(3), round(tau, 3)
-    (array([[0., 1., 0.],
-           [1., 0., 0.],
-           [0., 0., 0.]]), 0.994)
+    >>> round(tau, 3)  # the smallest level at which two features are dissimilar enough (0 and 2)
+    0.11
+    >>> penalty.round(3)
+    array([[0.   , 1.   , 0.   ],
+           [1.   , 0.   , 0.111],
+           [0.   , 0.111, 0.   ]])
     """
     R = _finite_matrix(R, "R")
     n_features = R.shape[0]
@@ -342,7 +346,7 @@ def selection_objective(A, selected, assignment, *, penalty=None, bias=None) -> 
         value -= float(np.triu(block[np.ix_(order, order)], 1).sum())
     if bias is not None:
         value += float(np.asarray(bias, dtype=np.float64)[selected].sum())
-    return value
+    return float(value)
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,47 +380,78 @@ def _assign(WS: np.ndarray, k: int) -> tuple[np.ndarray, float, float]:
     ``WS`` (m, C) holds the weights of the selected features. Returns the (C, m) boolean
     assignment, its value, and the value without the no-duplicate rule (per-class top-k).
 
-    Exact: classes whose top-k sets collide form the set I; each gets its |I| best subsets;
-    a class outside I whose top-k set appears among them joins I, until closed. A best matching
-    of I to these subsets (plus the untouched top-k sets outside I) is optimal, because no
-    class in I needs a subset beyond its |I| best (at most |I|-1 are taken by the others).
+    Exact: classes whose top-k sets collide form groups; every class of a group of size g gets
+    its g best subsets. Groups whose lists share a subset merge, and a class whose top-k set
+    appears in a group's lists joins it, until nothing changes. A best matching inside each group
+    (plus the untouched top-k sets of the other classes) is then optimal: no class of a group of
+    size g needs a subset beyond its g best (at most g - 1 are taken by the others), and the
+    lists of different groups and the other classes' sets are disjoint.
     """
     m, n_classes = WS.shape
     top = np.argpartition(-WS, k - 1, axis=0)[:k] if k < m else np.broadcast_to(np.arange(m)[:, None], (m, n_classes))
-    top_sets = [tuple(sorted(column)) for column in np.sort(top, axis=0).T.tolist()]
+    top_sets = [tuple(column) for column in np.sort(top, axis=0).T.tolist()]
     free_value = float(np.take_along_axis(WS, np.asarray(top), axis=0).sum())
     owners: dict[tuple, list[int]] = {}
     for c, subset in enumerate(top_sets):
         owners.setdefault(subset, []).append(c)
+    groups = [set(group) for group in owners.values() if len(group) > 1]
+    if not groups:
+        return _assignment_matrix(top_sets, m), free_value, free_value
+    generators, lists = {}, {}
+
+    def listed(group):
+        for c in group:
+            generators.setdefault(c, _best_subsets(WS[:, c], k))
+            lists.setdefault(c, [])
+            while len(lists[c]) < len(group):
+                lists[c].append(next(generators[c])[1])
+        return {subset for c in group for subset in lists[c]}
+
+    while True:
+        subsets = [listed(group) for group in groups]
+        merged = _merge_overlapping(groups, subsets)
+        grouped = set().union(*merged)
+        for group in merged:
+            group.update(c for subset in listed(group) for c in owners.get(subset, ()) if c not in grouped)
+        if len(merged) == len(groups) and sum(map(len, merged)) == sum(map(len, groups)):
+            break
+        groups = merged
     chosen = list(top_sets)
-    involved = {c for group in owners.values() if len(group) > 1 for c in group}
-    if involved:
-        generators, lists = {}, {}
-        while True:
-            for c in involved:
-                generators.setdefault(c, _best_subsets(WS[:, c], k))
-                lists.setdefault(c, [])
-                while len(lists[c]) < len(involved):
-                    lists[c].append(next(generators[c])[1])
-            listed = {subset for c in involved for subset in lists[c]}
-            joining = {c for c in range(n_classes) if c not in involved and top_sets[c] in listed}
-            if not joining:
-                break
-            involved |= joining
-        rows = sorted(involved)
+    for group in groups:
+        rows = sorted(group)
         columns = sorted({subset for c in rows for subset in lists[c]})
         member = np.zeros((len(columns), m))
         for j, subset in enumerate(columns):
             member[j, list(subset)] = 1.0
-        gain = WS[:, rows].T @ member.T  # (|I|, n_subsets): value of each subset for each class
-        row_index, column_index = linear_sum_assignment(gain, maximize=True)
-        for r, j in zip(row_index, column_index):
+        gain = WS[:, rows].T @ member.T  # value of every listed subset for every class of the group
+        for r, j in zip(*linear_sum_assignment(gain, maximize=True)):
             chosen[rows[r]] = columns[j]
-    assignment = np.zeros((n_classes, m), dtype=bool)
-    for c, subset in enumerate(chosen):
+    assignment = _assignment_matrix(chosen, m)
+    return assignment, float((WS.T * assignment).sum()), free_value
+
+
+def _merge_overlapping(groups: list[set], subsets: list[set]) -> list[set]:
+    """Union of the groups whose listed subsets intersect (transitively)."""
+    merged_groups, merged_subsets = [], []
+    for group, listed in zip(groups, subsets):
+        group, listed = set(group), set(listed)
+        keep_groups, keep_subsets = [], []
+        for other_group, other_listed in zip(merged_groups, merged_subsets):
+            if listed & other_listed:
+                group |= other_group
+                listed |= other_listed
+            else:
+                keep_groups.append(other_group)
+                keep_subsets.append(other_listed)
+        merged_groups, merged_subsets = keep_groups + [group], keep_subsets + [listed]
+    return merged_groups
+
+
+def _assignment_matrix(subsets: list[tuple], m: int) -> np.ndarray:
+    assignment = np.zeros((len(subsets), m), dtype=bool)
+    for c, subset in enumerate(subsets):
         assignment[c, list(subset)] = True
-    value = float((WS.T * assignment).sum()) if involved else free_value
-    return assignment, value, free_value
+    return assignment
 
 
 def _evaluate(problem: _Problem, S: np.ndarray) -> tuple[float, float, np.ndarray]:
@@ -471,18 +506,19 @@ class _LocalSearch:
         self.problem = problem
         self.deadline = deadline
         self.max_evaluations = max_evaluations
-        self.cache: dict[bytes, tuple[float, float, np.ndarray]] = {}
+        self.cache: dict[bytes, tuple[float, float]] = {}
         self.timed_out = False
 
-    def evaluate(self, S: np.ndarray):
-        key = np.sort(S).tobytes()
+    def evaluate(self, S: np.ndarray) -> tuple[float, float]:
+        """(objective, duplicate-free objective) of the sorted selection S, memoised."""
+        key = S.tobytes()
         if key not in self.cache:
-            self.cache[key] = _evaluate(self.problem, np.sort(S))
+            self.cache[key] = _evaluate(self.problem, S)[:2]
         return self.cache[key]
 
     def run(self, S: np.ndarray) -> tuple[np.ndarray, float]:
         S = np.sort(S)
-        value, free_value, _ = self.evaluate(S)
+        value, free_value = self.evaluate(S)
         tolerance = 1e-10 * self.problem.scale
         while True:
             if time.perf_counter() > self.deadline:
@@ -494,12 +530,61 @@ class _LocalSearch:
             for index in flat:
                 j, i = divmod(int(index), S.size)
                 trial = np.sort(np.concatenate([np.delete(S, i), [j]]))
-                trial_value, trial_free, _ = self.evaluate(trial)
+                trial_value, trial_free = self.evaluate(trial)
                 if trial_value > value + tolerance:
                     S, value, free_value = trial, trial_value, trial_free
                     break
             else:
                 return S, value
+
+
+def _tabu_search(search: _LocalSearch, S, value, n_iterations, rng, *, weights, verbose=False):
+    """Tabu search over swaps from the local optimum S; returns the best selection seen.
+
+    Every iteration applies the best swap by the duplicate-free objective, improving or not,
+    among those not tabu: a feature just removed may not come back, one just added may not
+    leave, for a tenure drawn from ``rng``. The best selection by the true objective is kept.
+    After ``patience`` iterations without a new best, the search
+    restarts from the best selection with a few random swaps (drawn by relaxed value,
+    ``weights``). The best selection finally gets a last local search.
+    """
+    problem = search.problem
+    n_features, m = problem.W.shape[0], problem.m
+    if n_features == m or n_iterations == 0:
+        return S, value
+    tenure = max(2, min(m, n_features - m) // 4)
+    patience = max(50, n_iterations // 5)
+    tabu_until = np.zeros(n_features, dtype=np.int64)
+    best, best_value = S, value
+    current, last_improvement = S, 0
+    _, current_free = search.evaluate(current)
+    tolerance = 1e-10 * problem.scale
+    for iteration in progress(range(1, n_iterations + 1), verbose=verbose, desc="selection search"):
+        if time.perf_counter() > search.deadline:
+            search.timed_out = True
+            break
+        if iteration - last_improvement > patience:
+            current, last_improvement = _perturb(best, weights, rng), iteration
+            tabu_until[:] = 0
+            _, current_free = search.evaluate(current)
+        candidates = current_free + _swap_gains(problem, current)
+        allowed = (tabu_until[:, None] < iteration) & (tabu_until[current][None, :] < iteration)
+        if np.isfinite(candidates[allowed]).any():
+            candidates = np.where(allowed, candidates, -np.inf)
+        top = candidates.max()
+        ties = np.flatnonzero(candidates.ravel() >= top - 1e-12 * (1.0 + abs(top)))
+        move = int(ties[rng.randint(ties.size)])
+        j, i = divmod(move, m)
+        tabu_until[current[i]] = iteration + tenure + rng.randint(tenure + 1)
+        tabu_until[j] = iteration + tenure // 2
+        current, current_free = np.sort(np.concatenate([np.delete(current, i), [j]])), candidates.flat[move]
+        # The duplicate-free value bounds the true one: only a selection it puts above the best
+        # can be a new best, and only then is the (costlier) true value needed.
+        if current_free > best_value + tolerance:
+            current_value, current_free = search.evaluate(current)
+            if current_value > best_value + tolerance:
+                best, best_value, last_improvement = current, current_value, iteration
+    return search.run(best)
 
 
 # --------------------------------------------------------------------------------------------
@@ -548,8 +633,6 @@ def _certified_bound(problem: _Problem, s: np.ndarray, shift: float) -> float:
 
 
 def _osqp_algebra(algebra: str) -> str:
-    import osqp
-
     if algebra not in _OSQP_ALGEBRAS:
         raise ValueError(f"algebra must be one of {_OSQP_ALGEBRAS}; got {algebra!r}.")
     if not osqp.algebra_available(algebra):
@@ -631,8 +714,6 @@ def _relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verbose, 
     (OSQP minimises, so negated). Classes whose slack carries mass get twice the candidates and
     the problem is solved again, warm-started.
     """
-    import osqp
-
     n_features, n_classes = problem.W.shape
     ranking = np.argsort(-problem.W, axis=0, kind="stable")
     n_candidates = np.full(n_classes, min(n_features, candidates_per_class))
@@ -669,17 +750,18 @@ def _relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verbose, 
             break
         n_candidates[grow] = np.minimum(2 * n_candidates[grow], n_features)
     info["osqp_seconds"] = time.perf_counter() - start
+    logger.debug("selection relaxation: %s", info)
     if info["osqp_status"] != "solved":
         warnings.warn(
             f"OSQP stopped with status {info['osqp_status']!r}; the solution stays feasible and the "
             "bound valid, but the bound may be loose (raise max_iter or time_limit).",
             RuntimeWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
     return s, info
 
 
-def _penalty_free_bound(problem: _Problem, candidates_per_class: int) -> float:
+def _penalty_free_bound(problem: _Problem, candidates_per_class: int, time_limit=None) -> float:
     """Bound from the LP relaxation without the (non-negative) penalty, solved by HiGHS.
 
     Valid when every penalty is >= 0 (the penalty term is then <= 0). Certified like
@@ -698,6 +780,7 @@ def _penalty_free_bound(problem: _Problem, candidates_per_class: int) -> float:
         A_eq=rows[equal], b_eq=relaxed.upper[: -n_var][equal],
         bounds=np.column_stack([relaxed.lower[-n_var:], relaxed.upper[-n_var:]]),
         method="highs",
+        options={} if time_limit is None else {"time_limit": time_limit},
     )
     if result.status != 0:
         return math.inf
@@ -736,92 +819,91 @@ def _relaxed_warm_start(s, W, edge_feature, edge_class, k):
 def _solve_milp(problem: _Problem, *, time_limit, mip_rel_gap, verbose):
     """Linearised MILP with the no-duplicate rule added lazily per offending class pair.
 
-    Variables: s (N), E (N*C, index f*C + c), y_ij for every penalised pair, and per lazily
-    added class pair (c1, c2) continuous z_f <= min(E[f,c1] + E[f,c2], 2 - E[f,c1] - E[f,c2])
-    with sum z >= 2 (z_f can be 1 only where exactly one class uses f, so the two columns
-    differ). Returns (S or None, upper bound, proven optimal, timed out).
+    Variables: s (N), E (N*C, index f*C + c), y_ij for every penalised pair (y >= s_i + s_j - 1
+    for positive penalties; y <= s_i, y <= s_j for negative ones), and per constrained class
+    pair (c1, c2) continuous z_f <= min(E[f,c1] + E[f,c2], 2 - E[f,c1] - E[f,c2]) with
+    sum z >= 2 (z_f reaches 1 only where exactly one class uses f, so the columns differ).
+    Pairs found duplicated are constrained and the MILP solved again, until no duplicates
+    remain. Returns (S or None, upper bound, proven optimal, timed out).
     """
     W, Q, k, m = problem.W, problem.Q, problem.k, problem.m
     n_features, n_classes = W.shape
     n_edges = n_features * n_classes
+    features = np.arange(n_features)
+    edge_rows = np.arange(n_edges)
     pair_i, pair_j = np.nonzero(np.triu(Q, 1))
     pair_q = Q[pair_i, pair_j]
-    n_pairs = pair_i.size
-    base = n_features + n_edges + n_pairs
-    feature_index = np.arange(n_features)
-    edge_feature = np.repeat(feature_index, n_classes)
+    y = n_features + n_edges + np.arange(pair_i.size)
+    positive, negative = pair_q > 0, pair_q < 0
+    n_base = n_features + n_edges + pair_i.size
 
-    def rows(data, row, column, n_rows, n_columns):
-        return sp.csr_matrix((data, (row, column)), shape=(n_rows, n_columns))
+    def build(class_pairs):
+        n_var = n_base + n_features * len(class_pairs)
+        blocks, lower, upper = [], [], []
 
-    dedup_pairs: list[tuple[int, int]] = []
+        def add(data, row, column, low, high):
+            blocks.append(sp.csr_matrix((data, (row, column)), shape=(len(low), n_var)))
+            lower.append(low)
+            upper.append(high)
+
+        add(np.ones(n_features), np.zeros(n_features, int), features, [m], [m])  # sum s = m
+        add(np.repeat([1.0, -1.0], n_edges), np.tile(edge_rows, 2),  # E[f, c] <= s[f]
+            np.concatenate([n_features + edge_rows, edge_rows // n_classes]),
+            np.full(n_edges, -np.inf), np.zeros(n_edges))
+        add(np.ones(n_edges), edge_rows % n_classes, n_features + edge_rows,  # k per class
+            np.full(n_classes, k), np.full(n_classes, k))
+        n_pos = int(positive.sum())
+        add(np.tile([1.0, 1.0, -1.0], n_pos), np.repeat(np.arange(n_pos), 3),
+            np.column_stack([pair_i[positive], pair_j[positive], y[positive]]).ravel(),
+            np.full(n_pos, -np.inf), np.ones(n_pos))
+        n_neg = 2 * int(negative.sum())
+        ends = np.column_stack([pair_i[negative], pair_j[negative]]).ravel()
+        add(np.tile([1.0, -1.0], n_neg), np.repeat(np.arange(n_neg), 2),
+            np.column_stack([np.repeat(y[negative], 2), ends]).ravel(), np.full(n_neg, -np.inf), np.zeros(n_neg))
+        rows = np.repeat(features, 3)
+        for p, (c1, c2) in enumerate(class_pairs):
+            z = n_base + p * n_features + features
+            triple = np.column_stack([z, n_features + features * n_classes + c1,
+                                      n_features + features * n_classes + c2]).ravel()
+            add(np.tile([1.0, -1.0, -1.0], n_features), rows, triple, np.full(n_features, -np.inf),
+                np.zeros(n_features))
+            add(np.ones(3 * n_features), rows, triple, np.full(n_features, -np.inf), np.full(n_features, 2.0))
+            add(np.ones(n_features), np.zeros(n_features, int), z, [2.0], [np.inf])
+        cost = np.concatenate([-problem.bias, -W.ravel(), pair_q, np.zeros(n_var - n_base)])
+        integrality = np.concatenate([np.ones(n_features + n_edges), np.zeros(n_var - n_features - n_edges)])
+        constraint = LinearConstraint(sp.vstack(blocks, format="csr"), np.concatenate(lower), np.concatenate(upper))
+        return cost, integrality, constraint
+
+    class_pairs: set[tuple[int, int]] = set()
     involved: set[int] = set()
     upper_bound, start = math.inf, time.perf_counter()
     while True:
-        n_var = base + n_features * len(dedup_pairs)
-        blocks, lower, upper = [], [], []
-        blocks.append(rows(np.ones(n_features), np.zeros(n_features, int), feature_index, 1, n_var))
-        lower.append([m]), upper.append([m])
-        edge_rows = np.arange(n_edges)
-        blocks.append(rows(np.repeat([1.0, -1.0], n_edges), np.tile(edge_rows, 2),
-                           np.concatenate([n_features + edge_rows, edge_feature]), n_edges, n_var))
-        lower.append(np.full(n_edges, -np.inf)), upper.append(np.zeros(n_edges))
-        blocks.append(rows(np.ones(n_edges), np.tile(np.arange(n_classes), n_features),
-                           n_features + edge_rows, n_classes, n_var))
-        lower.append(np.full(n_classes, k)), upper.append(np.full(n_classes, k))
-        # Products s_i s_j: y >= s_i + s_j - 1 for positive penalties, y <= s_i, y <= s_j for negative.
-        positive = np.flatnonzero(pair_q > 0)
-        y = n_features + n_edges + np.arange(n_pairs)
-        r = np.arange(positive.size)
-        blocks.append(rows(np.tile([1.0, 1.0, -1.0], positive.size), np.repeat(r, 3),
-                           np.column_stack([pair_i[positive], pair_j[positive], y[positive]]).ravel(),
-                           positive.size, n_var))
-        lower.append(np.full(positive.size, -np.inf)), upper.append(np.ones(positive.size))
-        negative = np.flatnonzero(pair_q < 0)
-        r = np.arange(2 * negative.size)
-        blocks.append(rows(np.tile([1.0, -1.0], 2 * negative.size), np.repeat(r, 2),
-                           np.column_stack([np.repeat(y[negative], 2),
-                                            np.column_stack([pair_i[negative], pair_j[negative]]).ravel()]).ravel(),
-                           2 * negative.size, n_var))
-        lower.append(np.full(2 * negative.size, -np.inf)), upper.append(np.zeros(2 * negative.size))
-        for p, (c1, c2) in enumerate(dedup_pairs):
-            z = base + p * n_features + feature_index
-            e1, e2 = n_features + feature_index * n_classes + c1, n_features + feature_index * n_classes + c2
-            r = np.arange(n_features)
-            blocks.append(rows(np.tile([1.0, -1.0, -1.0], n_features), np.repeat(r, 3),
-                               np.column_stack([z, e1, e2]).ravel(), n_features, n_var))
-            lower.append(np.full(n_features, -np.inf)), upper.append(np.zeros(n_features))
-            blocks.append(rows(np.ones(3 * n_features), np.repeat(r, 3),
-                               np.column_stack([z, e1, e2]).ravel(), n_features, n_var))
-            lower.append(np.full(n_features, -np.inf)), upper.append(np.full(n_features, 2.0))
-            blocks.append(rows(np.ones(n_features), np.zeros(n_features, int), z, 1, n_var))
-            lower.append([2.0]), upper.append([np.inf])
-        cost = np.concatenate([-problem.bias, -W.ravel(), pair_q, np.zeros(n_features * len(dedup_pairs))])
-        integrality = np.concatenate([np.ones(n_features + n_edges), np.zeros(n_var - n_features - n_edges)])
+        cost, integrality, constraint = build(sorted(class_pairs))
         options = {"disp": verbose, "mip_rel_gap": mip_rel_gap}
         if time_limit is not None:
             options["time_limit"] = max(time_limit - (time.perf_counter() - start), 1e-3)
-        result = milp(cost, integrality=integrality, bounds=Bounds(0.0, 1.0), options=options,
-                      constraints=LinearConstraint(sp.vstack(blocks, format="csr"),
-                                                   np.concatenate(lower), np.concatenate(upper)))
-        if getattr(result, "mip_dual_bound", None) is not None and np.isfinite(result.mip_dual_bound):
-            upper_bound = min(upper_bound, -float(result.mip_dual_bound))
+        result = milp(cost, integrality=integrality, bounds=Bounds(0.0, 1.0), constraints=constraint,
+                      options=options)
+        dual_bound = getattr(result, "mip_dual_bound", None)
+        if dual_bound is not None and np.isfinite(dual_bound):
+            upper_bound = min(upper_bound, -float(dual_bound))  # a relaxation: valid for the full problem
         if result.x is None:
             return None, upper_bound, False, True
         S = np.flatnonzero(result.x[:n_features] > 0.5)
-        E = result.x[n_features : n_features + n_edges].reshape(n_features, n_classes) > 0.5
         if result.status != 0:
             return S, upper_bound, False, True
-        _, first, counts = np.unique(E.T, axis=0, return_index=True, return_counts=True)
-        if np.all(counts == 1):
-            return S, upper_bound, True, False
-        columns = {}
+        E = result.x[n_features : n_features + n_edges].reshape(n_features, n_classes) > 0.5
+        groups: dict[bytes, list[int]] = {}
         for c in range(n_classes):
-            columns.setdefault(E[:, c].tobytes(), []).append(c)
-        # Classes that collided once tend to collide again: keep all of them pairwise distinct.
-        involved.update(c for group in columns.values() if len(group) > 1 for c in group)
-        dedup_pairs = list(itertools.combinations(sorted(involved), 2))
-        logger.info("exact selection: %d duplicate class pairs constrained, solving again", len(dedup_pairs))
+            groups.setdefault(E[:, c].tobytes(), []).append(c)
+        if len(groups) == n_classes:
+            return S, upper_bound, True, False
+        for group in groups.values():
+            class_pairs.update(itertools.combinations(group, 2))
+            involved.update(group if len(group) > 1 else [])
+        if len(involved) <= 32:  # classes that collided once tend to collide again
+            class_pairs.update(itertools.combinations(sorted(involved), 2))
+        logger.info("exact selection: %d class pairs kept distinct, solving again", len(class_pairs))
 
 
 # --------------------------------------------------------------------------------------------
@@ -844,7 +926,7 @@ def solve_selection(
     eps=1e-4,
     max_iter=20000,
     candidates_per_class=None,
-    n_perturbations=40,
+    n_iterations=1000,
     mip_rel_gap=1e-6,
 ) -> SelectionResult:
     """Select ``n_selected`` features and assign ``n_per_class`` of them to every class.
@@ -855,9 +937,10 @@ def solve_selection(
 
     ``solver="osqp"`` (default): the quadratic term is made concave by a diagonal shift (exact
     on binary points), the continuous relaxation is solved by OSQP on pruned candidate edges,
-    its solution is rounded and improved by swap local search followed by ``n_perturbations``
-    seeded random perturbations (iterated local search). Every constraint holds exactly. The
-    upper bound is certified from the relaxation (valid however accurately OSQP solved it).
+    its solution is rounded and improved by swap local search, then by ``n_iterations`` moves
+    of a tabu search over swaps (seeded tenures, tie-breaks and restarts). Every constraint
+    holds exactly. The upper bound is certified from the relaxation (valid however accurately
+    OSQP solved it), or from the penalty-free LP when that is smaller.
     ``solver="exact"``: the linearised MILP solved by HiGHS (``scipy.optimize.milp``), the
     no-duplicate rule added lazily; a proven optimum when it finishes within ``time_limit``.
 
@@ -875,7 +958,7 @@ def solve_selection(
         Seconds for the whole solve. Without it the result depends only on the inputs and
         ``random_state``; with it, on the machine's speed as well.
     random_state : int, RandomState instance or None
-        Seeds the perturbations.
+        Seeds the tabu search (tenures, tie-breaks, restarts).
     solver : {"osqp", "exact"}
     verbose : bool
         Solver output and a progress bar.
@@ -889,8 +972,8 @@ def solve_selection(
     candidates_per_class : int, optional
         Initial number of candidate features per class in the relaxation (default
         ``12 * n_per_class + 4``); grown where the relaxation needs more.
-    n_perturbations : int
-        Perturbation rounds of the iterated local search.
+    n_iterations : int
+        Moves of the tabu search after the first local search (0: local search only).
     mip_rel_gap : float
         Relative gap at which HiGHS stops (``solver="exact"``).
 
@@ -914,52 +997,28 @@ def solve_selection(
         raise ValueError(f"solver must be 'osqp' or 'exact'; got {solver!r}.")
     if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
         raise ValueError(f"time_limit must be None or a positive number of seconds; got {time_limit!r}.")
-    _check_int(n_perturbations, "n_perturbations", 0, 10**9)
+    _check_int(n_iterations, "n_iterations", 0, 10**9)
     candidates_per_class = 12 * n_per_class + 4 if candidates_per_class is None else candidates_per_class
     _check_int(candidates_per_class, "candidates_per_class", 1, 10**9)
     deadline = math.inf if time_limit is None else start + time_limit
-    status = "feasible"
-    shift = _concave_shift(problem.Q)
-
+    default_options = dict(algebra=algebra, eps=eps, max_iter=max_iter, candidates_per_class=candidates_per_class,
+                           n_iterations=n_iterations, random_state=random_state, verbose=verbose)
     if solver == "exact":
         S, upper_bound, proven, timed_out = _solve_milp(
             problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap, verbose=verbose
         )
+        status = "optimal" if proven else "time_limit" if timed_out else "feasible"
         if S is None:
             warnings.warn(
                 "The MILP found no solution within time_limit; returning the default method's solution.",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            status = "time_limit_heuristic"
-            S = _round(problem, np.full(problem.W.shape[0], problem.m / problem.W.shape[0]))
-            S, _ = _LocalSearch(problem, math.inf).run(S)
-        elif proven:
-            status = "optimal"
-        elif timed_out:
-            status = "time_limit"
+            S, default_bound, _ = _solve_default(problem, deadline=math.inf, **default_options)
+            upper_bound, status = min(upper_bound, default_bound), "time_limit_heuristic"
     else:
-        algebra = _osqp_algebra(algebra)
-        osqp_limit = None if time_limit is None else max(deadline - time.perf_counter(), 1e-3)
-        s, _ = _relaxation(
-            problem, shift=shift, algebra=algebra, eps=eps, max_iter=max_iter, time_limit=osqp_limit,
-            verbose=verbose, candidates_per_class=candidates_per_class,
-        )
-        upper_bound = _certified_bound(problem, s, shift)
-        if np.all(problem.Q >= 0) and problem.Q.any():
-            upper_bound = min(upper_bound, _penalty_free_bound(problem, candidates_per_class))
-        search = _LocalSearch(problem, deadline)
-        S, value = search.run(_round(problem, s))
-        rng = check_random_state(random_state)
-        weights = s + 1.0 / s.size
-        for _ in progress(range(n_perturbations), verbose=verbose, desc="selection search"):
-            if search.timed_out or time.perf_counter() > deadline:
-                break
-            trial, trial_value = search.run(_perturb(S, weights, rng))
-            if trial_value > value:
-                S, value = trial, trial_value
-        if search.timed_out or time.perf_counter() > deadline:
-            status = "time_limit"
+        S, upper_bound, timed_out = _solve_default(problem, deadline=deadline, **default_options)
+        status = "time_limit" if timed_out else "feasible"
 
     S = np.sort(S)
     objective, _, assignment = _evaluate(problem, S)
@@ -978,6 +1037,30 @@ def solve_selection(
     )
 
 
+def _solve_default(problem, *, deadline, algebra, eps, max_iter, candidates_per_class, n_iterations,
+                   random_state, verbose):
+    """Relaxation (OSQP), rounding, local and tabu search; returns (S, upper bound, timed out)."""
+    algebra = _osqp_algebra(algebra)
+    shift = _concave_shift(problem.Q)
+    # Any shift >= the smallest one is exact on binary points; a floor makes the relaxation
+    # strongly concave, which OSQP solves in few iterations (an LP would take it thousands).
+    # The bound below is certified with the smallest shift, at whatever point OSQP returns.
+    solve_shift = max(shift, 0.5 * float(np.abs(problem.W).max()))
+    remaining = None if deadline == math.inf else max(deadline - time.perf_counter(), 1e-3)
+    s, _ = _relaxation(problem, shift=solve_shift, algebra=algebra, eps=eps, max_iter=max_iter,
+                       time_limit=remaining, verbose=verbose, candidates_per_class=candidates_per_class)
+    upper_bound = _certified_bound(problem, s, shift)
+    if np.all(problem.Q >= 0) and time.perf_counter() < deadline:
+        remaining = None if deadline == math.inf else deadline - time.perf_counter()
+        upper_bound = min(upper_bound, _penalty_free_bound(problem, candidates_per_class, remaining))
+    with threadpool_limits(limits=1, user_api="blas"):  # small products: threads only contend
+        search = _LocalSearch(problem, deadline)
+        S, value = search.run(_round(problem, s))
+        S, _ = _tabu_search(search, S, value, n_iterations, check_random_state(random_state),
+                            weights=s + 1.0 / s.size, verbose=verbose)
+    return S, upper_bound, search.timed_out
+
+
 def _round(problem: _Problem, s: np.ndarray) -> np.ndarray:
     """The m features with the largest relaxed value (ties: larger total weight first)."""
     order = np.lexsort((-problem.W.sum(1), -np.round(s, 9)))
@@ -989,7 +1072,8 @@ def _perturb(S: np.ndarray, weights: np.ndarray, rng) -> np.ndarray:
     outside = np.setdiff1d(np.arange(weights.size), S)
     if outside.size == 0:
         return S
-    n_swaps = int(rng.randint(1, min(S.size, outside.size, 4) + 1))
+    most = max(1, min(S.size, outside.size, max(2, S.size // 5)))
+    n_swaps = int(rng.randint(min(2, most), most + 1))
     p = weights[outside] / weights[outside].sum()
     added = rng.choice(outside, size=n_swaps, replace=False, p=p)
     kept = rng.choice(S, size=S.size - n_swaps, replace=False)

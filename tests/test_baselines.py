@@ -60,7 +60,11 @@ def test_sldd_special_case_excludes_index_zero():
 def test_sldd_special_case_moves_to_the_next_eligible_point():
     # Indices 0 and 1 tie at 0.5 per class (index 0 wins the tie); the sum 0.5 + 0.5 + 3 > 1 →
     # exclude index 0; index 1 is within the limit → chosen.
-    path = [_point([[1, 0, 0], [0, 0, 0]], [0, 0]), _point([[0, 0, 0], [0, -2, 0]], [5, 6]), _point(np.ones((2, 3)) * 3)]
+    path = [
+        _point([[1, 0, 0], [0, 0, 0]], [0, 0]),
+        _point([[0, 0, 0], [0, -2, 0]], [5, 6]),
+        _point(np.ones((2, 3)) * 3),
+    ]
     weight, bias = sldd_sparsify(path, n_per_class=1, n_classes=2)
     np.testing.assert_array_equal(weight, [[0, 0, 0], [0, -2, 0]])
     np.testing.assert_array_equal(bias, [5, 6])
@@ -197,3 +201,61 @@ def test_sparse_head_rejects_unknown_method():
     F, y = _dense_features()
     with pytest.raises(ValueError, match="method"):
         sparse_head("qpm", F, y)
+
+
+# ------------------------------------------------------------------------------ end to end (estimator)
+
+
+def _grid_data(n_per_class=20, n_classes=3, seed=0):
+    """Patch grids (n, 4, 4, 8) where class c adds its own direction to a 2×2 patch block."""
+    rng = np.random.RandomState(seed)
+    y = np.repeat(np.arange(n_classes), n_per_class)
+    X = rng.normal(scale=0.5, size=(len(y), 4, 4, 8)).astype(np.float32)
+    directions = rng.normal(size=(n_classes, 8)).astype(np.float32) * 2.0
+    for i, c in enumerate(y):
+        r, q = rng.randint(0, 3), rng.randint(0, 3)
+        X[i, r : r + 2, q : q + 2] += directions[c]
+    return X, y
+
+
+@pytest.mark.parametrize("selection", ["sldd", "qsenn"])
+def test_classifier_trains_and_predicts_with_each_baseline(selection):
+    from qpm_sklearn import QPMClassifier
+
+    X, y = _grid_data()
+    settings = dict(
+        n_features=16, n_selected=8, n_per_class=2, hidden_size=32, n_layers=2, dense_epochs=8,
+        sparse_epochs=2, dense_batch_size=16, sparse_batch_size=16, dense_lr=1e-2,
+    )  # fmt: skip
+    clf = QPMClassifier(**settings, selection=selection, random_state=0).fit(X, y)
+    assert clf.selected_features_.shape == (8,) and clf.sparse_weight_.shape == (3, 8)
+    assert np.count_nonzero(clf.sparse_weight_) <= 3 * 2
+    if selection == "qsenn":
+        assert len(np.unique(np.abs(clf.sparse_weight_[clf.sparse_weight_ != 0]))) == 1
+    proba = clf.predict_proba(X)
+    assert proba.shape == (60, 3) and np.isfinite(proba).all()
+    assert clf.score(X, y) > 0.6
+
+
+def test_linear_probe_recipe_and_its_metrics(tiny_backbone):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    from qpm_sklearn import Dinov2Embedder
+    from qpm_sklearn.metrics import evaluate_linear_probe
+
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 255, size=(12, 56, 56, 3)).astype(np.uint8)
+    y = np.arange(12) % 2
+    images[y == 1, :, :28] = 255  # class 1: bright left half
+    probe = make_pipeline(
+        Dinov2Embedder(tiny_backbone, output="cls", image_size=56, local_files_only=True),
+        LogisticRegression(max_iter=1000),
+    ).fit(images, y)
+    assert probe.score(images, y) == 1.0
+    patches = Dinov2Embedder(tiny_backbone, output="patch", image_size=56, local_files_only=True).transform(images)
+    cls = probe[0].transform(images)
+    row = evaluate_linear_probe(probe[-1], cls, patches, y, random_state=0)
+    assert row["Accuracy"] == 1.0
+    assert {"SID@5", "Class-Independence", "Contrastiveness"} <= set(row)
+    assert all(np.isfinite(v) for v in row.values())

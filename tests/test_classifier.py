@@ -169,16 +169,16 @@ def test_grid_search_and_cross_val_over_budgets():
 
 
 def test_memory_runs_dense_stage_once_per_training_set(tmp_path, monkeypatch):
-    import qpm_sklearn.training as training
+    import qpm_sklearn.classifier as classifier
 
     calls = []
-    original = training.train_network
+    original = classifier.train_network
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("desc"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train_network", counting)
+    monkeypatch.setattr(classifier, "train_network", counting)
     X, y = make_grid_data(n_per_class=12)
     budgets = {"n_selected": [6, 8], "n_per_class": [1, 2]}
     search = GridSearchCV(

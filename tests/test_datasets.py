@@ -10,7 +10,7 @@ from PIL import Image
 from scipy.io import loadmat, savemat
 
 from qpm_sklearn.datasets import load_cub, load_image_folder, load_stanford_cars
-from qpm_sklearn.datasets._cub import load_masks
+from qpm_sklearn.datasets import load_masks
 
 # ---------------------------------------------------------------------------------------------
 # CUB-200-2011

@@ -184,7 +184,7 @@ def load_masks(mask_paths, size=None):
     Examples
     --------
     >>> from qpm_sklearn.datasets import load_cub
-    >>> from qpm_sklearn.datasets._cub import load_masks
+    >>> from qpm_sklearn.datasets import load_masks
     >>> data = load_cub("~/datasets/CUB200")  # doctest: +SKIP
     >>> test_masks = [m for m, train in zip(data.mask_paths, data.is_train) if not train]  # doctest: +SKIP
     >>> load_masks(test_masks, size=(16, 16)).shape  # doctest: +SKIP
