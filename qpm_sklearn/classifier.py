@@ -31,15 +31,18 @@ _STAGES = ("sparse", "dense")
 
 
 def _check_tokens(X, estimator, *, reset: bool):
-    """Validate X and return ``(tokens (n, p, d) float32, grid (h, w))``.
+    """Validate X and return ``(tokens (n, p, d), grid (h, w))``.
 
     Accepts ``(n, h, w, d)`` patch grids, ``(n, p, d)`` tokens with a square
-    ``p`` and ``(n, d)`` single tokens.
+    ``p`` and ``(n, d)`` single tokens. float32 and float16 arrays (such as the
+    float16 memory map of an embedding cache) are used without a copy, so a
+    collection larger than memory is streamed rather than loaded; float64 is
+    cast to float32 and other dtypes converted.
     """
     _check_feature_names(estimator, X, reset=reset)
     X = check_array(
         X,
-        dtype=(np.float32, np.float64),
+        dtype=(np.float32, np.float16, np.float64),
         allow_nd=True,
         ensure_min_samples=2 if reset else 1,
         input_name="X",
@@ -68,7 +71,12 @@ def _check_tokens(X, estimator, *, reset: bool):
             f"X has {n_dims} features, but {type(estimator).__name__} is expecting "
             f"{estimator.n_features_in_} features as input (the embedding size d of the last axis)."
         )
-    tokens = np.ascontiguousarray(X.reshape(X.shape[0], grid[0] * grid[1], n_dims), dtype=np.float32)
+    tokens = np.ascontiguousarray(X.reshape(X.shape[0], grid[0] * grid[1], n_dims))
+    if tokens.dtype == np.float64:
+        with np.errstate(over="ignore"):
+            tokens = tokens.astype(np.float32)
+        if not np.isfinite(tokens).all():
+            raise ValueError("X has values beyond the float32 range (about ±3.4e38); rescale the embeddings.")
     return tokens, grid
 
 

@@ -128,3 +128,28 @@ def test_fit_predict_fuzz(n, shape, dims, dtype, fill, n_classes):
     assert np.all(np.isfinite(proba))
     np.testing.assert_allclose(proba.sum(axis=1), 1, rtol=1e-4)
     assert set(clf.predict(X)) <= set(y)
+
+
+def test_float16_memory_map_is_used_without_a_copy(fitted, tmp_path):
+    from qpm_sklearn.classifier import _check_tokens
+
+    clf, X, y = fitted
+    memmap = np.lib.format.open_memmap(tmp_path / "x16.npy", mode="w+", dtype=np.float16, shape=X.shape)
+    memmap[:] = X
+    memmap.flush()
+    read_only = np.load(tmp_path / "x16.npy", mmap_mode="r")
+    tokens, grid = _check_tokens(read_only, clf, reset=False)
+    assert tokens.dtype == np.float16 and grid == X.shape[1:3]
+    assert np.shares_memory(tokens, read_only), "the cache's memory map must not be copied"
+    # float16 tokens give exactly what their float32 values give
+    np.testing.assert_array_equal(clf.decision_function(read_only), clf.decision_function(read_only.astype(np.float32)))
+    refit = QPMClassifier(**TINY).fit(read_only, y)
+    np.testing.assert_array_equal(
+        refit.decision_function(X), QPMClassifier(**TINY).fit(read_only.astype(np.float32), y).decision_function(X)
+    )
+
+
+def test_float64_beyond_float32_range_is_refused():
+    X, y = data()
+    with pytest.raises(ValueError, match="float32 range"):
+        QPMClassifier(**TINY).fit(X.astype(np.float64) * 1e300, y)
