@@ -3,10 +3,22 @@
 Public names: :class:`Dinov2Embedder`, :class:`QPMClassifier`, :class:`Explanation`.
 """
 
+import importlib
+
 __version__ = "0.1.0"
 
-from .classifier import QPMClassifier
-from .embedding import Dinov2Embedder
-from .explanation import Explanation
+# The estimators are imported on first use (PEP 562): image-decoding worker processes
+# import qpm_sklearn.images, which must not pay for importing torch and scikit-learn.
+_PUBLIC = {"Dinov2Embedder": "embedding", "QPMClassifier": "classifier", "Explanation": "explanation"}
 
-__all__ = ["Dinov2Embedder", "QPMClassifier", "Explanation", "__version__"]
+__all__ = [*_PUBLIC, "__version__"]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_PUBLIC))

@@ -227,14 +227,18 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
             rows = np.arange(len(X))
 
             def sink(batch, values):  # batches are consecutive rows: a slice, not fancy indexing
-                result[batch[0] : batch[0] + len(batch)] = values
+                # torch converts and writes on all cores (numpy would use one).
+                torch.from_numpy(result[batch[0] : batch[0] + len(batch)]).copy_(values)
 
         else:
             with ThreadPoolExecutor(n_jobs) as pool:
                 keys = np.stack([np.frombuffer(k, np.uint8) for k in pool.map(_images.image_key, X)])
             settings = self._cache_settings(config, compute_dtype)
             cache = EmbeddingCache(self.cache_dir, settings, keys, row_shape)
-            rows, sink = cache.missing, cache.store
+            rows = cache.missing
+
+            def sink(batch, values):
+                cache.store(batch, values.to(torch.float16).numpy())
         if len(rows):
             self._run(X, rows, sink, device, compute_dtype, n_registers, grid, n_jobs)
         if self.cache_dir is None:
@@ -337,37 +341,32 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
         if "interpolate_pos_encoding" in inspect.signature(backbone.forward).parameters:
             forward_kwargs["interpolate_pos_encoding"] = True  # ViT (DINO v1); DINOv2 always does
         batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-        size, preprocessing = int(self.image_size), self.preprocessing
-        pin = device.type == "cuda"
-
-        def decode(batch):
-            pixels = np.stack(list(decoders.map(lambda r: _images.load_resized(X[r], int(r), size, preprocessing), batch)))
-            pixels = torch.from_numpy(pixels)
-            return pixels.pin_memory() if pin else pixels
+        decoded = _images.decode_batches(X, batches, int(self.image_size), self.preprocessing, n_jobs=n_jobs)
+        copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
         def write(batch, host, copied):
             if copied is not None:
                 copied.synchronize()
-            sink(batch, host.numpy())
+            sink(batch, host)
 
-        # Three stages overlap: threads decode batch k+1, the device embeds batch k, and a
-        # writer copies batch k-1 from pinned memory into the result (or the cache).
+        # Three stages overlap: workers decode the next batches, the device embeds batch k,
+        # and a writer thread moves batch k-1 from pinned memory into the result (or the
+        # cache), converting it to output_dtype on the host's cores on the way.
         self._effective_batch_size = self.batch_size
-        with (
-            ThreadPoolExecutor(n_jobs) as decoders,
-            ThreadPoolExecutor(1) as prefetcher,
-            ThreadPoolExecutor(1) as writer,
-        ):
-            decoding, writing = prefetcher.submit(decode, batches[0]), None
-            for index in progress(range(len(batches)), verbose=self.verbose, desc="Embedding", unit="batch"):
-                pixels = decoding.result()
-                if index + 1 < len(batches):
-                    decoding = prefetcher.submit(decode, batches[index + 1])
+        with ThreadPoolExecutor(1) as writer:
+            writing = None
+            batches_and_pixels = progress(
+                zip(batches, decoded), verbose=self.verbose, desc="Embedding", total=len(batches), unit="batch"
+            )
+            for batch, pixels in batches_and_pixels:
+                pixels = torch.from_numpy(pixels)
+                if device.type == "cuda":
+                    pixels = pixels.pin_memory()  # lets the upload run asynchronously
                 embedded = self._embed_pixels(backbone, pixels, device, compute_dtype, n_registers, grid, forward_kwargs)
-                host, copied = _to_host(embedded)
+                host, copied = _to_host(embedded, copy_stream)
                 if writing is not None:
                     writing.result()  # at most one batch in flight; surfaces write errors
-                writing = writer.submit(write, batches[index], host, copied)
+                writing = writer.submit(write, batch, host, copied)
             writing.result()
 
     def _embed_pixels(self, backbone, pixels, device, compute_dtype, n_registers, grid, forward_kwargs):
@@ -411,22 +410,30 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
                     result = patches.float().mean(1)
                 else:
                     result = patches.reshape(len(tokens), grid, grid, -1)
-            torch_out = torch.float16 if self.output_dtype == "float16" else torch.float32
-            return result.to(torch_out)
+            # Still in the compute dtype (bfloat16 on CUDA): half the bytes to move to the
+            # host, where the writer converts to output_dtype exactly as the device would.
+            return result.contiguous()
 
     def _forward(self, backbone, pixel_values, forward_kwargs) -> torch.Tensor:
         return backbone(pixel_values=pixel_values, **forward_kwargs).last_hidden_state
 
 
-def _to_host(tensor: torch.Tensor):
-    """Start copying ``tensor`` to host memory; returns (host tensor, CUDA event or None)."""
+def _to_host(tensor: torch.Tensor, copy_stream=None):
+    """Start copying ``tensor`` to host memory; returns (host tensor, CUDA event or None).
+
+    On CUDA the copy runs on ``copy_stream`` into pinned memory, so it overlaps the
+    next batch's forward pass instead of delaying it.
+    """
     if tensor.device.type != "cuda":
-        return tensor.cpu(), None
+        return tensor, None
     with torch.inference_mode():
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        host.copy_(tensor, non_blocking=True)
-    copied = torch.cuda.Event()
-    copied.record()
+        copy_stream.wait_stream(torch.cuda.current_stream(tensor.device))
+        with torch.cuda.stream(copy_stream):
+            host.copy_(tensor, non_blocking=True)
+            tensor.record_stream(copy_stream)  # its memory is not reused before the copy ends
+            copied = torch.cuda.Event()
+            copied.record(copy_stream)
     return host, copied
 
 

@@ -7,19 +7,28 @@ to RGB, squash-resizing to a square, and normalising ("imagenet" or "paper", SPE
 and 13.2). Decoding and resizing stay in uint8 on the host (as torchvision's and
 transformers' pipelines do, so quantisation matches them); the float conversion and
 normalisation run on whatever device holds the uint8 batch.
+
+Image files are decoded in worker processes (joblib's loky executor, reused across
+calls): Pillow holds the GIL for part of every decode, so threads stop scaling at a
+few cores and starve the thread that drives the GPU. In-memory images (PIL, arrays)
+are resized by threads, since sending them to a process costs as much as resizing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, UnidentifiedImageError
+
+# torch is imported inside the two functions that need it: decoding worker processes
+# import this module and should start in a fraction of a second.
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -215,6 +224,85 @@ def load_resized(item, index: int, image_size: int, preprocessing: str = "imagen
     return np.asarray(image, dtype=np.uint8)
 
 
+def decode_chunk(items: list, indices: list, image_size: int, preprocessing: str) -> np.ndarray:
+    """:func:`load_resized` over several items; uint8 ``(len(items), S, S, 3)``.
+
+    The unit of work of a decoding worker (one call per chunk amortises the
+    inter-process round trip over several images).
+    """
+    return np.stack([load_resized(item, index, image_size, preprocessing) for item, index in zip(items, indices)])
+
+
+def decode_batches(
+    X, batches, image_size: int, preprocessing: str = "imagenet", *, n_jobs=None, prefetch: int = 2, processes=None
+):
+    """Yield uint8 ``(len(batch), S, S, 3)`` pixels for each batch of row ids, in order.
+
+    Up to ``prefetch`` batches are decoded ahead of the one being consumed, so decoding
+    overlaps whatever the caller does with the previous batch. A uint8 array already
+    at ``image_size`` is sliced without any copy or worker. Files are decoded by
+    ``n_jobs`` worker processes when ``n_jobs > 1`` (the exact same Pillow code as in
+    this process, so the pixels are identical); everything else by ``n_jobs`` threads.
+
+    Parameters
+    ----------
+    X : what :func:`check_images` returned
+    batches : sequence of int arrays
+        Row ids of ``X``; each batch's ids must be consecutive when ``X`` is an array.
+    image_size : int
+    preprocessing : {"imagenet", "paper"}
+        Selects the resampling filter.
+    n_jobs : int, default=None
+        See :func:`resolve_n_jobs`.
+    prefetch : int, default=2
+    processes : bool, default=None
+        Force worker processes (True) or threads (False) for files; None chooses as above.
+    """
+    n_jobs = resolve_n_jobs(n_jobs)
+    if isinstance(X, np.ndarray) and X.shape[1:3] == (image_size, image_size):
+        for batch in batches:
+            pixels = X[batch[0] : batch[0] + len(batch)]
+            if pixels.ndim == 3:  # gray
+                pixels = np.repeat(pixels[..., None], 3, axis=-1)
+            # torch refuses to wrap a read-only array without a warning; copy those.
+            yield pixels if pixels.flags.writeable else pixels.copy()
+        return
+    with ExitStack() as stack:
+        all_files = not isinstance(X, np.ndarray) and all(isinstance(item, _PATH_TYPES) for item in X)
+        if all_files and (n_jobs > 1 if processes is None else processes):
+            from joblib.externals.loky import get_reusable_executor
+
+            executor = get_reusable_executor(max_workers=n_jobs)
+        else:
+            executor = stack.enter_context(ThreadPoolExecutor(n_jobs))
+        pending = deque()
+
+        def submit(batch):
+            # About two chunks per worker and batch: balanced, yet few round trips.
+            size = max(1, min(16, -(-len(batch) // (2 * n_jobs))))
+            chunks = [[int(row) for row in batch[i : i + size]] for i in range(0, len(batch), size)]
+            pending.append([
+                executor.submit(decode_chunk, [X[row] for row in chunk], chunk, image_size, preprocessing)
+                for chunk in chunks
+            ])  # fmt: skip
+
+        batches = iter(batches)
+        for batch in batches:
+            submit(batch)
+            if len(pending) > prefetch:
+                break
+        try:
+            while pending:
+                parts = [future.result() for future in pending.popleft()]
+                batch = next(batches, None)
+                if batch is not None:
+                    submit(batch)
+                yield parts[0] if len(parts) == 1 else np.concatenate(parts)
+        finally:  # an error, or the consumer stopped early: drop the work queued ahead
+            for future in (future for group in pending for future in group):
+                future.cancel()
+
+
 def load_images(X, *, n_jobs=None):
     """Yield the images of ``X`` as RGB PIL images, in order, decoded by ``n_jobs`` threads."""
     X = check_images(X)
@@ -287,6 +375,8 @@ def normalize(pixels: torch.Tensor, *, preprocessing: str = "imagenet", mean=Non
     [0, 1] and clipped (SPEC 1.2-5); a constant image, whose range is 0, maps to 0
     instead of NaN.
     """
+    import torch
+
     mean, std = resolve_statistics(preprocessing, mean, std)
     values = pixels.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=values.device).view(1, 3, 1, 1)
@@ -302,8 +392,9 @@ def normalize(pixels: torch.Tensor, *, preprocessing: str = "imagenet", mean=Non
 
 def to_pixel_values(images, image_size: int, preprocessing: str = "imagenet", mean=None, std=None, *, n_jobs=None) -> torch.Tensor:
     """Images (anything :func:`check_images` accepts) → float32 CPU tensor ``(B, 3, S, S)``."""
+    import torch
+
     images = check_images(images)
     resolve_statistics(preprocessing, mean, std)  # fail before decoding anything
-    with ThreadPoolExecutor(resolve_n_jobs(n_jobs)) as pool:
-        decoded = list(pool.map(lambda i: load_resized(images[i], i, image_size, preprocessing), range(len(images))))
-    return normalize(torch.from_numpy(np.stack(decoded)), preprocessing=preprocessing, mean=mean, std=std)
+    (pixels,) = decode_batches(images, [np.arange(len(images))], image_size, preprocessing, n_jobs=n_jobs)
+    return normalize(torch.from_numpy(pixels), preprocessing=preprocessing, mean=mean, std=std)

@@ -379,3 +379,27 @@ def test_cuda_bfloat16_agrees_with_cpu_float32(tiny_backbone):
     a, b = gpu.reshape(-1, 32), cpu.reshape(-1, 32)
     cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
     assert cosine.min() > 0.98
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("output", ["patch", "cls", "mean"])
+def test_cuda_outputs_are_converted_on_the_host_exactly(tiny_backbone, output):
+    # The device hands bfloat16 tokens to the host, which converts them to output_dtype;
+    # a float64 recomputation from the same bfloat16 tokens must give the same numbers.
+    from qpm_sklearn import images as im
+
+    X = _images(7)
+    embedder = Dinov2Embedder(tiny_backbone, image_size=56, batch_size=3, device="cuda", output=output)
+    backbone = embedder._load_model(torch.device("cuda"), torch.bfloat16)
+    pixels = torch.from_numpy(np.stack([im.load_resized(x, 0, 56) for x in X])).cuda()
+    with torch.inference_mode():  # the embedder's batches, so that the kernels are the same
+        tokens = torch.cat([
+            backbone(pixel_values=im.normalize(pixels[i : i + 3]).to(torch.bfloat16)).last_hidden_state
+            for i in range(0, 7, 3)
+        ])  # fmt: skip
+    patches = tokens[:, 1 + backbone.config.num_register_tokens :].double().cpu().numpy()
+    expected = {"patch": patches.reshape(7, 4, 4, -1), "cls": tokens[:, 0].double().cpu().numpy(), "mean": patches.mean(1)}[output]
+    for dtype, tolerance in (("float32", 1e-6), ("float16", 1e-3)):
+        result = embedder.set_params(output_dtype=dtype).transform(X)
+        assert result.dtype == np.dtype(dtype) and result.shape == expected.shape
+        np.testing.assert_allclose(result.astype(np.float64), expected, rtol=tolerance, atol=tolerance)

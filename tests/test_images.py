@@ -142,6 +142,74 @@ def test_load_images_yields_rgb_in_order(tmp_path):
         assert np.array_equal(np.asarray(image), array)
 
 
+def _jpegs(folder, n, shape=(30, 41, 3)):
+    paths = []
+    for i in range(n):
+        paths.append(folder / f"{i}.jpg")
+        Image.fromarray(_rgb(i, shape)).save(paths[-1], quality=85)
+    return paths
+
+
+def test_decode_batches_in_worker_processes_match_serial_decoding(tmp_path, monkeypatch):
+    from joblib.externals import loky
+
+    paths = _jpegs(tmp_path, 11)
+    serial = np.stack([im.load_resized(p, i, 14, "paper") for i, p in enumerate(paths)])
+    executors = []
+
+    def recording(**kwargs):
+        executors.append(kwargs)
+        return real(**kwargs)
+
+    real = loky.get_reusable_executor
+    monkeypatch.setattr(loky, "get_reusable_executor", recording)
+    batches = [np.arange(0, 4), np.arange(4, 5), np.arange(5, 11)]
+    for n_jobs, uses_processes in ((2, True), (1, False)):
+        executors.clear()
+        decoded = list(im.decode_batches(paths, batches, 14, "paper", n_jobs=n_jobs, prefetch=1))
+        assert [len(d) for d in decoded] == [4, 1, 6]
+        assert np.array_equal(np.concatenate(decoded), serial)
+        assert bool(executors) == uses_processes
+    # A mix of files and in-memory images stays in this process (threads).
+    executors.clear()
+    mixed = [paths[0], Image.open(paths[1]), np.asarray(Image.open(paths[2]))]
+    (decoded,) = im.decode_batches(mixed, [np.arange(3)], 14, "paper", n_jobs=2)
+    assert np.array_equal(decoded, serial[:3]) and not executors
+
+
+def test_decode_batches_names_a_corrupt_file_from_a_worker_and_stops_cleanly(tmp_path):
+    paths = _jpegs(tmp_path, 6)
+    paths[4].write_bytes(b"not a jpeg")
+    batches = [np.arange(0, 2), np.arange(2, 4), np.arange(4, 6)]
+    with pytest.raises(ValueError, match=r"X\[4\].*4\.jpg"):
+        list(im.decode_batches(paths, batches, 14, n_jobs=2))
+    first = im.decode_batches(paths, batches, 14, n_jobs=2)
+    assert next(first).shape == (2, 14, 14, 3)
+    first.close()  # the consumer stops early: queued work is dropped, nothing hangs
+
+
+def test_decode_batches_slices_arrays_at_the_target_size_without_copying():
+    X = _rgb(0, (5, 14, 14, 3))
+    batches = [np.arange(0, 3), np.arange(3, 5)]
+    decoded = list(im.decode_batches(X, batches, 14))
+    assert all(np.shares_memory(d, X) for d in decoded)
+    assert np.array_equal(np.concatenate(decoded), X)
+    X.flags.writeable = False  # torch.from_numpy warns on read-only arrays: they are copied
+    assert not any(np.shares_memory(d, X) for d in im.decode_batches(X, batches, 14))
+    gray = X[..., 0]
+    assert np.array_equal(np.concatenate(list(im.decode_batches(gray, batches, 14))), np.repeat(gray[..., None], 3, -1))
+    resized = np.concatenate(list(im.decode_batches(X, batches, 7, n_jobs=2)))
+    assert np.array_equal(resized, np.stack([im.load_resized(x, 0, 7) for x in X]))
+
+
+def test_decoding_workers_import_neither_torch_nor_sklearn():
+    import subprocess
+    import sys
+
+    code = "import sys, qpm_sklearn.images; print(sorted({'torch', 'sklearn'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
 # ------------------------------------------------------------------------------------------------
 # Resizing and normalisation against numpy hand computations
 # ------------------------------------------------------------------------------------------------
