@@ -78,8 +78,11 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
         The model revision is the hub commit hash, or for a local folder the names,
         sizes and modification times of its files.
     n_jobs : int, default=None
-        Threads that decode and resize images (None: up to 8; -1: all cores).
-        Decoding of the next batch overlaps the forward pass of the current one.
+        Workers that decode and resize images (None: up to 8; -1: all cores). Image
+        files are decoded in that many worker processes (joblib's loky executor, kept
+        alive between calls) when ``n_jobs > 1``, in-memory images by threads; the
+        pixels are the same either way. Decoding runs two batches ahead of the
+        forward pass.
     verbose : bool or int, default=False
         Show a progress bar over batches (and the hub's download bars).
 

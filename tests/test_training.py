@@ -261,3 +261,30 @@ def test_forward_in_batches_matches_a_single_eval_forward():
     np.testing.assert_allclose(plain["logits"], out["logits"], rtol=1e-5, atol=1e-6)
     empty = forward_in_batches(network, tokens[:0], grid=GRID, batch_size=4, device="cpu", return_maps=True)
     assert empty["logits"].shape == (0, 3) and empty["maps"].shape == (0, 8, 2, 2)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_streaming_and_eager_paths_train_identically():
+    # n=29, batch 6: four graphed full-size steps per epoch and an eager final batch of 5.
+    tokens, y = _separable(n=29)
+    cuda = dict(TRAIN, batch_size=6, device="cuda", epochs=6)
+    states = {}
+    for name, options in {"graphs": {}, "eager": dict(cuda_graphs=False), "streaming": dict(resident=False)}.items():
+        network = _dense()
+        train_network(network, tokens, y, **cuda, **options)
+        states[name] = network_state(network)
+    for name in ("eager", "streaming"):
+        for key, value in states["graphs"].items():
+            np.testing.assert_allclose(states[name][key], value, rtol=1e-5, atol=1e-6, err_msg=f"{name}: {key}")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_learns_what_cpu_training_learns():
+    tokens, y = _separable()
+    predictions = []
+    for device in ("cpu", "cuda"):
+        network = _dense()
+        train_network(network, tokens, y, **dict(TRAIN, epochs=10, device=device))
+        logits = forward_in_batches(network, tokens, grid=GRID, batch_size=16, device=device)["logits"]
+        predictions.append(logits.argmax(1))
+    assert (predictions[0] == y).mean() == 1.0 and (predictions[1] == y).mean() == 1.0

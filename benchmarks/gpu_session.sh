@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Everything a device session checks, in one command (about 7 minutes on one H100):
+# the CUDA-only tests, benchmarks/speed.py and benchmarks/gpu_checks.py. Results go to $OUT
+# (the device tool's output folder) or benchmarks/results. The osqp wheel (and hypothesis for
+# the tests) come from a git-ignored .whl/ folder carried along: see docs/performance.md.
+#
+#   bash benchmarks/gpu_session.sh            # on a machine with a GPU, from the repository root
+set -u
+OUT=${OUT:-benchmarks/results}
+mkdir -p "$OUT"
+if ls .whl/*.whl >/dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+        .whl/osqp-*.whl .whl/hypothesis-*.whl .whl/sortedcontainers-*.whl .whl/attrs-*.whl
+fi
+export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1
+python3 -m pytest -q -p no:cacheprovider -o addopts="" -k "cuda or gpu" \
+    tests/test_embedding.py tests/test_classifier.py tests/test_training.py >"$OUT/cuda_tests.txt" 2>&1
+tail -3 "$OUT/cuda_tests.txt"
+python3 benchmarks/speed.py --device cuda --max-seconds 330 --out "$OUT/speed.json"
+python3 benchmarks/gpu_checks.py --out "$OUT/gpu_checks.json"
