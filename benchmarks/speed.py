@@ -6,8 +6,10 @@ backbones built locally (no download):
 
 * ``backbone_forward``  raw backbone forward, img/s (bf16 on CUDA, SDPA attention,
   batch 256, 224 px), per size in ``--sizes``;
-* ``embedder_arrays``   ``Dinov2Embedder.transform`` of a uint8 (n, 224, 224, 3) array;
-* ``embedder_jpeg``     ``Dinov2Embedder.transform`` of JPEG files (500 x 375, as CUB) in a temp dir;
+* ``embedder_arrays``   ``Dinov2Embedder.transform`` of a uint8 (5994, 224, 224, 3) array, float32
+  (the default) and float16 output;
+* ``embedder_jpeg``     ``Dinov2Embedder.transform`` of 5,994 JPEG files (500 x 375, as CUB) in a temp
+  dir, and the decoding stage alone;
 * ``dense_epoch``       one dense-stage epoch (4 x 2048 MLP, 512 features) at batch 32 and 256,
   the CUDA-graph path and the plain eager loop;
 * ``selection``         ``solve_selection`` on a CUB-size instance (512 features, 200 classes, 50 / 5);
@@ -66,8 +68,8 @@ FULL = dict(
     forward_batch=256,
     image_size=224,
     embedder_size="base",
-    embedder_images=2048,
-    jpeg_images=2048,
+    embedder_images=5994,  # CUB's training set: pipeline fill and drain weigh as in real use
+    jpeg_images=5994,
     jpeg_shape=(375, 500),
     dense_batches=(32, 256),
     dense_epochs=3,
@@ -247,12 +249,19 @@ def section_embedder_arrays(ctx):
     cfg = ctx.config
     n, side = cfg["embedder_images"], cfg["image_size"]
     images = np.random.default_rng(0).integers(0, 256, size=(n, side, side, 3), dtype=np.uint8)
-    embedder = _embedder(ctx)
-    result, seconds = _timed_transform(embedder, images, images[: cfg["forward_batch"]], ctx.device)
-    out = dict(img_per_s=n / seconds, n_images=n, image_shape=list(images.shape[1:]), output_shape=list(result.shape))
     forward = ctx.results.get("backbone_forward", {}).get("result", {}).get(cfg["embedder_size"])
-    if forward:
-        out["ratio_to_forward"] = out["img_per_s"] / forward["img_per_s"]
+    out = dict(n_images=n, image_shape=list(images.shape[1:]))
+    # float32 is the default (and the target); float16 shows what halving the output bytes buys.
+    for output_dtype in ("float32", "float16"):
+        embedder = _embedder(ctx, output_dtype=output_dtype)
+        result, seconds = _timed_transform(embedder, images, images[: cfg["forward_batch"]], ctx.device)
+        row = dict(img_per_s=n / seconds, output_shape=list(result.shape))
+        if forward:
+            row["ratio_to_forward"] = row["img_per_s"] / forward["img_per_s"]
+        out[output_dtype] = row
+        print(f"    output {output_dtype}: {row['img_per_s']:.0f} img/s", flush=True)
+        del result
+    out.update({k: v for k, v in out["float32"].items() if k != "output_shape"})
     return out
 
 
