@@ -108,7 +108,7 @@ TIME_BOX = dict(
     backbone_forward=100,
     embedder_arrays=60,
     embedder_jpeg=90,
-    dense_epoch=60,
+    dense_epoch=200,  # with the torch.compile experiment
     selection=90,
     sparse_epoch=40,
     full_fit=150,
@@ -330,8 +330,7 @@ def _epoch_summary(history):
 
 
 def section_dense_epoch(ctx):
-    from qpm_sklearn.adapter import DenseHead
-    from qpm_sklearn.training import tokens_on_device, train_network
+    from qpm_sklearn.training import tokens_on_device
 
     cfg, device = ctx.config, ctx.device
     X, y = ctx.tokens()
@@ -339,20 +338,39 @@ def section_dense_epoch(ctx):
     tokens = tokens_on_device(X.reshape(len(X), -1, X.shape[-1]), device)
     synchronize(device)
     out = dict(upload_s=time.perf_counter() - start)
-    variants = [(batch, None) for batch in cfg["dense_batches"]]
+    large = cfg["dense_batches"][-1]
+    # name -> (batch, options); options: cuda_graphs, cudnn (BatchNorm through cuDNN or PyTorch's
+    # own kernels), compiled (the MLP through torch.compile). The last two are experiments that
+    # the library does not use (yet): they measure whether they would pay at the large batch.
+    variants = {f"batch{batch}": (batch, {}) for batch in cfg["dense_batches"]}
     if device.type == "cuda":
-        variants += [(batch, False) for batch in cfg["dense_batches"]]  # the plain eager loop
-    for batch, graphs in variants:
+        variants.update({f"batch{batch}_eager": (batch, dict(cuda_graphs=False)) for batch in cfg["dense_batches"]})
+        variants[f"batch{large}_native_batchnorm"] = (large, dict(cudnn=False))
+        variants[f"batch{large}_compiled"] = (large, dict(compiled=True, cuda_graphs=False))
+    for name, (batch, options) in variants.items():
         free_memory(device)
-        network = _network(ctx, DenseHead(cfg["n_features"], cfg["n_classes"], 0.2))
+        try:
+            out[name] = _dense_epochs(ctx, tokens, y, batch, **options)
+        except Exception as exc:  # noqa: BLE001 -- an experiment that fails must not hide the rest
+            out[name] = dict(error=f"{type(exc).__name__}: {exc}")
+        print(f"    {name}: " + (f"{out[name]['epoch_s']:.3f} s/epoch" if "epoch_s" in out[name] else out[name]["error"]), flush=True)
+    return out
+
+
+def _dense_epochs(ctx, tokens, y, batch, *, cuda_graphs=None, cudnn=True, compiled=False):
+    from qpm_sklearn.adapter import DenseHead
+    from qpm_sklearn.training import train_network
+
+    cfg, device = ctx.config, ctx.device
+    network = _network(ctx, DenseHead(cfg["n_features"], cfg["n_classes"], 0.2))
+    if compiled:
+        network.mlp = torch.compile(network.mlp)  # the first epoch includes the compilation
+    with torch.backends.cudnn.flags(enabled=cudnn):
         history = train_network(
             network, tokens, y, grid=cfg["grid"], epochs=cfg["dense_epochs"], batch_size=batch, lr=1e-3,
-            weight_decay=7e-4, diversity=0.5, device=device, seed=0, cuda_graphs=graphs,
+            weight_decay=7e-4, diversity=0.5, device=device, seed=0, cuda_graphs=cuda_graphs,
         )  # fmt: skip
-        name = f"batch{batch}" + ("_eager" if graphs is False else "")
-        out[name] = dict(_epoch_summary(history), peak_gb=peak_gb(device))
-        print(f"    {name}: {out[name]['epoch_s']:.3f} s/epoch", flush=True)
-    return out
+    return dict(_epoch_summary(history), peak_gb=peak_gb(device))
 
 
 def section_selection(ctx):
@@ -565,7 +583,7 @@ def _summary(name, result):
         extra = f" ({result['ratio_to_forward']:.0%} of forward)" if "ratio_to_forward" in result else ""
         return f"{result['img_per_s']:.0f} img/s{extra}"
     if name == "dense_epoch":
-        parts = [f"{k} {v['epoch_s']:.3f} s/epoch" for k, v in result.items() if isinstance(v, dict)]
+        parts = [f"{k} {v['epoch_s']:.3f} s/epoch" for k, v in result.items() if isinstance(v, dict) and "epoch_s" in v]
         return ", ".join(parts) + f", upload {result['upload_s']:.2f} s"
     if name == "selection":
         return f"{result['total_s']:.2f} s, status {result.get('status')}, gap {result.get('gap')}"
