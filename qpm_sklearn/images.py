@@ -17,6 +17,7 @@ are resized by threads, since sending them to a process costs as much as resizin
 from __future__ import annotations
 
 import hashlib
+import multiprocessing
 import os
 from collections import deque
 from collections.abc import Sequence
@@ -242,7 +243,8 @@ def decode_batches(
     overlaps whatever the caller does with the previous batch. A uint8 array already
     at ``image_size`` is sliced without any copy or worker. Files are decoded by
     ``n_jobs`` worker processes when ``n_jobs > 1`` (the exact same Pillow code as in
-    this process, so the pixels are identical); everything else by ``n_jobs`` threads.
+    this process, so the pixels are identical) unless this process is a daemon, which
+    may not have children; everything else by ``n_jobs`` threads.
 
     Parameters
     ----------
@@ -269,7 +271,10 @@ def decode_batches(
         return
     with ExitStack() as stack:
         all_files = not isinstance(X, np.ndarray) and all(isinstance(item, _PATH_TYPES) for item in X)
-        if all_files and (n_jobs > 1 if processes is None else processes):
+        if processes is None:
+            # A daemonic process (a multiprocessing pool's or DataLoader's worker) may not start any.
+            processes = n_jobs > 1 and not multiprocessing.current_process().daemon
+        if all_files and processes:
             from joblib.externals.loky import get_reusable_executor
 
             executor = get_reusable_executor(max_workers=n_jobs)

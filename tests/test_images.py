@@ -177,6 +177,20 @@ def test_decode_batches_in_worker_processes_match_serial_decoding(tmp_path, monk
     assert np.array_equal(decoded, serial[:3]) and not executors
 
 
+def _decode_all(paths):
+    return np.concatenate(list(im.decode_batches(paths, [np.arange(0, 2), np.arange(2, len(paths))], 14, n_jobs=2)))
+
+
+def test_decode_batches_works_inside_a_daemonic_worker(tmp_path):
+    # multiprocessing pools' (and DataLoader's) workers are daemons, which may not have children.
+    import multiprocessing
+
+    paths = _jpegs(tmp_path, 5)
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        decoded = pool.apply(_decode_all, (paths,))
+    assert np.array_equal(decoded, np.stack([im.load_resized(p, 0, 14) for p in paths]))
+
+
 def test_decode_batches_names_a_corrupt_file_from_a_worker_and_stops_cleanly(tmp_path):
     paths = _jpegs(tmp_path, 6)
     paths[4].write_bytes(b"not a jpeg")
