@@ -225,13 +225,30 @@ def load_resized(item, index: int, image_size: int, preprocessing: str = "imagen
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_chunk(items: list, indices: list, image_size: int, preprocessing: str) -> np.ndarray:
+def decode_chunk(items: list, indices: list, image_size: int, preprocessing: str, pil_settings=None) -> np.ndarray:
     """:func:`load_resized` over several items; uint8 ``(len(items), S, S, 3)``.
 
     The unit of work of a decoding worker (one call per chunk amortises the
-    inter-process round trip over several images).
+    inter-process round trip over several images). ``pil_settings``, from
+    :func:`_pil_settings` in the calling process, are applied first.
     """
+    if pil_settings is not None:
+        from PIL import ImageFile
+
+        Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = pil_settings
     return np.stack([load_resized(item, index, image_size, preprocessing) for item, index in zip(items, indices)])
+
+
+def _pil_settings() -> tuple:
+    """Pillow's module-level switches as this process has them.
+
+    Users commonly lift the decompression-bomb limit or allow truncated JPEGs; worker
+    processes must decode under the same rules, or they would refuse what this
+    process accepts.
+    """
+    from PIL import ImageFile
+
+    return Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES
 
 
 def decode_batches(
@@ -278,8 +295,11 @@ def decode_batches(
             from joblib.externals.loky import get_reusable_executor
 
             executor = get_reusable_executor(max_workers=n_jobs)
+            # Reused workers keep the working directory they started in: send absolute paths.
+            item, settings = (lambda row: os.path.abspath(X[row])), _pil_settings()
         else:
             executor = stack.enter_context(ThreadPoolExecutor(n_jobs))
+            item, settings = X.__getitem__, None
         pending = deque()
 
         def submit(batch):
@@ -287,7 +307,7 @@ def decode_batches(
             size = max(1, min(16, -(-len(batch) // (2 * n_jobs))))
             chunks = [[int(row) for row in batch[i : i + size]] for i in range(0, len(batch), size)]
             pending.append([
-                executor.submit(decode_chunk, [X[row] for row in chunk], chunk, image_size, preprocessing)
+                executor.submit(decode_chunk, [item(row) for row in chunk], chunk, image_size, preprocessing, settings)
                 for chunk in chunks
             ])  # fmt: skip
 

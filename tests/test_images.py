@@ -202,6 +202,38 @@ def test_decode_batches_names_a_corrupt_file_from_a_worker_and_stops_cleanly(tmp
     first.close()  # the consumer stops early: queued work is dropped, nothing hangs
 
 
+def test_worker_processes_decode_under_this_process_pillow_settings(tmp_path, monkeypatch):
+    from PIL import ImageFile
+
+    paths = _jpegs(tmp_path, 3)
+    data = paths[1].read_bytes()
+    paths[1].write_bytes(data[: len(data) // 2])  # truncated
+    batches = [np.arange(3)]
+    for processes in (True, False):
+        with pytest.raises(ValueError, match=r"X\[1\].*1\.jpg"):
+            list(im.decode_batches(paths, batches, 14, n_jobs=2, processes=processes))
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    (in_workers,) = im.decode_batches(paths, batches, 14, n_jobs=2, processes=True)
+    (in_threads,) = im.decode_batches(paths, batches, 14, n_jobs=2, processes=False)
+    assert np.array_equal(in_workers, in_threads)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 30 x 41 px is a "decompression bomb" now
+    for processes in (True, False):
+        with pytest.raises(ValueError, match=r"X\[0\].*0\.jpg"):
+            list(im.decode_batches(paths, batches, 14, n_jobs=2, processes=processes))
+
+
+def test_worker_processes_resolve_relative_paths_in_the_current_directory(tmp_path, monkeypatch):
+    # The reusable workers keep the directory they started in; the caller's must count.
+    for name, seed in (("a", 0), ("b", 10)):
+        (tmp_path / name).mkdir()
+        for i in range(2):
+            Image.fromarray(_rgb(seed + i, (14, 14, 3))).save(tmp_path / name / f"{i}.png")
+    for name in ("a", "b"):
+        monkeypatch.chdir(tmp_path / name)
+        (decoded,) = im.decode_batches(["0.png", "1.png"], [np.arange(2)], 14, n_jobs=2, processes=True)
+        assert np.array_equal(decoded, np.stack([np.asarray(Image.open(f"{i}.png")) for i in range(2)]))
+
+
 def test_decode_batches_slices_arrays_at_the_target_size_without_copying():
     X = _rgb(0, (5, 14, 14, 3))
     batches = [np.arange(0, 3), np.arange(3, 5)]
