@@ -428,7 +428,7 @@ def _to_host(tensor: torch.Tensor, copy_stream=None):
     next batch's forward pass instead of delaying it.
     """
     if tensor.device.type != "cuda":
-        return tensor, None
+        return tensor.cpu(), None  # e.g. mps: copied here, not from the writer thread
     with torch.inference_mode():
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
         copy_stream.wait_stream(torch.cuda.current_stream(tensor.device))
