@@ -2,8 +2,9 @@
 
 Measures, on whatever device is available:
 * model_only: the backbone's forward alone on ready pixel tensors (the upper bound);
-* transform from a uint8 array (no decoding) and from JPEG files (decode + resize in threads,
-  overlapped with the forward), for a few n_jobs;
+* transform from a uint8 array (no decoding) and from JPEG files (decoded and resized by n_jobs
+  workers, overlapped with the forward), for a few n_jobs (the decoding stage alone is measured by
+  benchmarks/decoding.py and benchmarks/speed.py);
 * the cache: first run vs a fully cached second run;
 * bf16 vs float32 agreement of the patch tokens (cosine similarity);
 * a real CUDA out-of-memory error recovered by halving the batch (CUDA only).
@@ -109,18 +110,6 @@ def main():
         emb.transform(paths[:8])
         seconds, _ = _timed(lambda: emb.transform(paths))
         results[f"jpeg_paths_n_jobs{n_jobs}_images_per_s"] = n / seconds
-    # Decoding alone (same threads, no model): tells whether the GPU or the decoding limits.
-    from qpm_sklearn import images as im
-
-    for threads in (1, 4, 16):
-        with ThreadPoolExecutor(threads) as pool:
-            count = n if threads > 1 else min(n, 256)
-            cpu = time.process_time()
-            seconds, _ = _timed(lambda: list(pool.map(lambda i: im.load_resized(paths[i], i, image_size), range(count))))
-            cpu = time.process_time() - cpu
-        results[f"decode_only_{threads}_threads_images_per_s"] = count / seconds
-        results[f"decode_only_{threads}_threads_cpu_per_wall"] = cpu / seconds  # ~threads when the GIL is free
-
     # Cache: first run and a fully cached rerun (hashing the files only).
     cache = work / "cache"
     emb = Dinov2Embedder(str(folder), image_size=image_size, batch_size=128, cache_dir=cache, output_dtype="float16")
