@@ -16,6 +16,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import FunctionTransformer
 
 from qpm_sklearn import Dinov2Embedder
+from qpm_sklearn import images as im
 
 SIZE = 28  # tiny backbones use patch 14: a 2x2 grid
 CUB_MEAN = (0.4853, 0.4964, 0.4295)
@@ -151,6 +152,20 @@ def test_small_images_and_batches_of_one(tiny_backbone):
     embedder = _cpu(tiny_backbone, image_size=SIZE, batch_size=1, output="cls")
     batched = clone(embedder).set_params(batch_size=64).transform(X)
     np.testing.assert_allclose(embedder.transform(X), batched, atol=1e-5)
+
+
+def test_many_batches_of_files_and_arrays_keep_their_rows(tiny_backbone, tmp_path):
+    # 11 images in batches of 2: several batches decoded ahead (in worker processes for the
+    # files) and written behind; every row must land where its image is.
+    X = np.stack([im.load_resized(x, 0, SIZE) for x in _images(11, seed=3)])
+    paths = []
+    for i, image in enumerate(X):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    one_batch = _cpu(tiny_backbone, image_size=SIZE, batch_size=11).transform(X)
+    for inputs in (X, paths):
+        batched = _cpu(tiny_backbone, image_size=SIZE, batch_size=2, n_jobs=2).transform(inputs)
+        np.testing.assert_allclose(batched, one_batch, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -386,8 +401,6 @@ def test_cuda_bfloat16_agrees_with_cpu_float32(tiny_backbone):
 def test_cuda_outputs_are_converted_on_the_host_exactly(tiny_backbone, output):
     # The device hands bfloat16 tokens to the host, which converts them to output_dtype;
     # a float64 recomputation from the same bfloat16 tokens must give the same numbers.
-    from qpm_sklearn import images as im
-
     X = _images(7)
     embedder = Dinov2Embedder(tiny_backbone, image_size=56, batch_size=3, device="cuda", output=output)
     backbone = embedder._load_model(torch.device("cuda"), torch.bfloat16)
