@@ -4,7 +4,7 @@ Measures, on whatever device is available:
 * model_only: the backbone's forward alone on ready pixel tensors (the upper bound);
 * transform from a uint8 array (no decoding) and from JPEG files (decoded and resized by n_jobs
   workers, overlapped with the forward), for a few n_jobs (the decoding stage alone is measured by
-  benchmarks/decoding.py and benchmarks/speed.py);
+  benchmarks/embedder_host.py and benchmarks/speed.py);
 * the cache: first run vs a fully cached second run;
 * bf16 vs float32 agreement of the patch tokens (cosine similarity);
 * a real CUDA out-of-memory error recovered by halving the batch (CUDA only).
