@@ -93,6 +93,17 @@ def progress(iterable, *, verbose: bool, desc: str, total: int | None = None, un
     return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False)
 
 
+def host_tensor(array: np.ndarray) -> torch.Tensor:
+    """A tensor sharing ``array``'s memory (no copy when C-ordered), read-only arrays included.
+
+    Callers only ever read it, so torch's warning about non-writable arrays (memory maps
+    of an embedding cache, read-only user arrays) does not apply.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(np.ascontiguousarray(array))
+
+
 def as_numpy(tensor: torch.Tensor, dtype=np.float32) -> np.ndarray:
     """Detach a tensor to a numpy array of ``dtype`` on the host."""
     return tensor.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)

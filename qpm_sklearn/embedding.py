@@ -17,7 +17,7 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 from . import images as _images
 from ._cache import EmbeddingCache
-from ._device import logger, progress, quiet_transformers, resolve_device, resolve_dtype
+from ._device import host_tensor, logger, progress, quiet_transformers, resolve_device, resolve_dtype
 
 _OUTPUT_DTYPES = {"float32": np.float32, "float16": np.float16}
 # What huggingface_hub / requests / httpx raise (or say) when the hub cannot be reached.
@@ -366,7 +366,7 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
                 zip(batches, decoded), verbose=self.verbose, desc="Embedding", total=len(batches), unit="batch"
             )
             for batch, pixels in batches_and_pixels:
-                pixels = _to_device(torch.from_numpy(pixels), device, upload_stream)
+                pixels = _upload(host_tensor(pixels), device, upload_stream)
                 embedded = self._embed_pixels(backbone, pixels, device, compute_dtype, n_registers, grid, forward_kwargs)
                 host, copied = _to_host(embedded, download_stream)
                 if writing is not None:
@@ -422,7 +422,7 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
         return backbone(pixel_values=pixel_values, **forward_kwargs).last_hidden_state
 
 
-def _to_device(pixels: torch.Tensor, device, upload_stream=None) -> torch.Tensor:
+def _upload(pixels: torch.Tensor, device, upload_stream=None) -> torch.Tensor:
     """Upload a uint8 batch (4x fewer bytes than float pixels).
 
     On CUDA the copy runs from pinned memory on ``upload_stream``, so it overlaps the

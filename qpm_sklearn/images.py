@@ -281,10 +281,7 @@ def decode_batches(
     if isinstance(X, np.ndarray) and X.shape[1:3] == (image_size, image_size):
         for batch in batches:
             pixels = X[batch[0] : batch[0] + len(batch)]
-            if pixels.ndim == 3:  # gray
-                pixels = np.repeat(pixels[..., None], 3, axis=-1)
-            # torch refuses to wrap a read-only array without a warning; copy those.
-            yield pixels if pixels.flags.writeable else pixels.copy()
+            yield np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 3 else pixels  # gray → RGB
         return
     with ExitStack() as stack:
         all_files = not isinstance(X, np.ndarray) and all(isinstance(item, _PATH_TYPES) for item in X)
@@ -417,9 +414,9 @@ def normalize(pixels: torch.Tensor, *, preprocessing: str = "imagenet", mean=Non
 
 def to_pixel_values(images, image_size: int, preprocessing: str = "imagenet", mean=None, std=None, *, n_jobs=None) -> torch.Tensor:
     """Images (anything :func:`check_images` accepts) → float32 CPU tensor ``(B, 3, S, S)``."""
-    import torch
+    from ._device import host_tensor
 
     images = check_images(images)
     resolve_statistics(preprocessing, mean, std)  # fail before decoding anything
     (pixels,) = decode_batches(images, [np.arange(len(images))], image_size, preprocessing, n_jobs=n_jobs)
-    return normalize(torch.from_numpy(pixels), preprocessing=preprocessing, mean=mean, std=std)
+    return normalize(host_tensor(pixels), preprocessing=preprocessing, mean=mean, std=std)

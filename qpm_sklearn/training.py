@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._device import as_numpy, logger, progress, resolve_device, torch_generator
+from ._device import as_numpy, host_tensor, logger, progress, resolve_device, torch_generator
 
 __all__ = [
     "diversity_loss",
@@ -395,7 +395,7 @@ class _HostStream:
         self.host, self.order, self.bounds, self.device, self.dtype = host, order, bounds, device, dtype
         on_cuda = device.type == "cuda"
         shape = (max(b.stop - b.start for b in bounds),) + host.shape[1:]
-        host_dtype = _host_tensor(host[:0]).dtype
+        host_dtype = host_tensor(host[:0]).dtype
         self.buffers = [torch.empty(shape, dtype=host_dtype, pin_memory=on_cuda) for _ in range(2)]
         self.copy_stream = torch.cuda.Stream(device) if on_cuda else None
         self.copied = [None, None]  # event per buffer: its last host-to-device copy has finished
@@ -535,7 +535,7 @@ def _to_device(tokens, device, dtype, chunk=512):
     if isinstance(tokens, torch.Tensor) and (tokens.device == device or device.type == "cpu"):
         return tokens.detach().to(device)
     if not isinstance(tokens, torch.Tensor):
-        tokens = _host_tensor(tokens)
+        tokens = host_tensor(tokens)
         if device.type == "cpu":
             return tokens
     out = torch.empty(tokens.shape, dtype=dtype, device=device)
@@ -544,22 +544,11 @@ def _to_device(tokens, device, dtype, chunk=512):
     return out
 
 
-def _host_tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor sharing ``array``'s memory (no copy when C-ordered), read-only arrays included.
-
-    Tokens are only ever read, so torch's warning about non-writable arrays
-    (memory maps of an embedding cache, read-only user arrays) does not apply.
-    """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(np.ascontiguousarray(array))
-
-
 def _slice_to_device(tokens, start, stop, device):
     if isinstance(tokens, torch.Tensor):
         x = tokens[start:stop].to(device)
     else:
-        x = _host_tensor(tokens[start:stop]).to(device)
+        x = host_tensor(tokens[start:stop]).to(device)
     # CUDA autocast casts 16/32-bit floats for the MLP but leaves float64 alone.
     return x if device.type == "cuda" and x.dtype != torch.float64 else x.float()
 

@@ -163,7 +163,9 @@ def test_many_batches_of_files_and_arrays_keep_their_rows(tiny_backbone, tmp_pat
         paths.append(tmp_path / f"{i}.png")
         Image.fromarray(image).save(paths[-1])
     one_batch = _cpu(tiny_backbone, image_size=SIZE, batch_size=11).transform(X)
-    for inputs in (X, paths):
+    read_only = X.copy()
+    read_only.flags.writeable = False
+    for inputs in (X, paths, read_only):
         batched = _cpu(tiny_backbone, image_size=SIZE, batch_size=2, n_jobs=2).transform(inputs)
         np.testing.assert_allclose(batched, one_batch, atol=1e-5)
 
