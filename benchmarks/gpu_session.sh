@@ -15,8 +15,9 @@ for wheel in osqp hypothesis sortedcontainers attrs pytest pluggy iniconfig; do
     python3 -c "import $wheel" 2>/dev/null || ls .whl/$wheel-*.whl 2>/dev/null
 done | xargs -r python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site
 export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1
-python3 -m pytest -q -p no:cacheprovider -o addopts="" -k "cuda or gpu" \
+# A hung CUDA test (a stream or graph deadlock) must not eat the benchmarks' device time.
+timeout 180 python3 -m pytest -q -p no:cacheprovider -o addopts="" -k "cuda or gpu" \
     tests/test_embedding.py tests/test_classifier.py tests/test_training.py >"$OUT/cuda_tests.txt" 2>&1
 tail -3 "$OUT/cuda_tests.txt"
 python3 benchmarks/speed.py --device cuda --max-seconds 330 --out "$OUT/speed.json"
-python3 benchmarks/gpu_checks.py --out "$OUT/gpu_checks.json"
+timeout 120 python3 benchmarks/gpu_checks.py --out "$OUT/gpu_checks.json"
