@@ -212,11 +212,12 @@ def load_network_state(network: nn.Module, state: dict[str, np.ndarray]) -> nn.M
 
 
 def _float_tensor(value, name: str) -> torch.Tensor:
+    """A float32 copy of ``value``: a head may train it in place, never the caller's array."""
     if isinstance(value, torch.Tensor):
         tensor = value.detach().to(torch.float32).clone()
     else:
         try:
-            tensor = torch.as_tensor(np.asarray(value, dtype=np.float32))
+            tensor = torch.tensor(np.asarray(value, dtype=np.float32))
         except (TypeError, ValueError) as exc:
             raise TypeError(f"{name} must be a numeric array or tensor; got {type(value).__name__}.") from exc
     if not torch.isfinite(tensor).all():

@@ -19,7 +19,7 @@ from sklearn.utils.validation import (
     column_or_1d,
 )
 
-from ._device import resolve_device, torch_seed
+from ._device import as_numpy, resolve_device, torch_seed
 from .adapter import DenseHead, QPMNetwork, SparseHead, TokenMLP, load_network_state, network_state
 from .baselines import qsenn_refit, sparse_head
 from .explanation import Explanation
@@ -487,8 +487,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
             history += [dict(row, round=round_index) for row in rows]
             mlp_state = network_state(network.mlp)
             if baseline:  # the standardisation was trained
-                self.feature_mean_ = network.head.mean.detach().cpu().numpy().astype(np.float32)
-                self.feature_std_ = network.head.std.detach().cpu().numpy().astype(np.float32)
+                self.feature_mean_, self.feature_std_ = as_numpy(network.head.mean), as_numpy(network.head.std)
         return mlp_state, history
 
     # ------------------------------------------------------------ networks

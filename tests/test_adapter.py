@@ -1,5 +1,7 @@
 """adapter.py against a float64 numpy recomputation of SPEC section 2."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -169,6 +171,24 @@ def test_sparse_head_frozen_and_trainable_statistics():
         SparseHead(weight, mean, std, bias=np.zeros(5))
     with pytest.raises(ValueError, match="weight"):
         SparseHead(np.zeros(3), mean, std)
+
+
+def test_sparse_head_trains_copies_of_its_arrays():
+    # The fitted arrays of an estimator (float32, possibly read-only memory maps) build the
+    # head: training its statistics must not write into them, and reading them must not warn.
+    weight, mean, std = np.eye(3, dtype=np.float32), np.zeros(3, np.float32), np.ones(3, np.float32)
+    for array in (weight, mean, std):
+        array.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        head = SparseHead(weight, mean, std, train_stats=True)
+    mean.flags.writeable = std.flags.writeable = True
+    optimizer = torch.optim.SGD(head.parameters(), lr=1.0)
+    head(torch.ones(2, 3))[0].sum().backward()
+    optimizer.step()
+    assert not torch.equal(head.mean.detach(), torch.zeros(3))
+    np.testing.assert_array_equal(mean, np.zeros(3))
+    np.testing.assert_array_equal(std, np.ones(3))
 
 
 def test_selected_channels_restrict_maps_and_features(dense_network):
