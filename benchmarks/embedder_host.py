@@ -29,7 +29,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from speed import _cpu_name, _write_jpegs, slug  # noqa: E402
+from speed import cpu_name, slug, write_jpegs  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -93,9 +93,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     n_jobs = resolve_n_jobs(args.n_jobs)
     with tempfile.TemporaryDirectory(prefix="qpm-decoding-") as folder:
-        paths = _write_jpegs(Path(folder), args.n_images, (375, 500))
+        paths = write_jpegs(Path(folder), args.n_images, (375, 500))
         report = dict(
-            cpu=_cpu_name(), cpu_count=os.cpu_count(), n_jobs=n_jobs, n_images=len(paths),
+            cpu=cpu_name(), cpu_count=os.cpu_count(), n_jobs=n_jobs, n_images=len(paths),
             image_shape=[375, 500], output_size=224,
             processes=measure(paths, n_jobs, processes=True),
             threads=measure(paths, n_jobs, processes=False),

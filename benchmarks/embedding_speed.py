@@ -22,12 +22,13 @@ import platform
 import tempfile
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from speed import write_jpegs  # this folder is on sys.path when the script runs
 
 from qpm_sklearn import Dinov2Embedder
 from qpm_sklearn._testing import save_random_backbone
@@ -47,20 +48,6 @@ def _timed(fn, repeats=1):
         _sync()
         best = min(best, time.perf_counter() - start)
     return best, result
-
-
-def _write_jpegs(folder: Path, n: int, seed: int = 0) -> list[Path]:
-    """CUB-like JPEGs (500x375, smooth content so they compress like photos)."""
-    rng = np.random.default_rng(seed)
-    base = rng.integers(0, 256, (n, 24, 32, 3), dtype=np.uint8)
-
-    def write(i):
-        path = folder / f"{i:05d}.jpg"
-        Image.fromarray(base[i]).resize((500, 375), Image.BICUBIC).save(path, quality=90)
-        return path
-
-    with ThreadPoolExecutor(16) as pool:
-        return list(pool.map(write, range(n)))
 
 
 def main():
@@ -85,8 +72,7 @@ def main():
     }
     work = Path(tempfile.mkdtemp())
     folder = save_random_backbone(work / "model", size, num_register_tokens=4)
-    (work / "images").mkdir()
-    paths = _write_jpegs(work / "images", n)
+    paths = write_jpegs(work / "images", n, (375, 500))  # CUB-like: 500 x 375, photo-like content
     array = np.stack([np.asarray(Image.open(p).convert("RGB").resize((image_size, image_size))) for p in paths[:n]])
 
     # Upper bound: the backbone alone on ready pixel tensors.

@@ -265,7 +265,7 @@ def section_embedder_arrays(ctx):
     return out
 
 
-def _write_jpegs(folder, n, shape):
+def write_jpegs(folder, n, shape):
     """Smooth random images (JPEG sizes like photos, unlike white noise), written in parallel."""
     from PIL import Image
 
@@ -287,7 +287,7 @@ def _write_jpegs(folder, n, shape):
 
 def section_embedder_jpeg(ctx):
     cfg = ctx.config
-    paths = _write_jpegs(ctx.workdir / "jpeg", cfg["jpeg_images"], cfg["jpeg_shape"])
+    paths = write_jpegs(ctx.workdir / "jpeg", cfg["jpeg_images"], cfg["jpeg_shape"])
     mean_kb = statistics.mean(os.path.getsize(p) for p in paths[:50]) / 1e3
     out = dict(n_images=len(paths), image_shape=list(cfg["jpeg_shape"]), mean_file_kb=mean_kb)
     variants = {"default": {}}
@@ -506,7 +506,7 @@ def environment(device):
         env["device"] = torch.cuda.get_device_name(device)
         env["gpu_memory_gb"] = torch.cuda.get_device_properties(device).total_memory / 1e9
     else:
-        env["device"] = _cpu_name()
+        env["device"] = cpu_name()
     for package in ("sklearn", "osqp", "scipy", "PIL"):
         try:
             env[package] = __import__(package).__version__
@@ -515,7 +515,7 @@ def environment(device):
     return env
 
 
-def _cpu_name():
+def cpu_name():
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
