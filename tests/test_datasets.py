@@ -42,6 +42,16 @@ def test_cub_class_names_fall_back_to_the_image_folders(tmp_path):
     assert load_cub(cub_dir).class_names == expected["class_names"]
 
 
+def test_cub_labels_as_names_drop_the_number_prefix(fake_cub):
+    cub_dir, expected = fake_cub
+    data = load_cub(cub_dir, labels="names")
+    assert data.class_names == [f"Fake_bird_{c}" for c in range(len(expected["class_names"]))]
+    assert data.labels.tolist() == [f"Fake_bird_{c}" for c in expected["labels"]]
+    assert data.paths == load_cub(cub_dir).paths
+    with pytest.raises(ValueError, match="labels must be"):
+        load_cub(cub_dir, labels="strings")
+
+
 def test_cub_without_segmentations_has_no_mask_paths(tmp_path):
     cub_dir, _ = write_fake_cub(tmp_path, segmentations=False)
     assert load_cub(cub_dir).mask_paths is None
@@ -262,3 +272,15 @@ def test_image_folder_stray_images_warn_and_missing_root_raises(tmp_path):
         warnings.simplefilter("error")
         with pytest.raises(FileNotFoundError, match="missing"):
             load_image_folder(tmp_path / "missing")
+
+
+def test_image_folder_refuses_a_split_layout_without_split_dirs(tmp_path):
+    for rel in ["train/cat/1.jpg", "train/dog/2.jpg", "test/cat/3.jpg", "test/dog/4.jpg"]:
+        _touch_image(tmp_path / rel)
+    with pytest.raises(ValueError, match=r"split_dirs=\('test', 'train'\)"):
+        load_image_folder(tmp_path)
+    assert load_image_folder(tmp_path, split_dirs=("train", "test")).class_names == ["cat", "dog"]
+    assert load_image_folder(tmp_path / "train").class_names == ["cat", "dog"]
+    # A class that happens to be called "test" beside real classes is still a class.
+    _touch_image(tmp_path / "other" / "bird" / "5.jpg")
+    assert load_image_folder(tmp_path).class_names == ["other", "test", "train"]

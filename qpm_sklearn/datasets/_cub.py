@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -81,7 +82,12 @@ def _class_names(cub_dir: Path, labels: np.ndarray, relpaths: list[str]) -> list
     return [folder_of.get(c, str(c + 1)) for c in range(n_classes)]
 
 
-def load_cub(root) -> Bunch:
+def _without_number(name: str) -> str:
+    """``"009.Brewer_Blackbird"`` → ``"Brewer_Blackbird"`` (the class-number prefix of CUB's names)."""
+    return re.sub(r"^\d+\.", "", name)
+
+
+def load_cub(root, *, labels="codes") -> Bunch:
     """Load CUB-200-2011 (Wah et al., 2011) with its official train/test split.
 
     Reads the metadata files of the official archive, as the DINO-QPM code does:
@@ -98,22 +104,29 @@ def load_cub(root) -> Bunch:
     root : str or path-like
         The CUB_200_2011 folder itself (the one holding images.txt), or a folder containing it
         as ``root/CUB_200_2011`` or ``root/CUB200/CUB_200_2011`` (the DINO-QPM layout).
+    labels : {"codes", "names"}, default="codes"
+        ``"codes"``: ``labels`` holds the 0-based class codes and ``class_names`` CUB's names
+        as written (``"009.Brewer_Blackbird"``). ``"names"``: ``labels`` holds each image's class
+        name without the number prefix (``"Brewer_Blackbird"``), and so does ``class_names``; a
+        classifier fitted on such labels takes the names wherever it takes a class, e.g.
+        ``clf.compare_classes("Brewer_Blackbird", "Rusty_Blackbird")``.
 
     Returns
     -------
     data : sklearn.utils.Bunch
-        ``paths`` (list of str, images.txt order), ``labels`` (int64, 0-based), ``class_names``
-        (list of str), ``split`` (str array, "train"/"test"), ``is_train`` (bool array),
-        ``mask_paths`` (list of str, or ``None`` without segmentations/), ``image_ids`` (int64,
-        the ids of images.txt) and ``root`` (the resolved CUB_200_2011 folder). Read masks with
-        :func:`load_masks`.
+        ``paths`` (list of str, images.txt order), ``labels`` (int64, 0-based; str with
+        ``labels="names"``), ``class_names`` (list of str, in class-number order), ``split``
+        (str array, "train"/"test"), ``is_train`` (bool array), ``mask_paths`` (list of str, or
+        ``None`` without segmentations/), ``image_ids`` (int64, the ids of images.txt) and
+        ``root`` (the resolved CUB_200_2011 folder). Read masks with :func:`load_masks`.
 
     Raises
     ------
     FileNotFoundError
         Naming the metadata file, image or mask that is missing.
     ValueError
-        When the metadata files disagree (ids, labels or split values).
+        When the metadata files disagree (ids, labels or split values), or ``labels`` is neither
+        "codes" nor "names".
 
     Examples
     --------
@@ -121,7 +134,11 @@ def load_cub(root) -> Bunch:
     >>> data = load_cub("~/datasets/CUB200")  # doctest: +SKIP
     >>> int(data.is_train.sum()), int((~data.is_train).sum())  # doctest: +SKIP
     (5994, 5794)
+    >>> load_cub("~/datasets/CUB200", labels="names").labels[:2]  # doctest: +SKIP
+    array(['Black_footed_Albatross', 'Black_footed_Albatross'], dtype='<U30')
     """
+    if labels not in ("codes", "names"):
+        raise ValueError(f'labels must be "codes" or "names"; got {labels!r}.')
     cub_dir = _find_cub_dir(Path(root).expanduser().resolve())
     images_file = cub_dir / "images.txt"
     rows = _read_table(images_file, 2)
@@ -132,9 +149,9 @@ def load_cub(root) -> Bunch:
 
     labels_file = require_file(cub_dir / "image_class_labels.txt", "CUB-200-2011 class labels")
     label_of = _id_map(labels_file, image_ids)
-    labels = _as_ints([label_of[i] for i in image_ids], labels_file) - 1
-    if labels.min() < 0:
-        raise ValueError(f"{labels_file}: class labels must start at 1; found {labels.min() + 1}.")
+    codes = _as_ints([label_of[i] for i in image_ids], labels_file) - 1
+    if codes.min() < 0:
+        raise ValueError(f"{labels_file}: class labels must start at 1; found {codes.min() + 1}.")
 
     split_file = require_file(cub_dir / "train_test_split.txt", "CUB-200-2011 train/test split")
     split_of = _id_map(split_file, image_ids)
@@ -142,15 +159,25 @@ def load_cub(root) -> Bunch:
 
     paths = [str(cub_dir / "images" / relpath) for relpath in relpaths]
     first_missing(paths, f"CUB-200-2011 images listed in {images_file}")
-    return dataset_bunch(
+    class_names = _class_names(cub_dir, codes, relpaths)
+    data = dataset_bunch(
         paths=paths,
-        labels=labels,
-        class_names=_class_names(cub_dir, labels, relpaths),
+        labels=codes,
+        class_names=class_names,
         split=np.where(is_train, "train", "test"),
         mask_paths=_mask_paths(cub_dir, relpaths),
         root=cub_dir,
         image_ids=_as_ints(image_ids, images_file),
     )
+    if labels == "names":
+        data.class_names = [_without_number(name) for name in class_names]
+        if len(set(data.class_names)) != len(class_names):
+            raise ValueError(
+                f"labels='names': the class names of {cub_dir} are not unique without their number "
+                "prefix; use labels='codes'."
+            )
+        data.labels = np.asarray(data.class_names)[codes]
+    return data
 
 
 def _mask_paths(cub_dir: Path, relpaths: list[str]) -> list[str] | None:

@@ -13,6 +13,8 @@ from sklearn.utils import Bunch
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 )
+# Folder names (compared case-insensitively) that mark a split, not a class.
+SPLIT_NAMES = frozenset({"train", "training", "test", "testing", "val", "valid", "validation", "dev", "eval"})
 
 
 def dataset_bunch(*, paths, labels, class_names, split, root, mask_paths=None, **extra) -> Bunch:
@@ -88,6 +90,18 @@ def _scan_classes(folder: Path) -> dict[str, list[str]]:
     return classes
 
 
+def _refuse_split_layout(folder: Path, classes: dict[str, list[str]]) -> None:
+    """Raise when every "class" of ``folder`` is a split name holding class subfolders of its own."""
+    names = sorted(classes)
+    nested = all(any(e.is_dir() and not _is_hidden(e.name) for e in os.scandir(folder / n)) for n in names)
+    if all(n.lower() in SPLIT_NAMES for n in names) and nested:
+        raise ValueError(
+            f"root: {folder} looks like a split layout (root/<split>/<class>/<image>): its subfolders "
+            f"{names} are split names holding class folders, so they would be read as {len(names)} "
+            f"classes. Pass split_dirs={tuple(names)!r} (training split first), or point root at one split."
+        )
+
+
 def load_image_folder(root, *, split_dirs=None) -> Bunch:
     """Load an image-classification dataset stored as one subfolder per class.
 
@@ -96,7 +110,10 @@ def load_image_folder(root, *, split_dirs=None) -> Bunch:
     codes follow the sorted class names. Images are found recursively inside a class folder, with
     the extensions in ``IMAGE_EXTENSIONS`` matched case-insensitively; hidden files and folders
     (names starting with ".") and other files are skipped. A class folder without any image raises
-    a ValueError (an empty class cannot be learned and would shift no codes silently).
+    a ValueError (an empty class cannot be learned and would shift no codes silently). Without
+    ``split_dirs``, a root whose subfolders are all split names (``train``, ``test``, ``val``, ...)
+    that hold folders of their own is refused with a ValueError: it is a split layout, and
+    reading it would give the classes ``['test', 'train']``.
 
     Parameters
     ----------
@@ -130,6 +147,7 @@ def load_image_folder(root, *, split_dirs=None) -> Bunch:
     root = Path(root).expanduser().resolve()
     if split_dirs is None:
         per_split = {None: _scan_classes(root)}
+        _refuse_split_layout(root, per_split[None])
     else:
         if isinstance(split_dirs, str) or len(split_dirs) == 0:
             raise ValueError(f"split_dirs must be a non-empty sequence of folder names; got {split_dirs!r}.")
