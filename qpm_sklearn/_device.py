@@ -1,15 +1,11 @@
-"""Device, dtype, seeding and progress helpers shared by the estimators."""
+"""The torch runtime in one place: device and dtype policy, autocast, seeded generators, host staging."""
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import warnings
 
 import numpy as np
 import torch
-
-logger = logging.getLogger("qpm_sklearn")
 
 _DTYPES = {
     "float32": torch.float32,
@@ -84,15 +80,6 @@ def torch_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gene
     return generator
 
 
-def progress(iterable, *, verbose: bool, desc: str, total: int | None = None, unit: str = "it"):
-    """Wrap ``iterable`` in a tqdm bar when ``verbose``; return it unchanged otherwise."""
-    if not verbose:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, unit=unit, leave=False)
-
-
 def host_tensor(array: np.ndarray) -> torch.Tensor:
     """A tensor sharing ``array``'s memory (no copy when C-ordered), read-only arrays included.
 
@@ -107,28 +94,3 @@ def host_tensor(array: np.ndarray) -> torch.Tensor:
 def as_numpy(tensor: torch.Tensor, dtype=np.float32) -> np.ndarray:
     """Detach a tensor to a numpy array of ``dtype`` on the host."""
     return tensor.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
-
-
-@contextlib.contextmanager
-def quiet_transformers(verbose):
-    """Silence transformers' logging and the hub's download bars unless verbose, then restore."""
-    if verbose:
-        yield
-        return
-    from huggingface_hub import utils as hub_utils
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    bars = hf_logging.is_progress_bar_enabled()
-    hub_bars = not hub_utils.are_progress_bars_disabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    hub_utils.disable_progress_bars()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-        if hub_bars:
-            hub_utils.enable_progress_bars()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from ._device import quiet_transformers
+from ._utils import quiet_transformers
 
 # The architecture of facebook/dinov2-with-registers-{small,base,large} (and
 # facebook/dinov2-{small,base,large} with no registers), as in their config.json.

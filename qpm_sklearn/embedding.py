@@ -17,7 +17,8 @@ from sklearn.utils._param_validation import Interval, Options, StrOptions
 
 from . import images as _images
 from ._cache import EmbeddingCache
-from ._device import host_tensor, logger, progress, quiet_transformers, resolve_device, resolve_dtype
+from ._device import host_tensor, resolve_device, resolve_dtype
+from ._utils import logger, progress, quiet_transformers
 
 _OUTPUT_DTYPES = {"float32": np.float32, "float16": np.float16}
 # What huggingface_hub / requests / httpx raise (or say) when the hub cannot be reached.

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from ._device import logger, progress
+from ._utils import logger, progress
 
 __all__ = ["elastic_net_path", "group_elastic_net_selection", "lambda_path", "max_regularisation"]
 

@@ -33,7 +33,7 @@ from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, linp
 from sklearn.utils import check_random_state
 from threadpoolctl import threadpool_limits
 
-from ._device import logger, progress
+from ._utils import logger, progress
 
 __all__ = [
     "SelectionResult",
@@ -193,50 +193,154 @@ def _greedy_clique(compatible: np.ndarray, size: int, n_starts: int = 16) -> np.
     return None
 
 
-def redundancy_penalty(R, n_selected) -> tuple[np.ndarray, float]:
-    """Penalty matrix of the selection problem and its threshold tau* (SPEC 5.7, 13.5).
+_REDUNDANCY_RULES = ("consistent", "paper")
+_PAPER_STEPS = 100  # threshold steps of the authors' search (SPEC 5.7)
 
-    ``tau*`` is (heuristically) the smallest threshold at which ``n_selected`` mutually
-    dissimilar features exist, i.e. a clique of that size in the graph with edges
-    ``R[i, j] < tau``; it is found by bisection over the distinct off-diagonal values of ``R``
-    with a greedy clique search. Pairs with ``R[i, j] >= tau*`` are penalised by
-    ``(R[i, j] - m) / (max R - m)`` with ``m`` the smallest off-diagonal value; all other
-    entries are 0. ``tau*`` lives on the same scale as the penalty (fixing SPEC 5.9).
 
-    Parameters
-    ----------
-    R : array-like of shape (n_features, n_features)
-        Symmetric similarity with zero diagonal (:func:`feature_similarity`).
-    n_selected : int
-        Size of the mutually dissimilar set that must exist below the threshold.
+def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
+    """The authors' clique-size estimate with early stop (SPEC 5.7 step 4).
 
-    Returns
-    -------
-    penalty : ndarray of shape (n_features, n_features)
-        Symmetric, zero diagonal, values in [0, 1].
-    tau : float
-        The threshold; ``inf`` when only the complete graph holds such a set (no penalty).
-
-    Examples
-    --------
-    >>> R = feature_similarity([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
-    >>> penalty, tau = redundancy_penalty(R, 2)
-    >>> round(tau, 3)  # the smallest level at which two features are dissimilar enough (0 and 2)
-    0.11
-    >>> penalty.round(3)
-    array([[0.   , 1.   , 0.   ],
-           [1.   , 0.   , 0.111],
-           [0.   , 0.111, 0.   ]])
+    For every node of degree ``>= target`` (ascending ids) a clique is grown inside its
+    neighbours of degree ``>= target`` by repeatedly taking the candidate of highest degree
+    (lowest id on ties) and keeping only its neighbours whose degree reaches the best size found
+    by earlier starts; returns as soon as a size ``>= target`` is seen, else the best size.
     """
-    R = _finite_matrix(R, "R")
-    n_features = R.shape[0]
-    if R.shape != (n_features, n_features):
-        raise ValueError(f"R must be a square (n_features, n_features) matrix; got shape {R.shape}.")
-    _check_int(n_selected, "n_selected", 1, n_features)
-    off_diagonal = R[np.triu_indices(n_features, 1)]
-    penalty = np.zeros_like(R)
-    if off_diagonal.size == 0:
-        return penalty, math.inf
+    degree = compatible.sum(1)
+    rich = degree >= target
+    best = 0
+    for start in np.flatnonzero(rich):
+        candidates = compatible[start] & rich
+        size = 1
+        while candidates.any():
+            node = int(np.argmax(np.where(candidates, degree, -1)))
+            candidates[node] = False
+            candidates &= compatible[node] & (degree >= best)
+            size += 1
+        best = max(best, size)
+        if best >= target:
+            break
+    return best
+
+
+def _ramsey_r2(adjacency: np.ndarray, nodes: np.ndarray) -> tuple[list, list]:
+    """A clique and an independent set of the induced graph on ``nodes`` (Ramsey R(2) recursion).
+
+    The first node is split off; the recursion runs on its neighbours and on its non-neighbours,
+    the node joins the first result's clique and the second result's independent set, and the
+    larger of each pair is kept (the neighbours' one on ties). Iterative, so any size works.
+    """
+    pending = [(nodes, False)]
+    results: list[tuple[list, list]] = []
+    while pending:
+        group, expanded = pending.pop()
+        if not expanded:
+            if group.size == 0:
+                results.append(([], []))
+                continue
+            rest = group[1:]
+            linked = adjacency[group[0], rest]
+            pending += [(group, True), (rest[~linked], False), (rest[linked], False)]
+            continue
+        clique_2, iset_2 = results.pop()
+        clique_1, iset_1 = results.pop()
+        clique_1, iset_2 = clique_1 + [int(group[0])], iset_2 + [int(group[0])]
+        results.append(
+            (clique_1 if len(clique_1) >= len(clique_2) else clique_2, iset_1 if len(iset_1) >= len(iset_2) else iset_2)
+        )
+    return results[0]
+
+
+def _clique_by_removal(compatible: np.ndarray, target: int) -> list:
+    """The authors' approximate maximum clique with early stop (SPEC 5.7 step 5).
+
+    Independent sets of the complement graph (cliques of ``compatible``) found by repeatedly
+    removing the complement's Ramsey clique; stops once one has ``target`` nodes (checked after
+    each removal, as the authors do) and returns the first largest.
+    """
+    conflict = ~compatible
+    np.fill_diagonal(conflict, False)
+    remaining = np.arange(len(compatible))
+    clique, best = _ramsey_r2(conflict, remaining)
+    while remaining.size:
+        remaining = np.setdiff1d(remaining, clique)
+        clique, iset = _ramsey_r2(conflict, remaining)
+        if len(iset) > len(best):
+            best = iset
+        if len(best) >= target:
+            break
+    return best
+
+
+def _paper_threshold(R: np.ndarray, target: int) -> float:
+    """tau* of the authors' search on the ``R + R^T`` scale (SPEC 5.7, 5.9).
+
+    Levels are entries of the sorted ``R + R^T`` (all ``N^2`` entries, diagonal included), starting
+    at the Turan position ``floor(N^2 (t-2)/(t-1))`` and moving in steps of
+    ``(N^2 (t-2)/(t-1) - #zeros) / 100`` positions (truncated, as ``int`` does); a level beyond the
+    last entry is ``inf`` (complete graph). Descending pass with :func:`_estimated_clique_size`,
+    ascending pass with :func:`_clique_by_removal`; a pair ``(i, j)`` is compatible when
+    ``(R + R^T)[i, j] < level``.
+    """
+    n = len(R)
+    doubled = R + R.T
+    values = np.sort(doubled, axis=None)
+    turan = n * n * (target - 2) / (target - 1)
+    start = math.floor(turan)
+    step = (turan - (values.size - np.count_nonzero(values))) / _PAPER_STEPS
+
+    def level(i: int) -> float:
+        position = start - int(i * step)
+        return float(values[position]) if position < values.size else math.inf
+
+    def graph(tau: float) -> np.ndarray:
+        compatible = doubled < tau
+        np.fill_diagonal(compatible, False)
+        return compatible
+
+    # The step to climb from: the last level whose estimate reached target (the authors stop at
+    # the first estimate below target, or at one equal to it). The authors' code fails when the
+    # very first estimate is below target; SPEC 5.7 starts the ascent at step 0 then.
+    chosen, previous_edges = _PAPER_STEPS - 1, 0
+    for i in range(_PAPER_STEPS):
+        compatible = graph(level(i))
+        edges = int(compatible.sum())
+        if edges == previous_edges:
+            continue  # same graph as the last level tried
+        previous_edges = edges
+        size = _estimated_clique_size(compatible, target)
+        if size < target:
+            chosen = max(i - 1, 0)
+            break
+        if size == target:
+            chosen = i
+            break
+    for i in range(_PAPER_STEPS):
+        tau = level(chosen - i)
+        if len(_clique_by_removal(graph(tau), target)) >= target:
+            return tau
+    return math.inf
+
+
+def _paper_penalty(R: np.ndarray, tau: float) -> np.ndarray:
+    """``R~ = (R - m) / max(R - m)`` on the pairs ``R >= tau``, 0 elsewhere (SPEC 5.6).
+
+    ``m`` is the smallest non-zero entry of ``R`` (the zero diagonal is left out of the minimum
+    but, as in the authors' code, counts in the maximum).
+    """
+    penalised = R >= tau
+    np.fill_diagonal(penalised, False)
+    nonzero = R[R != 0]
+    if not penalised.any() or nonzero.size == 0:
+        return np.zeros_like(R)
+    shifted = R - nonzero.min()
+    peak = shifted.max()
+    if peak <= 0:
+        return np.zeros_like(R)
+    return np.where(penalised, shifted / peak, 0.0)
+
+
+def _consistent_threshold(R: np.ndarray, off_diagonal: np.ndarray, n_selected: int) -> float:
+    """Smallest level of ``R`` whose graph ``R < level`` holds an ``n_selected`` clique (greedy)."""
     levels = np.unique(off_diagonal)
     # Bisection for the first level whose graph (edges R < level) holds the clique;
     # index len(levels) stands for tau = inf (complete graph, always has one).
@@ -249,7 +353,80 @@ def redundancy_penalty(R, n_selected) -> tuple[np.ndarray, float]:
             high = middle
         else:
             low = middle + 1
-    tau = float(levels[low]) if low < len(levels) else math.inf
+    return float(levels[low]) if low < len(levels) else math.inf
+
+
+def redundancy_penalty(R, n_selected, rule="consistent") -> tuple[np.ndarray, float]:
+    """Penalty matrix of the selection problem and its threshold tau* (SPEC 5.6, 5.7, 13.5).
+
+    ``tau*`` is (heuristically) the smallest threshold at which ``n_selected`` mutually
+    dissimilar features exist, i.e. a clique of that size in the graph of pairs below the
+    threshold. Pairs with ``R[i, j] >= tau*`` are penalised; all other entries are 0. The two
+    rules differ in the scale of the search, the search itself and the penalty's scaling:
+
+    ``"consistent"`` (SPEC 13.5)
+        The graph has edges ``R[i, j] < tau``; ``tau*`` is found by bisection over the distinct
+        off-diagonal values of ``R`` with a greedy clique search, so it lives on the scale of the
+        penalty. Penalty ``(R[i, j] - m) / (max R - m)``, ``m`` the smallest off-diagonal value.
+    ``"paper"`` (SPEC 5.6, 5.7, 5.9; what produced the paper's numbers)
+        The authors' search on the ``R + R^T`` (= 2R) scale: levels are entries of the sorted
+        ``R + R^T``, starting at Turan's bound ``N^2 (t-2)/(t-1)`` and moving in 100 steps, a
+        descending pass with a greedy clique-size estimate and an ascending pass with Ramsey
+        clique removal. The penalised set is still ``R >= tau*`` on the R scale, so pairs with
+        ``tau*/2 <= R < tau*`` count as incompatible in the search but are not penalised, and
+        when ``tau*`` exceeds ``max R`` nothing is. Penalty ``(R - m) / max(R - m)`` with ``m``
+        the smallest non-zero entry of ``R`` (the diagonal counts in the maximum). Ties inside
+        the clique heuristics go to the lowest feature id (networkx's follow set order there, so
+        a tie can move tau* by one step); where the authors' code fails (first estimate already
+        too small, a level beyond the largest value, ``n_selected < 2``), SPEC 5.7 is followed:
+        the ascent starts at step 0, a level beyond the values is ``inf``.
+
+    Parameters
+    ----------
+    R : array-like of shape (n_features, n_features)
+        Symmetric similarity with zero diagonal (:func:`feature_similarity`).
+    n_selected : int
+        Size of the mutually dissimilar set that must exist below the threshold.
+    rule : {"consistent", "paper"}, default="consistent"
+        Which procedure picks tau* and scales the penalty (above).
+
+    Returns
+    -------
+    penalty : ndarray of shape (n_features, n_features)
+        Symmetric, zero diagonal, values in [0, 1].
+    tau : float
+        The threshold, on the R scale for ``"consistent"`` and on the ``R + R^T`` scale for
+        ``"paper"``; ``inf`` when only the complete graph holds such a set (no penalty).
+
+    Examples
+    --------
+    >>> R = feature_similarity([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    >>> penalty, tau = redundancy_penalty(R, 2)
+    >>> round(tau, 3)  # the smallest level at which two features are dissimilar enough (0 and 2)
+    0.11
+    >>> penalty.round(3)
+    array([[0.   , 1.   , 0.   ],
+           [1.   , 0.   , 0.111],
+           [0.   , 0.111, 0.   ]])
+    >>> penalty, tau = redundancy_penalty(R, 2, rule="paper")
+    >>> round(tau, 3), bool(penalty.any())  # tau* on the 2R scale exceeds max R = 0.994
+    (1.988, False)
+    """
+    R = _finite_matrix(R, "R")
+    n_features = R.shape[0]
+    if R.shape != (n_features, n_features):
+        raise ValueError(f"R must be a square (n_features, n_features) matrix; got shape {R.shape}.")
+    _check_int(n_selected, "n_selected", 1, n_features)
+    if rule not in _REDUNDANCY_RULES:
+        raise ValueError(f"rule must be one of {_REDUNDANCY_RULES}; got {rule!r}.")
+    off_diagonal = R[np.triu_indices(n_features, 1)]
+    penalty = np.zeros_like(R)
+    if off_diagonal.size == 0 or (rule == "paper" and n_selected < 2):
+        return penalty, math.inf
+    if rule == "paper":
+        tau = _paper_threshold(R, n_selected)
+        return _paper_penalty(R, tau), tau
+    tau = _consistent_threshold(R, off_diagonal, n_selected)
     smallest, largest = off_diagonal.min(), off_diagonal.max()
     if largest > smallest:
         penalty = np.where(R >= tau, (R - smallest) / (largest - smallest), 0.0)

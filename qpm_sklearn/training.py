@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._device import as_numpy, host_tensor, logger, progress, resolve_device, torch_generator
+from ._device import as_numpy, host_tensor, resolve_device, torch_generator
+from ._utils import logger, progress
 
 __all__ = [
     "diversity_loss",
