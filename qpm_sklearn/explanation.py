@@ -1,10 +1,27 @@
-"""The :class:`Explanation` of a prediction and the saliency upsampling it offers."""
+"""The :class:`Explanation` of a prediction, its exports and the saliency upsampling it offers.
+
+Besides the dataclass, this module holds the plain-array functions behind the
+exports: naming features (:func:`resolve_feature_names`, :func:`feature_labels`),
+the tidy table (:func:`explanation_frame`), the bridge to shap
+(:func:`explanation_to_shap`) and the text view of a fitted model's classes
+(:func:`class_summary`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numbers
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:  # optional dependencies, imported where used
+    import pandas
+    import shap
+
+# The fields of an Explanation that have one entry per sample (all but ``classes`` and ``feature_names``).
+_PER_SAMPLE = ("prediction", "proba", "logit", "intercept", "features", "contributions", "weights", "maps")
 
 
 def upsample_maps(maps: np.ndarray, size) -> np.ndarray:
@@ -76,6 +93,18 @@ class Explanation:
         The head weight ``W[c, f]`` of each feature (1 for DINO-QPM's binary assignment).
     maps : ndarray of shape (n, k, h, w)
         Raw (non-negative) feature maps on the patch grid.
+    feature_names : dict of int to str, default=None
+        Names of adapter channels (the classifier's ``feature_names``, resolved by
+        :func:`resolve_feature_names`); channels without a name are called
+        ``"feature <id>"``.
+
+    Notes
+    -----
+    ``len(e)`` is the number of samples; ``e[i]``, ``e[a:b]`` and ``e[mask]``
+    (an int, a slice, an array of ints or a boolean mask) return an
+    :class:`Explanation` of those samples, keeping the sample axis (``e[3]``
+    holds one sample, so every shape above still reads ``(1, ...)``), and
+    iterating yields one-sample explanations.
 
     Examples
     --------
@@ -88,6 +117,10 @@ class Explanation:
     ...                 maps=np.zeros((1, 2, 4, 4)))
     >>> e.saliency(8).shape
     (1, 2, 8, 8)
+    >>> e[0].to_frame()[["sample", "prediction", "feature", "feature_name", "contribution"]]
+       sample  prediction  feature feature_name  contribution
+    0       0           1        7    feature 7           1.0
+    1       0           1        3    feature 3           0.5
     """
 
     prediction: np.ndarray
@@ -99,16 +132,32 @@ class Explanation:
     contributions: np.ndarray
     weights: np.ndarray
     maps: np.ndarray
+    feature_names: dict[int, str] | None = None
 
     def __len__(self) -> int:
         return len(self.prediction)
 
-    @property
-    def grid(self) -> tuple[int, int]:
-        """The patch-grid shape ``(h, w)`` of ``maps``."""
-        return tuple(self.maps.shape[-2:])
+    def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> Explanation:
+        """The explanation of the samples ``index`` selects (the sample axis is kept)."""
+        if isinstance(index, (numbers.Integral, np.integer)) and not isinstance(index, bool):
+            n = len(self)
+            if not -n <= index < n:
+                raise IndexError(f"index {index} is out of range for an Explanation of {n} samples.")
+            position = int(index) % n
+            index = slice(position, position + 1)
+        elif not isinstance(index, slice):
+            array = np.asarray(index)
+            if array.ndim != 1 or not (array.dtype == bool or np.issubdtype(array.dtype, np.integer)):
+                raise TypeError(
+                    "index must be an int, a slice, a 1-D array of ints or a boolean mask; "
+                    f"got {type(index).__name__}" + (f" of shape {array.shape} and dtype {array.dtype}." if array.ndim else ".")
+                )
+            if array.dtype == bool and len(array) != len(self):
+                raise IndexError(f"a boolean index must have one entry per sample ({len(self)}); got {len(array)}.")
+            index = array
+        return replace(self, **{name: getattr(self, name)[index] for name in _PER_SAMPLE})
 
-    def saliency(self, size=224) -> np.ndarray:
+    def saliency(self, size: int | tuple[int, int] = 224) -> np.ndarray:
         """Feature maps upsampled to image resolution, each normalised to [0, 1].
 
         Parameters
@@ -130,3 +179,266 @@ class Explanation:
         evidence : ndarray of shape (n, h, w)
         """
         return np.einsum("nk,nkhw->nhw", self.weights, self.maps)
+
+    def to_frame(self) -> pandas.DataFrame:
+        """One tidy row per sample and feature of its predicted class (needs pandas).
+
+        See :func:`explanation_frame` for the columns.
+
+        Returns
+        -------
+        frame : pandas.DataFrame
+        """
+        return explanation_frame(self)
+
+    def to_shap(self) -> shap.Explanation:
+        """The contributions as a :class:`shap.Explanation` (needs shap), for shap's plots.
+
+        See :func:`explanation_to_shap`.
+
+        Returns
+        -------
+        explanation : shap.Explanation
+        """
+        return explanation_to_shap(self)
+
+
+def default_feature_name(feature: int) -> str:
+    """The name of adapter channel ``feature`` when the user gave it none: ``"feature <id>"``."""
+    return f"feature {int(feature)}"
+
+
+def resolve_feature_names(
+    feature_names: Mapping[Any, str] | Sequence[str] | None, selected_features: np.ndarray
+) -> dict[int, str]:
+    """Check user-given feature names against the selected features and key them by channel id.
+
+    Parameters
+    ----------
+    feature_names : dict, sequence of str or None
+        A mapping adapter channel id -> name (some of the selected features, or
+        all; keys are ints, or their decimal strings as JSON writes them), or a
+        sequence of one name per selected feature in ``selected_features``
+        order. None names nothing.
+    selected_features : array-like of int
+        The adapter channel ids that may be named (``selected_features_``).
+
+    Returns
+    -------
+    names : dict of int to str
+        Channel id -> name, for the named channels only.
+
+    Raises
+    ------
+    ValueError
+        When a key is not a selected feature, a sequence has the wrong length,
+        a name is empty or two features share a name.
+    TypeError
+        When ``feature_names`` or a key or a name has the wrong type.
+
+    Examples
+    --------
+    >>> resolve_feature_names({12: "red wing", "40": "beak"}, [3, 12, 40])
+    {12: 'red wing', 40: 'beak'}
+    >>> resolve_feature_names(["crown", "red wing", "beak"], [3, 12, 40])
+    {3: 'crown', 12: 'red wing', 40: 'beak'}
+    """
+    selected = [int(f) for f in np.asarray(selected_features).ravel()]
+    if feature_names is None:
+        return {}
+    if isinstance(feature_names, Mapping):
+        names = {_channel_id(key): value for key, value in feature_names.items()}
+        unknown = sorted(set(names) - set(selected))
+        if unknown:
+            raise ValueError(
+                f"feature_names names adapter channels {unknown}, which are not selected features; "
+                f"the selected features (selected_features_) are {selected}."
+            )
+    elif isinstance(feature_names, (Sequence, np.ndarray)) and not isinstance(feature_names, (str, bytes)):
+        if len(feature_names) != len(selected):
+            raise ValueError(
+                f"feature_names as a sequence must hold one name per selected feature, in selected_features_ "
+                f"order ({len(selected)} names); got {len(feature_names)}. Use a dict id -> name to name some."
+            )
+        names = dict(zip(selected, feature_names))
+    else:
+        raise TypeError(
+            "feature_names must be a dict adapter channel id -> name, a sequence of names in "
+            f"selected_features_ order, or None; got {type(feature_names).__name__}."
+        )
+    for feature, name in names.items():
+        if not isinstance(name, str) or not name.strip():
+            raise (ValueError if isinstance(name, str) else TypeError)(
+                f"feature_names must give every feature a non-empty str name; feature {feature} got {name!r}."
+            )
+    seen: dict[str, int] = {}
+    for feature, name in names.items():
+        if name in seen:
+            raise ValueError(f"feature_names gives features {seen[name]} and {feature} the same name {name!r}.")
+        seen[name] = feature
+    return names
+
+
+def _channel_id(key: Any) -> int:
+    if isinstance(key, (numbers.Integral, np.integer)) and not isinstance(key, bool):
+        return int(key)
+    if isinstance(key, str) and key.strip().isdecimal():
+        return int(key)
+    raise TypeError(f"feature_names keys must be adapter channel ids (int); got {key!r}.")
+
+
+def feature_labels(features: np.ndarray, feature_names: Mapping[int, str] | None = None) -> np.ndarray:
+    """Names of adapter channels ``features`` (any shape); padding (-1) gets ``""``.
+
+    Examples
+    --------
+    >>> feature_labels(np.array([[12, 3, -1]]), {12: "red wing"})
+    array([['red wing', 'feature 3', '']], dtype=object)
+    """
+    names = feature_names or {}
+    features = np.asarray(features)
+    labels = [names.get(int(f), default_feature_name(f)) if f >= 0 else "" for f in features.ravel()]
+    return np.array(labels, dtype=object).reshape(features.shape)
+
+
+def explanation_frame(explanation: Explanation) -> pandas.DataFrame:
+    """An explanation as a tidy table: one row per sample and feature of its predicted class.
+
+    Columns: ``sample`` (position in the explanation), ``prediction`` (the
+    predicted class), ``rank`` (0 = largest contribution), ``feature`` (adapter
+    channel id), ``feature_name``, ``contribution`` (additive share of the
+    predicted logit), ``weight`` (head weight), ``peak_row`` and ``peak_col``
+    (the patch-grid cell where the feature's map is highest; the first such
+    cell in row-major order on ties). Padding entries (feature -1) have no row.
+
+    Parameters
+    ----------
+    explanation : Explanation
+
+    Returns
+    -------
+    frame : pandas.DataFrame
+    """
+    pd = _optional_import("pandas", "to_frame()", "pandas")
+    features = np.asarray(explanation.features)
+    samples, ranks = np.nonzero(features >= 0)
+    maps = np.asarray(explanation.maps)[samples, ranks]
+    width = maps.shape[-1]
+    peak = maps.reshape(len(maps), -1).argmax(axis=1)
+    return pd.DataFrame(
+        {
+            "sample": samples,
+            "prediction": np.asarray(explanation.prediction)[samples],
+            "rank": ranks,
+            "feature": features[samples, ranks],
+            "feature_name": feature_labels(features[samples, ranks], explanation.feature_names),
+            "contribution": np.asarray(explanation.contributions)[samples, ranks],
+            "weight": np.asarray(explanation.weights)[samples, ranks],
+            "peak_row": peak // width,
+            "peak_col": peak % width,
+        }
+    )
+
+
+def explanation_to_shap(explanation: Explanation) -> shap.Explanation:
+    """An explanation as a :class:`shap.Explanation` of each sample's predicted logit.
+
+    Columns are the features any sample's predicted class uses (adapter channel
+    ids, ascending, named by :func:`feature_labels`); ``values[i, j]`` is the
+    contribution of column ``j`` to sample ``i``'s predicted logit, 0 where
+    the predicted class does not use the feature, and ``base_values`` is the
+    class's constant, so ``values.sum(axis=1) + base_values`` equals ``logit``
+    (shap's additivity). ``data`` is left unset: an explanation holds the
+    activations of the predicted class's features only, and a made-up value
+    for the others would mislead shap's colour scales.
+
+    Parameters
+    ----------
+    explanation : Explanation
+
+    Returns
+    -------
+    explanation : shap.Explanation
+    """
+    shap = _optional_import("shap", "to_shap()", "shap")
+    features = np.asarray(explanation.features)
+    columns = np.unique(features[features >= 0])
+    samples, ranks = np.nonzero(features >= 0)
+    values = np.zeros((len(features), len(columns)), dtype=np.float64)
+    values[samples, np.searchsorted(columns, features[samples, ranks])] = np.asarray(explanation.contributions)[
+        samples, ranks
+    ]
+    return shap.Explanation(
+        values=values,
+        base_values=np.asarray(explanation.intercept, dtype=np.float64),
+        feature_names=list(feature_labels(columns, explanation.feature_names)),
+    )
+
+
+def class_summary(
+    classes: np.ndarray,
+    selected_features: np.ndarray,
+    weights: np.ndarray,
+    bias: np.ndarray | None = None,
+    feature_names: Mapping[int, str] | None = None,
+    title: str | None = None,
+) -> str:
+    """A text table of each class and the features it uses, with their weights.
+
+    Parameters
+    ----------
+    classes : array-like of shape (n_classes,)
+    selected_features : array-like of shape (n_selected,)
+        Adapter channel ids of the columns of ``weights``.
+    weights : array-like of shape (n_classes, n_selected)
+        Head weights; a class uses the features of its non-zero entries.
+    bias : array-like of shape (n_classes,), default=None
+        Constant of each class; shown as a column when any is non-zero.
+    feature_names : dict of int to str, default=None
+    title : str, default=None
+        A first line above the table.
+
+    Returns
+    -------
+    text : str
+        One line per class; its features ordered by decreasing absolute weight
+        (then by channel id), each written ``name (weight)``.
+
+    Examples
+    --------
+    >>> print(class_summary(["cat", "dog"], [3, 12], [[1, 1], [0, 1]], feature_names={12: "ears"}))
+    class  features (weight)
+    -----  -------------------------
+    cat    feature 3 (+1), ears (+1)
+    dog    ears (+1)
+    """
+    classes = np.asarray(classes)
+    selected = np.asarray(selected_features)
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.shape != (len(classes), len(selected)):
+        raise ValueError(
+            f"weights must have shape (n_classes, n_selected) = ({len(classes)}, {len(selected)}); "
+            f"got {weights.shape}."
+        )
+    show_bias = bias is not None and np.any(np.asarray(bias) != 0)
+    header = ["class", "features (weight)"] + (["bias"] if show_bias else [])
+    lines = []
+    for c, row in enumerate(weights):
+        used = np.flatnonzero(row)
+        used = used[np.lexsort((selected[used], -np.abs(row[used])))]
+        names = feature_labels(selected[used], feature_names)
+        cells = [str(classes[c]), ", ".join(f"{name} ({row[j]:+.3g})" for name, j in zip(names, used)) or "(none)"]
+        if show_bias:
+            cells.append(f"{float(np.asarray(bias)[c]):+.3g}")
+        lines.append(cells)
+    widths = [max(len(cells[i]) for cells in [header, *lines]) for i in range(len(header))]
+    render = lambda cells: "  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip()  # noqa: E731
+    table = [render(header), "  ".join("-" * w for w in widths), *(render(cells) for cells in lines)]
+    return "\n".join(([title] if title else []) + table)
+
+
+def _optional_import(module: str, what: str, package: str):
+    try:
+        return __import__(module)
+    except ImportError as exc:
+        raise ImportError(f"{what} needs {package}, which is not installed; install it with `pip install {package}`.") from exc
