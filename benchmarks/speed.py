@@ -1,4 +1,4 @@
-"""Speed benchmark of qpm_sklearn (issue "Speed"): one run, one JSON file.
+"""Speed benchmark of qpm_sklearn (see docs/performance.md): one run, one JSON file.
 
 Measures, on synthetic data of CUB-200-2011 size (5,994 training images, 200
 classes, 16 x 16 patch tokens of a ViT-B/14, i.e. 768-d) and random-weight
@@ -18,8 +18,8 @@ backbones built locally (no download):
 
 with the peak GPU memory (``torch.cuda.max_memory_allocated``) of each section.
 Every section is time-boxed and independent: one that fails records its error
-and the run goes on. Results go to ``benchmarks/results/speed-<device>.json``
-and a table is printed.
+and the run goes on. Results go to ``speed-<device>.json`` in the current
+directory (``--out`` names another path) and a table is printed.
 
 Usage::
 
@@ -113,7 +113,7 @@ TIME_BOX = dict(
     sparse_epoch=40,
     full_fit=150,
 )
-# Issue "Speed" targets (one H100).
+# The project's speed targets on one H100 (docs/performance.md, "Targets").
 TARGETS = dict(
     embedder_arrays_vs_forward=0.85,
     embedder_jpeg_img_per_s=2000.0,
@@ -604,7 +604,7 @@ def main(argv=None):
     names = ",".join(name for name, _ in SECTIONS)
     parser.add_argument("--sections", default=None, help=f"comma-separated subset of: {names}")
     parser.add_argument("--max-seconds", type=float, default=400.0, help="start no section after this many seconds")
-    parser.add_argument("--out", default=None, help="JSON path (default benchmarks/results/speed-<device>.json)")
+    parser.add_argument("--out", default=None, help="JSON path (default: speed-<device>.json in the current directory)")
     args = parser.parse_args(argv)
 
     device = torch.device(args.device)
@@ -634,7 +634,7 @@ def main(argv=None):
     report["targets"] = check_targets(report["sections"], args.quick)
 
     device_slug = slug(report["environment"]["device"]) + ("-quick" if args.quick else "")
-    path = Path(args.out) if args.out else Path(__file__).parent / "results" / f"speed-{device_slug}.json"
+    path = Path(args.out) if args.out else Path.cwd() / f"speed-{device_slug}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, default=str))
     print()
