@@ -228,26 +228,22 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
 
         if self.cache_dir is None:
             result = np.empty((len(X), *row_shape), dtype=out_dtype)
-            rows = np.arange(len(X))
 
             def sink(batch, values):  # batches are consecutive rows: a slice, not fancy indexing
                 # torch converts and writes on all cores (numpy would use one).
                 torch.from_numpy(result[batch[0] : batch[0] + len(batch)]).copy_(values)
 
-        else:
-            with ThreadPoolExecutor(n_jobs) as pool:
-                keys = np.stack([np.frombuffer(k, np.uint8) for k in pool.map(_images.image_key, X)])
-            settings = self._cache_settings(config, compute_dtype)
-            cache = EmbeddingCache(self.cache_dir, settings, keys, row_shape)
-            rows = cache.missing
-
-            def sink(batch, values):
-                cache.store(batch, values.to(torch.float16).numpy())
-        if len(rows):
-            self._run(X, rows, sink, device, compute_dtype, n_registers, grid, n_jobs)
-        if self.cache_dir is None:
+            self._run(X, np.arange(len(X)), sink, device, compute_dtype, n_registers, grid, n_jobs)
             return result
-        embeddings = cache.result()
+        with ThreadPoolExecutor(n_jobs) as pool:
+            keys = np.stack([np.frombuffer(k, np.uint8) for k in pool.map(_images.image_key, X)])
+        cache = EmbeddingCache(self.cache_dir, self._cache_settings(config, compute_dtype), keys, row_shape)
+
+        def store(batch, values):
+            cache.store(batch, values.to(torch.float16).numpy())
+
+        # fill: the missing rows, then (with a warning) those of any block that fails verification.
+        embeddings = cache.fill(lambda rows: self._run(X, rows, store, device, compute_dtype, n_registers, grid, n_jobs))
         return embeddings if out_dtype == np.float16 else np.asarray(embeddings, dtype=out_dtype)
 
     # ----------------------------------------------------------------------------------------

@@ -343,8 +343,8 @@ def test_cache_resumes_after_an_interruption(tiny_backbone, tmp_path, monkeypatc
     with pytest.raises(Interrupted):
         embedder.transform(X)
     assert counter.images == 4
-    progress = list(tmp_path.glob("*/*/progress.json"))
-    assert len(progress) == 1 and json.loads(progress[0].read_text()) == {"rows_done": 4}
+    logs = list(tmp_path.glob("*/*/commits.log"))  # one committed block per finished batch
+    assert len(logs) == 1 and [json.loads(line)["stop"] for line in logs[0].read_text().splitlines()] == [2, 4]
     counter = ForwardCounter(monkeypatch)
     resumed = embedder.transform(X)
     assert counter.images == 2  # only the last batch
