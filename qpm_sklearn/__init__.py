@@ -1,6 +1,6 @@
 """qpm_sklearn: globally interpretable image classifiers on frozen DINOv2 features.
 
-Public names: :class:`Dinov2Embedder`, :class:`QPMClassifier`, :class:`Explanation`.
+Public names: :class:`Dinov2Embedder` (and :class:`PatchEmbedder` for other backbones), :class:`QPMClassifier`, :class:`Explanation`.
 """
 
 import importlib
@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 # The estimators are imported on first use (PEP 562): image-decoding worker processes
 # import qpm_sklearn.images, which must not pay for importing torch and scikit-learn.
-_PUBLIC = {"Dinov2Embedder": "embedding", "QPMClassifier": "classifier", "Explanation": "explanation"}
+_PUBLIC = {"Dinov2Embedder": "embedding", "PatchEmbedder": "embedding", "QPMClassifier": "classifier", "Explanation": "explanation"}
 
 __all__ = [*_PUBLIC, "__version__"]
 

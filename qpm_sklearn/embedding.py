@@ -1,24 +1,31 @@
-"""Dinov2Embedder: images → frozen DINOv2 token features, scikit-learn style."""
+"""The embedder estimators: images → frozen backbone features (patch grid, CLS or mean).
+
+:class:`PatchEmbedder` serves every backbone family :mod:`qpm_sklearn.backbones` knows
+(DINOv2, DINOv3, CLIP, SigLIP, ViT, ResNet / ConvNeXt feature maps);
+:class:`Dinov2Embedder` is the same estimator with the defaults of the paper's DINOv2.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
-from sklearn.utils._param_validation import Interval, Options, StrOptions
+from sklearn.utils._param_validation import Options, StrOptions
+from sklearn.utils._set_output import _get_output_config
 
+from . import backbones as _backbones
 from . import images as _images
 from ._cache import EmbeddingCache
-from ._device import host_tensor, resolve_device, resolve_dtype
-from ._utils import logger, progress, quiet_transformers
+from ._device import download, host_tensor, resolve_device, resolve_dtype, upload, wait_upload
+from ._utils import StrictInterval, logger, progress, quiet_transformers
 
 _OUTPUT_DTYPES = {"float32": np.float32, "float16": np.float16}
 # What huggingface_hub / requests / httpx raise (or say) when the hub cannot be reached.
@@ -27,34 +34,63 @@ _NETWORK_ERRORS = {
     "ProxyError", "SSLError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
 }
 _NETWORK_PHRASES = ("couldn't connect", "could not connect", "offline mode", "connection", "timed out")
+_DEFAULT_IMAGE_SIZE = 224
 
 
-class Dinov2Embedder(TransformerMixin, BaseEstimator):
-    """Embed images with a frozen DINOv2 backbone (Hugging Face transformers).
+@dataclass(frozen=True)
+class _Plan:
+    """What a transform needs, resolved from the parameters and the model's configurations."""
 
-    The backbone's last layer after its final LayerNorm (``last_hidden_state``) is split
-    into [CLS, registers, patches]; registers are dropped (SPEC 1.3, 13.3). The model is
+    layout: _backbones.Layout
+    image_size: int
+    grid: int
+    mean: tuple
+    std: tuple
+    resample: str  # "imagenet" / "paper" (their filters) or a PIL filter name ("auto")
+
+    def row_shape(self, output: str) -> tuple:
+        return (self.grid, self.grid, self.layout.width) if output == "patch" else (self.layout.width,)
+
+
+class PatchEmbedder(TransformerMixin, BaseEstimator):
+    """Embed images with a frozen vision backbone (Hugging Face transformers).
+
+    The model's output is read with its family's token layout
+    (:mod:`qpm_sklearn.backbones`): for ViTs the last layer (``last_hidden_state``) is
+    split into [CLS, registers, patches] and registers are dropped (SPEC 1.3, 13.3);
+    CNN feature maps ``(n, C, h, w)`` become the same channels-last grid. The model is
     loaded lazily on the first :meth:`transform`, kept on the instance, run frozen in
     ``eval`` mode under ``torch.inference_mode``, and never pickled.
+
+    Supported families (the configuration's ``model_type``): DINOv2 with and without
+    registers, DINOv3 ViT and ConvNeXt, CLIP and SigLIP / SigLIP 2 vision towers (a
+    checkpoint with both towers loads its vision tower), ViT, ResNet and ConvNeXt. See
+    docs/backbones.md for hub ids and the grid each gives.
 
     Parameters
     ----------
     model : str or path-like, default="facebook/dinov2-with-registers-base"
-        Hugging Face hub id or local folder of a DINOv2 model (with or without
-        registers; other ViTs with a CLS token and a square patch grid also work).
+        Hugging Face hub id or local folder (saved with ``save_pretrained``).
     output : {"patch", "cls", "mean"}, default="patch"
-        "patch": the patch-token grid ``(n, h, w, d)`` in row-major order with
-        ``h = w = image_size // patch_size``; "cls": the CLS token ``(n, d)``;
-        "mean": the mean of the patch tokens ``(n, d)``.
-    image_size : int, default=224
-        Images are squash-resized (no crop, aspect ratio not kept) to this square.
-        Must be a multiple of the model's patch size (14 for DINOv2).
-    preprocessing : {"imagenet", "paper"}, default="imagenet"
-        "imagenet": bicubic resize, ``(x/255 − mean)/std`` with the ImageNet statistics
-        (or ``mean``/``std`` when given). "paper": the authors' pipeline (SPEC 1.2):
-        bilinear resize, normalisation with the dataset statistics ``mean``/``std``
-        (required), then each image min–max rescaled to [0, 1]. Either way the
-        position-embedding interpolation is transformers' (SPEC 13.1).
+        "patch": the grid ``(n, h, w, d)`` in row-major order with
+        ``h = w = image_size // stride`` (the patch size, or a CNN's total stride);
+        "cls": the CLS token ``(n, d)`` of the same layer (for DINOv3 ConvNeXt its pooled
+        token; refused for SigLIP and CNN maps, which have none: use "mean");
+        "mean": the mean of the grid's features ``(n, d)``.
+    image_size : int, default=None
+        Images are squash-resized (no crop, aspect ratio not kept) to this square; it
+        must be a multiple of the stride. None: with ``preprocessing="auto"`` the side
+        the model's image processor outputs (rounded down to a multiple of the stride),
+        otherwise 224.
+    preprocessing : {"auto", "imagenet", "paper"}, default="auto"
+        "auto": normalisation statistics and resampling filter from the model's own
+        image-processor configuration (``preprocessor_config.json`` saved with it; read
+        offline with ``local_files_only``); ``mean``/``std`` replace its statistics when
+        given. "imagenet": bicubic resize, ``(x/255 − mean)/std`` with the ImageNet
+        statistics (or ``mean``/``std`` when given). "paper": the authors' pipeline
+        (SPEC 1.2): bilinear resize, normalisation with the dataset statistics
+        ``mean``/``std`` (required), then each image min–max rescaled to [0, 1]. The
+        position-embedding interpolation is the model's own (SPEC 13.1).
     mean, std : sequence of 3 floats, default=None
         Per-channel statistics; see ``preprocessing``.
     batch_size : int, default=64
@@ -68,16 +104,20 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
         dtype of the returned array.
     local_files_only : bool, default=False
         Never contact the hub: load from a local folder or the local hub cache.
+    embedding_cache : str or path-like, default=None
+        A folder for the embeddings (not the weights: those stay in the Hugging Face
+        cache). When given, embeddings are stored there as float16 memory-mapped
+        ``.npy`` files keyed by image content, model family and revision and every
+        setting above that changes the numbers (see :mod:`qpm_sklearn._cache`). A
+        collection is then embedded once; an interrupted run resumes; a changed image or
+        setting is recomputed. ``transform`` returns the read-only float16 memory map
+        itself when ``output_dtype="float16"`` (so collections larger than memory work)
+        and a float32 array read from it otherwise; values are float16-rounded in both
+        cases. The model revision is the hub commit hash, or for a local folder the
+        names, sizes and modification times of its files.
     cache_dir : str or path-like, default=None
-        When given, embeddings are stored there as float16 memory-mapped ``.npy``
-        files keyed by image content, model revision and every setting above that
-        changes the numbers (see :mod:`qpm_sklearn._cache`). A collection is then
-        embedded once; an interrupted run resumes; a changed image or setting is
-        recomputed. ``transform`` returns the read-only float16 memory map itself when
-        ``output_dtype="float16"`` (so collections larger than memory work) and a float32
-        array read from it otherwise; values are float16-rounded in both cases.
-        The model revision is the hub commit hash, or for a local folder the names,
-        sizes and modification times of its files.
+        Deprecated alias of ``embedding_cache`` (a ``FutureWarning``): in transformers
+        ``cache_dir`` names the weights' cache, which this is not.
     n_jobs : int, default=None
         Workers that decode and resize images (None: up to 8; -1: all cores). Image
         files are decoded in that many worker processes (joblib's loky executor, kept
@@ -89,6 +129,7 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
 
     See Also
     --------
+    Dinov2Embedder : the same with the paper's DINOv2 defaults.
     QPMClassifier : the interpretable classifier fitted on the patch grid.
 
     Notes
@@ -98,32 +139,36 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
     images are converted to RGB (alpha dropped). Float arrays are refused (their scale
     is ambiguous): convert with ``(x * 255).round().astype(np.uint8)``.
 
+    The vector outputs ("cls", "mean") have feature names (:meth:`get_feature_names_out`)
+    and follow ``set_output(transform="pandas")``; the 4-D patch grid has no columns.
+
     Examples
     --------
     >>> import tempfile
     >>> import numpy as np
-    >>> from qpm_sklearn import Dinov2Embedder
-    >>> from qpm_sklearn._testing import save_random_backbone
-    >>> folder = save_random_backbone(tempfile.mkdtemp(), "tiny")  # offline stand-in for a hub id
+    >>> from qpm_sklearn import PatchEmbedder
+    >>> from qpm_sklearn.testing import save_random_model
+    >>> folder = save_random_model(tempfile.mkdtemp(), "resnet")  # offline stand-in for microsoft/resnet-50
     >>> images = np.random.default_rng(0).integers(0, 256, (2, 40, 50, 3), dtype=np.uint8)
-    >>> Dinov2Embedder(model=str(folder), image_size=56, device="cpu").transform(images).shape
-    (2, 4, 4, 32)
+    >>> PatchEmbedder(model=str(folder), image_size=64, device="cpu").transform(images).shape
+    (2, 2, 2, 32)
     """
 
     _parameter_constraints: dict = {
         "model": [str, os.PathLike],
         "output": [StrOptions({"patch", "cls", "mean"})],
-        "image_size": [Interval(Integral, 1, None, closed="left")],
+        "image_size": [StrictInterval(Integral, 1, None, closed="left"), None],
         "preprocessing": [StrOptions(set(_images.PREPROCESSINGS))],
         "mean": ["array-like", None],
         "std": ["array-like", None],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [StrictInterval(Integral, 1, None, closed="left")],
         "device": [str, torch.device, None],
         "dtype": [StrOptions({"float32", "bfloat16", "float16"}), torch.dtype, None],
         "output_dtype": [StrOptions(set(_OUTPUT_DTYPES))],
         "local_files_only": ["boolean"],
+        "embedding_cache": [str, os.PathLike, None],
         "cache_dir": [str, os.PathLike, None],
-        "n_jobs": [Interval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
+        "n_jobs": [StrictInterval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
         "verbose": ["verbose"],
     }
 
@@ -132,8 +177,8 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
         model="facebook/dinov2-with-registers-base",
         *,
         output="patch",
-        image_size=224,
-        preprocessing="imagenet",
+        image_size=None,
+        preprocessing="auto",
         mean=None,
         std=None,
         batch_size=64,
@@ -141,6 +186,7 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
         dtype=None,
         output_dtype="float32",
         local_files_only=False,
+        embedding_cache=None,
         cache_dir=None,
         n_jobs=None,
         verbose=False,
@@ -156,6 +202,7 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
         self.dtype = dtype
         self.output_dtype = output_dtype
         self.local_files_only = local_files_only
+        self.embedding_cache = embedding_cache
         self.cache_dir = cache_dir
         self.n_jobs = n_jobs
         self.verbose = verbose
@@ -174,14 +221,31 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
 
         Returns
         -------
-        self : Dinov2Embedder
+        self : PatchEmbedder
         """
         self._check_params()
         return self
 
     def _check_params(self):
         self._validate_params()
-        _images.resolve_statistics(self.preprocessing, self.mean, self.std)
+        if self.preprocessing != "auto":
+            _images.resolve_statistics(self.preprocessing, self.mean, self.std)
+        if self.cache_dir is not None:
+            if self.embedding_cache is not None:
+                raise ValueError(
+                    f"embedding_cache={self.embedding_cache!r} and its deprecated alias cache_dir="
+                    f"{self.cache_dir!r} were both given; pass embedding_cache only."
+                )
+            warnings.warn(
+                "cache_dir is deprecated and will be removed: pass embedding_cache instead (in "
+                "transformers, cache_dir is where weights are downloaded, which this is not).",
+                FutureWarning,
+                stacklevel=3,
+            )
+
+    @property
+    def _embedding_folder(self):
+        return self.embedding_cache if self.embedding_cache is not None else self.cache_dir
 
     def __sklearn_is_fitted__(self):
         return True  # stateless: transform needs no fit
@@ -189,17 +253,45 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
+        # Input: a list of paths / images (or uint8 image arrays), not a numeric table.
         tags.input_tags.two_d_array = False
-        tags.input_tags.three_d_array = True
+        tags.input_tags.string = True
+        # Output: float32 / float16 whatever the input; no input dtype is preserved.
+        tags.transformer_tags.preserves_dtype = []
         return tags
 
     def __getstate__(self):
         state = super().__getstate__()
         # The weights are reloaded from `model` on demand; they are never pickled.
-        state.pop("_backbone", None)
-        state.pop("_backbone_config", None)
-        state.pop("_effective_batch_size", None)
+        for cached in ("_backbone", "_backbone_config", "_plan_cache", "_effective_batch_size"):
+            state.pop(cached, None)
         return state
+
+    def get_feature_names_out(self, input_features=None):
+        """Names of the output columns for ``output="cls"`` or ``"mean"``.
+
+        Parameters
+        ----------
+        input_features : ignored
+            The input is images, which have no feature names.
+
+        Returns
+        -------
+        feature_names_out : ndarray of str, shape (d,)
+            ``"cls0" … "cls{d-1}"`` or ``"mean0" …``.
+
+        Raises
+        ------
+        ValueError
+            For ``output="patch"``: a 4-D grid has no columns.
+        """
+        self._check_params()
+        if self.output == "patch":
+            raise ValueError(
+                "output='patch' gives a 4-D grid (n, h, w, d), which has no column names and no "
+                "pandas form; use output='cls' or 'mean' for a table."
+            )
+        return np.asarray([f"{self.output}{i}" for i in range(self._resolve().layout.width)], dtype=object)
 
     def transform(self, X):
         """Embed images.
@@ -212,80 +304,118 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
         -------
         embeddings : ndarray
             ``(n, h, w, d)`` for ``output="patch"``, ``(n, d)`` for "cls" and "mean", of
-            ``output_dtype`` (a read-only memory map with ``cache_dir`` and float16).
+            ``output_dtype`` (a read-only memory map with ``embedding_cache`` and float16).
         """
         self._check_params()
+        if self.output == "patch" and _get_output_config("transform", self)["dense"] != "default":
+            self.get_feature_names_out()  # raises: a 4-D grid has no table form
         X = _images.check_images(X)
         _images.check_files_exist(X)
-        config = self._load_config()
-        grid = self._grid(config)
-        n_registers = int(getattr(config, "num_register_tokens", 0) or 0)
-        row_shape = (grid, grid, config.hidden_size) if self.output == "patch" else (config.hidden_size,)
+        plan = self._resolve()
+        row_shape = plan.row_shape(self.output)
         out_dtype = _OUTPUT_DTYPES[self.output_dtype]
         device = resolve_device(self.device)
         compute_dtype = resolve_dtype(self.dtype, device)
         n_jobs = _images.resolve_n_jobs(self.n_jobs)
 
-        if self.cache_dir is None:
+        if self._embedding_folder is None:
             result = np.empty((len(X), *row_shape), dtype=out_dtype)
 
             def sink(batch, values):  # batches are consecutive rows: a slice, not fancy indexing
                 # torch converts and writes on all cores (numpy would use one).
                 torch.from_numpy(result[batch[0] : batch[0] + len(batch)]).copy_(values)
 
-            self._run(X, np.arange(len(X)), sink, device, compute_dtype, n_registers, grid, n_jobs)
+            self._run(X, np.arange(len(X)), sink, device, compute_dtype, plan, n_jobs)
             return result
         with ThreadPoolExecutor(n_jobs) as pool:
             keys = np.stack([np.frombuffer(k, np.uint8) for k in pool.map(_images.image_key, X)])
-        cache = EmbeddingCache(self.cache_dir, self._cache_settings(config, compute_dtype), keys, row_shape)
+        settings = self._cache_settings(self._load_config(), compute_dtype)
+        cache = EmbeddingCache(self._embedding_folder, settings, keys, row_shape)
 
         def store(batch, values):
             cache.store(batch, values.to(torch.float16).numpy())
 
-        # fill: the missing rows, then (with a warning) those of any block that fails verification.
-        embeddings = cache.fill(lambda rows: self._run(X, rows, store, device, compute_dtype, n_registers, grid, n_jobs))
+        # fill recomputes the missing rows, and any that fail verification when read back.
+        embeddings = cache.fill(lambda rows: self._run(X, rows, store, device, compute_dtype, plan, n_jobs))
         return embeddings if out_dtype == np.float16 else np.asarray(embeddings, dtype=out_dtype)
 
     # ----------------------------------------------------------------------------------------
-    # Model loading
+    # Model loading and the resolved settings
     # ----------------------------------------------------------------------------------------
 
-    def _load_config(self):
+    def _model_key(self) -> tuple:
         # A local folder's signature is part of the key: a re-saved model is reloaded.
-        key = (os.fspath(self.model), self.local_files_only, _folder_signature(os.fspath(self.model)))
+        return os.fspath(self.model), self.local_files_only, _folder_signature(os.fspath(self.model))
+
+    def _load_config(self):
+        key = self._model_key()
         cached = getattr(self, "_backbone_config", None)
         if cached is not None and cached[0] == key:
             return cached[1]
         from transformers import AutoConfig
 
         config = self._from_pretrained(AutoConfig)
-        if not hasattr(config, "patch_size") or not hasattr(config, "hidden_size"):
-            raise ValueError(
-                f"model={os.fspath(self.model)!r} is a {type(config).__name__}, not a vision "
-                f"transformer with a patch size and hidden size."
-            )
+        _backbones.layout_of(config, os.fspath(self.model))  # an unknown family fails here
         self._backbone_config = (key, config)
         return config
 
+    def _resolve(self) -> _Plan:
+        """Layout, image size, statistics and filter for the current parameters and model."""
+        key = (self._model_key(), self.output, self.image_size, self.preprocessing, _hashable(self.mean), _hashable(self.std))
+        cached = getattr(self, "_plan_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        name = os.fspath(self.model)
+        layout = _backbones.layout_of(self._load_config(), name)
+        if self.output == "cls" and not layout.has_cls:
+            raise ValueError(
+                f"output='cls': model={name!r} (family {layout.family!r}) has no CLS token; use "
+                f"output='mean' (the mean of its grid features) instead."
+            )
+        image_size = self.image_size
+        if self.preprocessing == "auto":
+            processor = _backbones.processor_settings(self._hub_name(), local_files_only=self.local_files_only)
+            mean, std = _images.resolve_statistics(
+                "auto", processor.mean if self.mean is None else self.mean, processor.std if self.std is None else self.std
+            )
+            resample = processor.resample
+            if image_size is None:
+                if processor.image_size is None:
+                    raise ValueError(
+                        f"image_size=None takes the output size of model={name!r}'s image processor, "
+                        f"whose configuration names none; pass image_size."
+                    )
+                image_size = max(layout.stride, processor.image_size // layout.stride * layout.stride)
+        else:
+            mean, std = _images.resolve_statistics(self.preprocessing, self.mean, self.std)
+            resample = self.preprocessing
+            image_size = _DEFAULT_IMAGE_SIZE if image_size is None else image_size
+        plan = _Plan(layout, int(image_size), layout.grid(int(image_size), name), mean, std, resample)
+        self._plan_cache = (key, plan)
+        return plan
+
     def _load_model(self, device, dtype):
-        key = (os.fspath(self.model), self.local_files_only, _folder_signature(os.fspath(self.model)), str(device), dtype)
+        key = (*self._model_key(), str(device), dtype)
         cached = getattr(self, "_backbone", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        from transformers import AutoModel
+        import transformers
 
         self._backbone = None  # free the previous model before loading another
-        backbone = self._from_pretrained(AutoModel, config=self._load_config())
+        layout = self._resolve().layout
+        backbone = self._from_pretrained(getattr(transformers, layout.model_class), config=layout.config)
         backbone = backbone.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self._backbone = (key, backbone)
         return backbone
 
-    def _from_pretrained(self, auto_class, **kwargs):
+    def _hub_name(self) -> str:
         name = os.fspath(self.model)
         if _looks_like_path(name) and not Path(name).expanduser().is_dir():
             raise FileNotFoundError(f"model={name!r}: no such model folder.")
-        if Path(name).expanduser().is_dir():
-            name = str(Path(name).expanduser())
+        return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+
+    def _from_pretrained(self, auto_class, **kwargs):
+        name = self._hub_name()
         try:
             with quiet_transformers(self.verbose):
                 return auto_class.from_pretrained(name, local_files_only=self.local_files_only, **kwargs)
@@ -304,28 +434,25 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
                 ) from exc
             raise ValueError(f"model={name!r} could not be loaded as a pretrained model: {exc}") from exc
 
-    def _grid(self, config) -> int:
-        patch = config.patch_size
-        if isinstance(patch, (tuple, list)):
-            if len(set(patch)) != 1:
-                raise ValueError(f"model={os.fspath(self.model)!r} has non-square patches {patch}.")
-            patch = patch[0]
-        if self.image_size % patch:
-            raise ValueError(
-                f"image_size must be a multiple of the model's patch size {patch}; got "
-                f"image_size={self.image_size} (e.g. use {max(patch, round(self.image_size / patch) * patch)})."
-            )
-        return self.image_size // patch
+    def _grid(self, config=None) -> int:
+        """Side of the output grid (``config`` is accepted for callers that hold it)."""
+        return self._resolve().grid
+
+    def _row_shape(self) -> tuple:
+        """Shape of one output row: ``(h, w, d)`` for "patch", ``(d,)`` otherwise."""
+        return self._resolve().row_shape(self.output)
 
     def _cache_settings(self, config, compute_dtype) -> dict:
-        mean, std = _images.resolve_statistics(self.preprocessing, self.mean, self.std)
+        plan = self._resolve()
         return {
             "model": os.fspath(self.model),
+            "family": plan.layout.family,
             "revision": _model_revision(os.fspath(self.model), config),
             "preprocessing": self.preprocessing,
-            "mean": mean,
-            "std": std,
-            "image_size": int(self.image_size),
+            "mean": plan.mean,
+            "std": plan.std,
+            "resample": plan.resample,
+            "image_size": plan.image_size,
             "output": self.output,
             "compute_dtype": str(compute_dtype),
         }
@@ -334,14 +461,11 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
     # The embedding loop
     # ----------------------------------------------------------------------------------------
 
-    def _run(self, X, rows, sink, device, compute_dtype, n_registers, grid, n_jobs):
+    def _run(self, X, rows, sink, device, compute_dtype, plan, n_jobs):
         """Embed the images ``X[rows]`` batch by batch and hand each result to ``sink``."""
         backbone = self._load_model(device, compute_dtype)
-        forward_kwargs = {}
-        if "interpolate_pos_encoding" in inspect.signature(backbone.forward).parameters:
-            forward_kwargs["interpolate_pos_encoding"] = True  # ViT (DINO v1); DINOv2 always does
         batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-        decoded = _images.decode_batches(X, batches, int(self.image_size), self.preprocessing, n_jobs=n_jobs)
+        decoded = _images.decode_batches(X, batches, plan.image_size, plan.resample, n_jobs=n_jobs)
         # Uploads and downloads each get their own stream: on one, the upload of batch k+1 would
         # queue behind the download of batch k, which waits for batch k's forward pass.
         upload_stream = download_stream = None
@@ -363,21 +487,21 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
                 zip(batches, decoded), verbose=self.verbose, desc="Embedding", total=len(batches), unit="batch"
             )
             for batch, pixels in batches_and_pixels:
-                pixels = _upload(host_tensor(pixels), device, upload_stream)
-                embedded = self._embed_pixels(backbone, pixels, device, compute_dtype, n_registers, grid, forward_kwargs)
-                host, copied = _to_host(embedded, download_stream)
+                pixels = wait_upload(*upload(host_tensor(pixels), device, upload_stream))
+                embedded = self._embed_pixels(backbone, pixels, device, compute_dtype, plan)
+                host, copied = download(embedded, download_stream)
                 if writing is not None:
                     writing.result()  # at most one batch in flight; surfaces write errors
                 writing = writer.submit(write, batch, host, copied)
             writing.result()
 
-    def _embed_pixels(self, backbone, pixels, device, compute_dtype, n_registers, grid, forward_kwargs):
+    def _embed_pixels(self, backbone, pixels, device, compute_dtype, plan):
         """uint8 (B, S, S, 3) → embeddings on the device; halves the batch on CUDA out-of-memory."""
         parts, start = [], 0
         while start < len(pixels):
             stop = start + self._effective_batch_size
             try:
-                parts.append(self._embed_chunk(backbone, pixels[start:stop], device, compute_dtype, n_registers, grid, forward_kwargs))
+                parts.append(self._embed_chunk(backbone, pixels[start:stop], compute_dtype, plan))
                 start = stop
             except torch.cuda.OutOfMemoryError:
                 if self._effective_batch_size == 1:
@@ -386,74 +510,117 @@ class Dinov2Embedder(TransformerMixin, BaseEstimator):
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 warnings.warn(
-                    f"Dinov2Embedder: a batch did not fit in GPU memory; retrying with "
+                    f"{type(self).__name__}: a batch did not fit in GPU memory; retrying with "
                     f"batch_size={self._effective_batch_size}.",
                     RuntimeWarning,
                     stacklevel=2,
                 )
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
-    def _embed_chunk(self, backbone, pixels, device, compute_dtype, n_registers, grid, forward_kwargs):
+    def _embed_chunk(self, backbone, pixels, compute_dtype, plan):
         with torch.inference_mode():
-            pixel_values = _images.normalize(pixels, preprocessing=self.preprocessing, mean=self.mean, std=self.std)
-            tokens = self._forward(backbone, pixel_values.to(compute_dtype), forward_kwargs)  # (B, 1+R+h*w, d)
-            expected = 1 + n_registers + grid * grid
-            if tokens.shape[1] != expected:
-                raise ValueError(
-                    f"model={os.fspath(self.model)!r} returned {tokens.shape[1]} tokens for a {grid}x{grid} "
-                    f"grid; expected 1 CLS + {n_registers} registers + {grid * grid} patches."
-                )
+            pixel_values = _images.normalize(pixels, preprocessing=self.preprocessing, mean=plan.mean, std=plan.std)
+            hidden = self._forward(backbone, pixel_values.to(compute_dtype), plan.layout)
+            cls, grid = plan.layout.split(hidden, plan.grid, os.fspath(self.model))
             if self.output == "cls":
-                result = tokens[:, 0]
+                result = cls
+            elif self.output == "mean":
+                result = grid.float().mean((1, 2))
             else:
-                patches = tokens[:, 1 + n_registers :]  # row-major: token p = row * grid + col
-                if self.output == "mean":
-                    result = patches.float().mean(1)
-                else:
-                    result = patches.reshape(len(tokens), grid, grid, -1)
+                result = grid
             # Still in the compute dtype (bfloat16 on CUDA): half the bytes to move to the
             # host, where the writer converts to output_dtype exactly as the device would.
             return result.contiguous()
 
-    def _forward(self, backbone, pixel_values, forward_kwargs) -> torch.Tensor:
-        return backbone(pixel_values=pixel_values, **forward_kwargs).last_hidden_state
+    def _forward(self, backbone, pixel_values, layout) -> torch.Tensor:
+        return backbone(**layout.model_inputs(pixel_values)).last_hidden_state
 
 
-def _upload(pixels: torch.Tensor, device, upload_stream=None) -> torch.Tensor:
-    """Upload a uint8 batch (4x fewer bytes than float pixels).
+class Dinov2Embedder(PatchEmbedder):
+    """Embed images with a frozen DINOv2 backbone: :class:`PatchEmbedder` with the paper's defaults.
 
-    On CUDA the copy runs from pinned memory on ``upload_stream``, so it overlaps the
-    forward pass of the previous batch; the compute stream waits for it.
+    The default entry point: DINOv2 with registers (ViT-B/14), 224 px, ImageNet
+    normalisation. Every parameter is :class:`PatchEmbedder`'s; only the defaults of
+    ``image_size`` (224) and ``preprocessing`` ("imagenet", so that a local DINOv2
+    folder needs no image-processor configuration) differ. Other backbone families
+    load here too, though :class:`PatchEmbedder` is the name for them.
+
+    Parameters
+    ----------
+    model : str or path-like, default="facebook/dinov2-with-registers-base"
+    output : {"patch", "cls", "mean"}, default="patch"
+    image_size : int, default=224
+        A multiple of the patch size (14 for DINOv2).
+    preprocessing : {"imagenet", "paper", "auto"}, default="imagenet"
+    mean, std : sequence of 3 floats, default=None
+    batch_size : int, default=64
+    device : str or torch.device, default=None
+    dtype : {"float32", "bfloat16", "float16"}, default=None
+    output_dtype : {"float32", "float16"}, default="float32"
+    local_files_only : bool, default=False
+    embedding_cache : str or path-like, default=None
+    cache_dir : str or path-like, default=None
+        Deprecated alias of ``embedding_cache``.
+    n_jobs : int, default=None
+    verbose : bool or int, default=False
+
+    See Also
+    --------
+    PatchEmbedder : the meaning of each parameter, and the other backbone families.
+    QPMClassifier : the interpretable classifier fitted on the patch grid.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from qpm_sklearn import Dinov2Embedder
+    >>> from qpm_sklearn.testing import save_random_backbone
+    >>> folder = save_random_backbone(tempfile.mkdtemp(), "tiny")  # offline stand-in for a hub id
+    >>> images = np.random.default_rng(0).integers(0, 256, (2, 40, 50, 3), dtype=np.uint8)
+    >>> Dinov2Embedder(model=str(folder), image_size=56, device="cpu").transform(images).shape
+    (2, 4, 4, 32)
     """
-    if device.type != "cuda":
-        return pixels.to(device)
-    with torch.inference_mode():
-        pinned = pixels.pin_memory()
-        with torch.cuda.stream(upload_stream):
-            on_device = pinned.to(device, non_blocking=True)
-        compute_stream = torch.cuda.current_stream(device)
-        compute_stream.wait_stream(upload_stream)
-        on_device.record_stream(compute_stream)  # allocated on the upload stream, used on this one
-    return on_device
+
+    def __init__(
+        self,
+        model="facebook/dinov2-with-registers-base",
+        *,
+        output="patch",
+        image_size=224,
+        preprocessing="imagenet",
+        mean=None,
+        std=None,
+        batch_size=64,
+        device=None,
+        dtype=None,
+        output_dtype="float32",
+        local_files_only=False,
+        embedding_cache=None,
+        cache_dir=None,
+        n_jobs=None,
+        verbose=False,
+    ):
+        super().__init__(
+            model,
+            output=output,
+            image_size=image_size,
+            preprocessing=preprocessing,
+            mean=mean,
+            std=std,
+            batch_size=batch_size,
+            device=device,
+            dtype=dtype,
+            output_dtype=output_dtype,
+            local_files_only=local_files_only,
+            embedding_cache=embedding_cache,
+            cache_dir=cache_dir,
+            n_jobs=n_jobs,
+            verbose=verbose,
+        )
 
 
-def _to_host(tensor: torch.Tensor, copy_stream=None):
-    """Start copying ``tensor`` to host memory; returns (host tensor, CUDA event or None).
-
-    On CUDA the copy runs on ``copy_stream`` into pinned memory, so it overlaps the
-    next batch's forward pass instead of delaying it.
-    """
-    if tensor.device.type != "cuda":
-        return tensor.cpu(), None  # e.g. mps: copied here, not from the writer thread
-    with torch.inference_mode():
-        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        copy_stream.wait_stream(torch.cuda.current_stream(tensor.device))
-        with torch.cuda.stream(copy_stream):
-            host.copy_(tensor, non_blocking=True)
-            tensor.record_stream(copy_stream)  # its memory is not reused before the copy ends
-            copied = torch.cuda.Event()
-            copied.record(copy_stream)
-    return host, copied
+def _hashable(value):
+    return None if value is None else tuple(np.asarray(value, dtype=np.float64).ravel().tolist())
 
 
 def _looks_like_path(name: str) -> bool:

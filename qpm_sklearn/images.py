@@ -33,11 +33,17 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-PREPROCESSINGS = ("imagenet", "paper")
+PREPROCESSINGS = ("imagenet", "paper", "auto")
 
 # SPEC 13.2: our default filter is bicubic; "paper" replicates SPEC 1.2, i.e. torchvision's
-# default Resize on PIL images, which is PIL's (antialiased) bilinear filter.
-_RESAMPLE = {"imagenet": Image.Resampling.BICUBIC, "paper": Image.Resampling.BILINEAR}
+# default Resize on PIL images, which is PIL's (antialiased) bilinear filter. The functions
+# below that take ``preprocessing`` to pick the filter also take a PIL filter name: the one a
+# model's image-processor configuration names, for preprocessing="auto".
+_RESAMPLE = {
+    "imagenet": Image.Resampling.BICUBIC,
+    "paper": Image.Resampling.BILINEAR,
+    **{name: Image.Resampling[name.upper()] for name in ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")},
+}
 
 _PATH_TYPES = (str, os.PathLike)
 
@@ -366,9 +372,16 @@ def resolve_statistics(preprocessing: str, mean, std) -> tuple[tuple, tuple]:
     "imagenet": ``None`` means the ImageNet statistics; given values replace them.
     "paper": the dataset statistics are required (SPEC 1.2), e.g. CUB-200-2011
     ``mean=(0.4853, 0.4964, 0.4295), std=(0.2300, 0.2258, 0.2625)``.
+    "auto": the statistics of the model's image-processor configuration, which the
+    embedder reads and passes here as ``mean``/``std`` (both required).
     """
     if preprocessing not in PREPROCESSINGS:
         raise ValueError(f"preprocessing must be one of {PREPROCESSINGS}; got {preprocessing!r}.")
+    if preprocessing == "auto" and (mean is None or std is None):
+        raise ValueError(
+            "preprocessing='auto' normalises with the statistics of the model's image-processor "
+            f"configuration, passed as mean and std; got mean={mean!r}, std={std!r}."
+        )
     if preprocessing == "paper" and (mean is None or std is None):
         raise ValueError(
             "preprocessing='paper' needs the dataset's mean and std (SPEC 1.2), e.g. for "
@@ -392,7 +405,7 @@ def resolve_statistics(preprocessing: str, mean, std) -> tuple[tuple, tuple]:
 def normalize(pixels: torch.Tensor, *, preprocessing: str = "imagenet", mean=None, std=None) -> torch.Tensor:
     """uint8 ``(B, S, S, 3)`` (any device) → float32 pixel values ``(B, 3, S, S)``.
 
-    "imagenet": ``(x/255 − mean)/std``. "paper": the same with the dataset statistics,
+    "imagenet" and "auto": ``(x/255 − mean)/std``. "paper": the same with the dataset statistics,
     then each image is mapped by its global min–max (over all pixels and channels) to
     [0, 1] and clipped (SPEC 1.2-5); a constant image, whose range is 0, maps to 0
     instead of NaN.

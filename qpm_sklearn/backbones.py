@@ -1,0 +1,267 @@
+"""Per-family layout of vision backbones: which outputs are CLS, registers and patches.
+
+:class:`~qpm_sklearn.PatchEmbedder` needs, for any model it loads, a grid of local
+features ``(n, h, w, d)`` in row-major order and, where the model has one, its CLS
+token. Where these sit in the model's output differs by family, so this module reads
+it from the model's own configuration (``model_type``, patch size, register count,
+stage strides), never from a fixed token count:
+
+=====================  ==========================  =============================================
+family (``model_type``)  ``last_hidden_state``       grid / CLS
+=====================  ==========================  =============================================
+dinov2                 [CLS, patches]              patches / token 0
+dinov2_with_registers  [CLS, R registers, patches]  patches / token 0 (registers dropped)
+dinov3_vit             [CLS, R registers, patches]  patches / token 0 (registers dropped)
+vit                    [CLS, patches]              patches / token 0
+clip (vision tower)    [CLS, patches]              patches / token 0 (before ``post_layernorm``)
+siglip (vision tower)  [patches]                   patches / no CLS
+siglip2 (NaFlex)       [patches]                   patches / no CLS
+dinov3_convnext        [pooled, patches]           patches / token 0 (the model's pooled token)
+resnet, convnext       map ``(n, C, h, w)``        the map, channels last / no CLS
+=====================  ==========================  =============================================
+
+A CLIP or SigLIP checkpoint holding both towers is loaded as its vision tower only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# PIL's resampling filter codes, as image-processor configurations store them.
+_PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+_TOWERS = {"clip": "vision_config", "siglip": "vision_config", "siglip2": "vision_config"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a backbone's features sit in its output.
+
+    Attributes
+    ----------
+    family : str
+        The configuration's ``model_type`` (a key of :data:`FAMILIES`).
+    model_class : str
+        The transformers class that loads the (vision) model.
+    config : transformers.PretrainedConfig
+        The configuration of what ``model_class`` loads (a vision tower's own).
+    stride : int
+        Input pixels per grid cell: the patch size, or a CNN's total stride.
+    width : int
+        Feature size ``d``.
+    n_prefix : int
+        Tokens before the patches in ``last_hidden_state`` (CLS + registers); 0 for maps.
+    has_cls : bool
+        Whether token 0 is a CLS (or the model's pooled) token.
+    channels_first : bool
+        ``last_hidden_state`` is an ``(n, C, h, w)`` feature map, not a token sequence.
+    patchified : bool
+        The model takes pixels as ``(n, h*w, p*p*3)`` patches with their spatial shapes
+        (SigLIP 2 NaFlex).
+    forward_kwargs : dict
+        Extra keyword arguments of the forward pass.
+    """
+
+    family: str
+    model_class: str
+    config: object = field(repr=False)
+    stride: int
+    width: int
+    n_prefix: int = 0
+    has_cls: bool = False
+    channels_first: bool = False
+    patchified: bool = False
+    forward_kwargs: dict = field(default_factory=dict)
+
+    def grid(self, image_size: int, model: str) -> int:
+        """Grid side for a square input of ``image_size`` pixels; refuses sizes off the stride."""
+        if image_size % self.stride:
+            raise ValueError(
+                f"image_size must be a multiple of the model's {self._stride_name} {self.stride}; got "
+                f"image_size={image_size} (e.g. use {max(self.stride, round(image_size / self.stride) * self.stride)}) "
+                f"for model={model!r}."
+            )
+        return image_size // self.stride
+
+    @property
+    def _stride_name(self) -> str:
+        return "total stride" if self.channels_first or self.family == "dinov3_convnext" else "patch size"
+
+    def model_inputs(self, pixel_values):
+        """Keyword arguments of the forward pass for normalised pixels ``(B, 3, S, S)``."""
+        if not self.patchified:
+            return {"pixel_values": pixel_values, **self.forward_kwargs}
+        import torch
+
+        # The layout of transformers' Siglip2 image processor: patches in row-major order,
+        # each flattened as (row in patch, column in patch, channel).
+        batch, channels, side, _ = pixel_values.shape
+        p, g = self.stride, side // self.stride
+        patches = pixel_values.reshape(batch, channels, g, p, g, p).permute(0, 2, 4, 3, 5, 1)
+        return {
+            "pixel_values": patches.reshape(batch, g * g, p * p * channels),
+            "pixel_attention_mask": torch.ones(batch, g * g, dtype=torch.long, device=pixel_values.device),
+            "spatial_shapes": torch.tensor([[g, g]] * batch, dtype=torch.long, device=pixel_values.device),
+            **self.forward_kwargs,
+        }
+
+    def split(self, hidden, grid: int, model: str):
+        """``last_hidden_state`` → (CLS ``(B, d)`` or None, patch grid ``(B, grid, grid, d)``)."""
+        if self.channels_first:
+            if tuple(hidden.shape[1:]) != (self.width, grid, grid):
+                raise ValueError(
+                    f"model={model!r} returned a feature map of shape {tuple(hidden.shape[1:])}; expected "
+                    f"({self.width}, {grid}, {grid}) from its configuration."
+                )
+            return None, hidden.permute(0, 2, 3, 1)
+        expected = self.n_prefix + grid * grid
+        if hidden.shape[1] != expected:
+            raise ValueError(
+                f"model={model!r} returned {hidden.shape[1]} tokens for a {grid}x{grid} grid; expected "
+                f"{self.n_prefix} leading (CLS / register) tokens + {grid * grid} patches."
+            )
+        cls = hidden[:, 0] if self.has_cls else None
+        # row-major: patch token p is grid cell (p // grid, p % grid)
+        return cls, hidden[:, self.n_prefix :].reshape(len(hidden), grid, grid, hidden.shape[-1])
+
+
+def _patch_size(config, model: str) -> int:
+    patch = config.patch_size
+    if isinstance(patch, (tuple, list)):
+        if len(set(patch)) != 1:
+            raise ValueError(f"model={model!r} has non-square patches {patch}.")
+        patch = patch[0]
+    return int(patch)
+
+
+def _vit(model_class, *, registers=False, cls=True, interpolate=False, patchified=False):
+    def layout(family, config, model):
+        n_registers = int(getattr(config, "num_register_tokens", 0) or 0) if registers else 0
+        return Layout(
+            family, model_class, config, _patch_size(config, model), int(config.hidden_size),
+            n_prefix=int(cls) + n_registers, has_cls=cls, patchified=patchified,
+            forward_kwargs={"interpolate_pos_encoding": True} if interpolate else {},
+        )  # fmt: skip
+
+    return layout
+
+
+def _resnet(family, config, model):
+    # Stem: a stride-2 convolution and a stride-2 max-pool; then every stage but the first
+    # halves the map, and the first too with downsample_in_first_stage.
+    stride = 4 * 2 ** (len(config.depths) - 1) * (2 if config.downsample_in_first_stage else 1)
+    return Layout(family, "ResNetModel", config, stride, int(config.hidden_sizes[-1]), channels_first=True)
+
+
+def _convnext(family, config, model):
+    # Stem: a patch_size-strided "patchify" convolution; every later stage halves the map.
+    stride = _patch_size(config, model) * 2 ** (len(config.hidden_sizes) - 1)
+    return Layout(family, "ConvNextModel", config, stride, int(config.hidden_sizes[-1]), channels_first=True)
+
+
+def _dinov3_convnext(family, config, model):
+    # Stride-4 stem, then halved per stage; the output is [pooled token, map as tokens].
+    stride = 4 * 2 ** (len(config.hidden_sizes) - 1)
+    return Layout(family, "DINOv3ConvNextModel", config, stride, int(config.hidden_sizes[-1]), n_prefix=1, has_cls=True)
+
+
+# model_type → layout builder. "*_vision_model" are the towers saved on their own.
+FAMILIES = {
+    "dinov2": _vit("Dinov2Model"),
+    "dinov2_with_registers": _vit("Dinov2WithRegistersModel", registers=True),
+    "dinov3_vit": _vit("DINOv3ViTModel", registers=True),
+    "vit": _vit("ViTModel", interpolate=True),
+    "clip": _vit("CLIPVisionModel", interpolate=True),
+    "clip_vision_model": _vit("CLIPVisionModel", interpolate=True),
+    "siglip": _vit("SiglipVisionModel", cls=False, interpolate=True),
+    "siglip_vision_model": _vit("SiglipVisionModel", cls=False, interpolate=True),
+    "siglip2": _vit("Siglip2VisionModel", cls=False, patchified=True),
+    "siglip2_vision_model": _vit("Siglip2VisionModel", cls=False, patchified=True),
+    "resnet": _resnet,
+    "convnext": _convnext,
+    "dinov3_convnext": _dinov3_convnext,
+}
+
+
+def layout_of(config, model: str) -> Layout:
+    """The :class:`Layout` of the model whose (top-level) configuration is ``config``.
+
+    Raises
+    ------
+    ValueError
+        For a family this module does not know, naming the supported ones.
+    """
+    family = getattr(config, "model_type", None)
+    if family not in FAMILIES:
+        raise ValueError(
+            f"model={model!r} is a {type(config).__name__} (model_type={family!r}), a family the "
+            f"embedder does not know the token layout of. Supported model types: {', '.join(FAMILIES)}."
+        )
+    tower = _TOWERS.get(family)
+    return FAMILIES[family](family, getattr(config, tower) if tower else config, model)
+
+
+# --------------------------------------------------------------------------------------------
+# The model's own image-processor configuration (preprocessing="auto")
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessorSettings:
+    """What ``preprocessing="auto"`` takes from ``preprocessor_config.json``."""
+
+    mean: tuple
+    std: tuple
+    resample: str  # a PIL filter name
+    image_size: int | None  # the side the processor's output has, if it says
+
+
+def processor_settings(name: str, *, local_files_only: bool) -> ProcessorSettings:
+    """Read the image-processor configuration saved with model ``name`` (folder or hub id).
+
+    The normalisation, the resampling filter and the processor's output side are taken;
+    its resize-then-crop geometry is not (the embedder squash-resizes the whole image,
+    SPEC 1.2, so the grid covers all of it).
+    """
+    from transformers.image_processing_utils import ImageProcessingMixin
+
+    try:
+        settings, _ = ImageProcessingMixin.get_image_processor_dict(name, local_files_only=local_files_only)
+    except (OSError, ValueError) as exc:
+        raise ValueError(
+            f"preprocessing='auto' reads the model's image-processor configuration "
+            f"(preprocessor_config.json), but model={name!r} has none that could be read ({exc}). "
+            f"Pass preprocessing='imagenet' (with mean/std if needed) instead."
+        ) from exc
+    if settings.get("do_rescale", True) and not math.isclose(settings.get("rescale_factor", 1 / 255), 1 / 255):
+        raise ValueError(
+            f"model={name!r}: its image processor rescales by {settings['rescale_factor']}, not 1/255; "
+            f"preprocessing='auto' supports only 8-bit scaling. Pass preprocessing='imagenet' with mean/std."
+        )
+    if settings.get("do_normalize", True):
+        mean, std = settings.get("image_mean"), settings.get("image_std")
+        if mean is None or std is None:
+            raise ValueError(f"model={name!r}: its image-processor configuration has no image_mean/image_std.")
+    else:
+        mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    resample = settings.get("resample", 3)
+    if resample not in _PIL_FILTERS:
+        raise ValueError(f"model={name!r}: unknown resampling filter {resample!r} in its image-processor configuration.")
+    return ProcessorSettings(
+        tuple(float(v) for v in mean), tuple(float(v) for v in std), _PIL_FILTERS[resample], _output_side(settings)
+    )
+
+
+def _output_side(settings: dict) -> int | None:
+    if settings.get("max_num_patches") and settings.get("patch_size"):  # SigLIP 2 NaFlex
+        return math.isqrt(int(settings["max_num_patches"])) * int(settings["patch_size"])
+    size = settings.get("crop_size") if settings.get("do_center_crop") else None
+    size = size or settings.get("size")
+    if isinstance(size, int):
+        return size
+    if isinstance(size, dict):
+        for key in ("height", "shortest_edge", "longest_edge"):
+            if key in size:
+                return int(size[key])
+    return None
+
