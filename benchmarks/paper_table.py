@@ -18,6 +18,12 @@ registers, and on the small and large backbones. The table is printed beside the
 and written as JSON (default ``benchmarks/results/paper_table-<dataset>.json``). Metrics are
 fractions in [0, 1] in the JSON and percentages in the printed table, like the paper.
 
+``--model`` may name another backbone family (docs/backbones.md), e.g. ``microsoft/resnet-50`` or
+``facebook/dinov3-vitb16-pretrain-lvd1689m``: its rows are labelled with it, the probe reads the
+mean-pooled features of a backbone without a CLS token, and the paper's numbers are shown only where
+the paper has that backbone: a ResNet's qpm row beside "ResNet50 QPM [QPM paper]", which is a
+fine-tuned ResNet50 (SPEC 7.5), whereas here the ResNet is frozen and feeds the adapter.
+
 A row that fails is reported (its error is in the JSON and the printout) and the others still run;
 the exit status is then 1. ``--fail-fast`` raises instead.
 """
@@ -25,6 +31,7 @@ the exit status is then 1. ``--fail-fast`` raises instead.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import sys
@@ -51,11 +58,18 @@ _PAPER_ROWS = {
 }
 
 
-def paper_numbers(dataset: str) -> dict:
+# SPEC 11's "ResNet50 QPM [QPM paper]": a *fine-tuned* ResNet50 (SPEC 7.5). The qpm row on a ResNet
+# backbone is compared with it, labelled as what it is here: a frozen ResNet feeding the adapter.
+_RESNET50_QPM = ((82.9, 92.1), 82.9, (89.6, 88.2), (96.8, 97.8), (93.6, 97.1))
+# Backbone families whose rows the paper's DINOv2 numbers describe.
+_DINOV2_FAMILIES = ("dinov2", "dinov2_with_registers")
+
+
+def paper_numbers(dataset: str, rows: dict = _PAPER_ROWS) -> dict:
     """``{row: {column: value in %}}`` of SPEC 11 for ``dataset`` ("cub" or "cars")."""
     which = 0 if dataset == "cub" else 1
     table = {}
-    for row, (accuracy, plausibility, sid, independence, contrast) in _PAPER_ROWS.items():
+    for row, (accuracy, plausibility, sid, independence, contrast) in rows.items():
         values = {
             "Accuracy": accuracy[which],
             "Plausibility": plausibility if dataset == "cub" else None,
@@ -177,6 +191,14 @@ class Embeddings:
         self.paths, self.args = paths, args
         self.store, self.seconds = {}, {}
 
+    def layout(self, model: str):
+        """The backbone's token layout (family, CLS or not), from its configuration."""
+        return backbone_layout(model, self.args.local_files_only)
+
+    def vector_output(self, model: str, output: str) -> str:
+        """``output``, with "cls" read as "mean" for a backbone without a CLS token (SigLIP, CNNs)."""
+        return "mean" if output == "cls" and not self.layout(model).has_cls else output
+
     def release(self, keep) -> None:
         """Drop the embeddings not in ``keep`` (a set of (model, output)); a full CUB grid is gigabytes."""
         for key in [k for k in self.store if k not in keep]:
@@ -185,17 +207,19 @@ class Embeddings:
     def get(self, model: str, output: str) -> np.ndarray:
         key = (model, output)
         if key not in self.store:
-            from qpm_sklearn import Dinov2Embedder
+            from qpm_sklearn import PatchEmbedder
 
-            embedder = Dinov2Embedder(
+            embedder = PatchEmbedder(
                 model=model,
                 output=output,
+                # DINOv2 as in the paper; other families as their own image processor says.
+                preprocessing="imagenet" if self.layout(model).family in _DINOV2_FAMILIES else "auto",
                 image_size=self.args.image_size,
                 batch_size=self.args.batch_size,
                 device=self.args.device,
                 output_dtype="float16",  # SPEC 1.4 caches float16; halves the memory of CUB's patch grids
                 local_files_only=self.args.local_files_only,
-                cache_dir=None if self.args.cache_dir is None else str(Path(self.args.cache_dir) / "embeddings"),
+                embedding_cache=None if self.args.cache_dir is None else str(Path(self.args.cache_dir) / "embeddings"),
                 verbose=self.args.verbose,
             )
             _log(f"embedding {len(self.paths)} images: {model} ({output})")
@@ -235,7 +259,8 @@ class Runner:
 
     def embeddings_needed(self, row: Row) -> set:
         model = row.model or self.args.model
-        return {(model, "cls"), (model, "patch")} if row.kind == "probe" else {(model, row.output)}
+        vector = self.embeddings.vector_output(model, "cls")
+        return {(model, vector), (model, "patch")} if row.kind == "probe" else {(model, self.embeddings.vector_output(model, row.output))}
 
     def qpm_params(self, row: Row) -> dict:
         args = self.args
@@ -261,7 +286,8 @@ class Runner:
     def run(self, row: Row) -> tuple[dict, dict]:
         """``(metrics, details)`` of one row."""
         model = row.model or self.args.model
-        X = self.embeddings.get(model, row.output)
+        output = self.embeddings.vector_output(model, row.output)
+        X = self.embeddings.get(model, output)
         X_train, y_train, X_test, y_test = self.split(X)
         if row.kind == "probe":
             return self._probe(X_train, y_train, X_test, y_test, model)
@@ -271,7 +297,7 @@ class Runner:
         masks = self.test_masks(tuple(X.shape[1:3])) if has_grid else None
         base = Row(row.name, row.label, "qpm", {}, row.model, row.output) if row.kind == "dense" else row
         params = self.qpm_params(base)
-        estimator, fit_seconds = self._fit(params, X_train, y_train, key=(model, row.output))
+        estimator, fit_seconds = self._fit(params, X_train, y_train, key=(model, output))
         from qpm_sklearn.metrics import evaluate
 
         stage = "dense" if row.kind == "dense" else "sparse"
@@ -289,7 +315,7 @@ class Runner:
             metrics.pop("SID@5", None)
         details = {
             "model": model,
-            "tokens": row.output,
+            "tokens": output,
             "stage": stage,
             "fit_seconds": fit_seconds,
             "params": {k: v for k, v in params.items() if k not in ("memory", "verbose")},
@@ -334,7 +360,7 @@ class Runner:
             y_train=y_train,
             random_state=self.args.random_state,
         )
-        details = {"model": model, "tokens": "cls", "fit_seconds": fit_seconds, "params": {"C": self.args.probe_c, "max_iter": max_iter}}
+        details = {"model": model, "tokens": self.embeddings.vector_output(model, "cls"), "fit_seconds": fit_seconds, "params": {"C": self.args.probe_c, "max_iter": max_iter}}
         return metrics, details
 
 
@@ -392,7 +418,8 @@ def main(argv=None) -> int:
     if data.is_train.all() or not data.is_train.any():
         raise ValueError(f"root={args.root!r}: the dataset needs both training and test images.")
     rows = build_rows(args)
-    paper = paper_numbers(args.dataset)
+    layout = backbone_layout(args.model, args.local_files_only)
+    paper, reference = paper_reference(args.dataset, layout.family)
     results = []
     with tempfile.TemporaryDirectory(prefix="paper_table_") as scratch:
         # joblib caches the dense stage: qpm / qpm_compact (and sldd / qsenn) share one dense fit.
@@ -403,7 +430,13 @@ def main(argv=None) -> int:
             runner.embeddings.release(set().union(*(runner.embeddings_needed(rows[n]) for n in args.rows[position:])))
             _log(f"row {name}: {row.label}")
             start = time.perf_counter()
-            result = {"name": name, "label": row.label, "paper": paper.get(name, {}), "metrics": {}}
+            own_backbone = row.model is None  # the ablation rows name their (DINOv2) backbones
+            result = {
+                "name": name,
+                "label": backbone_label(row, layout) if own_backbone else row.label,
+                "paper": paper.get(name, {}) if own_backbone else paper_numbers(args.dataset).get(name, {}),
+                "metrics": {},
+            }
             try:
                 metrics, details = runner.run(row)
                 result.update(status="ok", metrics={k: float(v) for k, v in metrics.items()}, **details)
@@ -419,6 +452,7 @@ def main(argv=None) -> int:
         "dataset": args.dataset,
         "root": str(data.root),
         "model": args.model,
+        "backbone": {"family": layout.family, "paper_reference": reference},
         "device": _device_name(args.device),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "versions": {"qpm_sklearn": qpm_sklearn.__version__, "python": platform.python_version(), **_versions()},
@@ -435,6 +469,35 @@ def main(argv=None) -> int:
     print(format_table(results, args.dataset))
     print(f"written: {out}")
     return 0 if all(r["status"] == "ok" for r in results) else 1
+
+
+@functools.cache
+def backbone_layout(model: str, local_files_only: bool):
+    """The token layout of ``model`` (:func:`qpm_sklearn.backbones.load_layout`), read once."""
+    from qpm_sklearn.backbones import load_layout
+
+    return load_layout(model, local_files_only=local_files_only)
+
+
+def paper_reference(dataset: str, family: str) -> tuple[dict, str]:
+    """The paper's numbers the rows of a ``family`` backbone are shown beside, and what they are."""
+    if family in _DINOV2_FAMILIES:
+        return paper_numbers(dataset), "DINO-QPM paper, SPEC 11 (frozen DINOv2 with registers, ViT-B/14)"
+    if family == "resnet":
+        return paper_numbers(dataset, {"qpm": _RESNET50_QPM}), (
+            "qpm row only: 'ResNet50 QPM [QPM paper]' (SPEC 7.5/11), a fine-tuned ResNet50; here the "
+            "ResNet is frozen and feeds the adapter, so the numbers are not like for like"
+        )
+    return {}, f"none: the paper has no {family} rows"
+
+
+def backbone_label(row: Row, layout) -> str:
+    """The row's label, naming the backbone when it is not the paper's DINOv2."""
+    if layout.family in _DINOV2_FAMILIES:
+        return row.label
+    if row.kind == "probe":
+        return f"Frozen {layout.family} {'CLS' if layout.has_cls else 'mean-pooled'} linear probe"
+    return f"{row.label.replace('DINO-', '')} [frozen {layout.family} + adapter]"
 
 
 def _versions() -> dict:

@@ -26,6 +26,7 @@ A CLIP or SigLIP checkpoint holding both towers is loaded as its vision tower on
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 
 # PIL's resampling filter codes, as image-processor configurations store them.
@@ -265,3 +266,21 @@ def _output_side(settings: dict) -> int | None:
                 return int(size[key])
     return None
 
+
+
+def load_layout(model, *, local_files_only: bool = False) -> Layout:
+    """The :class:`Layout` of a hub id or local folder; reads only its configuration.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from qpm_sklearn.backbones import load_layout
+    >>> from qpm_sklearn.testing import save_random_model
+    >>> layout = load_layout(save_random_model(tempfile.mkdtemp(), "dinov3_vit"))
+    >>> layout.family, layout.stride, layout.n_prefix, layout.has_cls
+    ('dinov3_vit', 16, 5, True)
+    """
+    from .embedding import PatchEmbedder
+
+    embedder = PatchEmbedder(model, local_files_only=local_files_only)
+    return layout_of(embedder._load_config(), os.fspath(model))
