@@ -9,7 +9,12 @@ table row is printed for the dense stage and the sparse (QPM) stage, and four fi
 * ``comparison.png``   - the features two classes share and those that tell them apart;
 * ``assignment.png``   - the global class x feature assignment.
 
-Run:  python examples/explain_parts.py --out docs/figures
+Run:  python examples/explain_parts.py                     # figures into the current directory
+      python examples/explain_parts.py --out docs/figures   # regenerate the figures of docs/explanations.md
+
+The numbers and feature ids depend on the machine's floating-point details (CPU make, threads,
+library versions), so another machine can pick other features and print other digits; the picture
+(QPM evidence on the parts, dense evidence spread out) is what stays.
 """
 
 import argparse
@@ -39,7 +44,7 @@ def token_image(grid):
 
 
 def evidence(maps, weights):
-    """The class evidence map of SPEC 6.6: sum_j w_j M_j (what Plausibility scores)."""
+    """The class evidence map sum_j w_j M_j (what Plausibility scores; docs/method.md#plausibility)."""
     return np.einsum("nk,nkhw->nhw", weights, maps)
 
 
@@ -76,7 +81,7 @@ def plot_dense_vs_qpm(clf, X, masks, n_show=4):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/figures", help="folder for the PNG files (default: docs/figures)")
+    parser.add_argument("--out", default=".", help="folder for the PNG files (default: the current directory)")
     parser.add_argument("--random-state", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.out)
@@ -103,8 +108,10 @@ def main(argv=None):
 
     class_names = [f"class {c}" for c in clf.classes_]
     expl = clf.explain(X_test[:1])
-    fig = plot_explanation(expl, index=0, image=token_image(X_test[0]), class_names=class_names)
+    fig = plot_explanation(expl, index=0, image=token_image(X_test[0]), class_names=class_names, true_label=y_test[0])
     fig.savefig(out / "explanation.png", dpi=100)
+    print(f"\nexplanation.png: test sample 0, true class {y_test[0]}, predicted {expl.prediction[0]}, "
+          f"features {expl.features[0].tolist()}")
     plot_dense_vs_qpm(clf, X_test, masks_test).savefig(out / "evidence_dense_vs_qpm.png", dpi=80)
 
     # Two classes that share a feature, with one test example of each.
@@ -114,6 +121,8 @@ def main(argv=None):
     plot_class_comparison(
         clf, a, b, X=X_test[examples], images=[token_image(X_test[i]) for i in examples], class_names=class_names
     ).savefig(out / "comparison.png", dpi=100)
+    shared = clf.compare_classes(a, b)["shared"].tolist()
+    print(f"comparison.png: class {a} vs class {b}, shared features {shared}")
     plot_assignment(clf, class_names=class_names).savefig(out / "assignment.png", dpi=100)
     print(f"figures written to {out}/")
 

@@ -97,9 +97,12 @@ def main(argv=None):
         print(f"  {name:>12}: {' '.join(f'{f:4d}' for f in qpm.class_features(label))}")
 
     explanation = qpm.explain(embeddings[:1])
+    predicted, true = explanation.prediction[0], labels[test[0]]
+    verdict = "correct" if predicted == true else "MISCLASSIFIED"
     features = ", ".join(f"{f} ({c:+.2f})" for f, c in zip(explanation.features[0], explanation.contributions[0]))
-    print(f"\nfirst test image: predicted {explanation.prediction[0]} = "
-          f"{explanation.intercept[0]:+.2f} + sum of features {features}")
+    print(f"\nfirst test image: true {class_names[true]}, predicted {class_names[predicted]} ({verdict}); its logit "
+          f"= {explanation.intercept[0]:+.2f} + sum of features {features}")
+    print("(a contribution compares the feature with its value on an average training image: negative = weaker)")
     try:
         from qpm_sklearn.plotting import plot_explanation
     except ImportError:
@@ -108,7 +111,7 @@ def main(argv=None):
         from qpm_sklearn.images import load_resized
 
         image = load_resized(pick(test[:1])[0], 0, image_size)  # squashed as the backbone saw it
-        figure = plot_explanation(explanation, index=0, image=image, class_names=class_names)
+        figure = plot_explanation(explanation, index=0, image=image, class_names=class_names, true_label=true)
         figure.savefig(args.out, dpi=100)
         print(f"explanation figure saved to {args.out}")
     print(f"done in {time.perf_counter() - start:.1f} s")

@@ -78,14 +78,18 @@ def _overlay(ax, background, heat, title):
     ax.set_yticks([])
 
 
-def plot_explanation(explanation, index=0, image=None, class_names=None, feature_names=None):
+def plot_explanation(explanation, index=0, image=None, class_names=None, feature_names=None, true_label=None):
     """Figure of one explained prediction: image, class evidence and each feature's saliency.
 
     Panels, left to right: the image (a blank canvas when none is given); the class evidence
     ``sum_j w_j map_j`` (the GradCAM-like map that Plausibility scores, min-shifted and
     normalised); then one panel per feature of the predicted class, largest contribution first,
     with its saliency (bilinear upsampling, min-max normalised per map) and its contribution to
-    the logit. The title gives the predicted class, its probability and the logit decomposition.
+    the logit. The title gives the predicted class, its probability, the true class when
+    ``true_label`` is given (and says "misclassified" when they differ) and the logit
+    decomposition. A footnote recalls that a contribution compares the feature with its value on
+    an average training image (the features are standardised), so a prediction of low confidence
+    can have only negative contributions.
 
     Parameters
     ----------
@@ -99,6 +103,8 @@ def plot_explanation(explanation, index=0, image=None, class_names=None, feature
         Names in ``explanation.classes`` order, or a mapping label -> name.
     feature_names : sequence or dict, default=None
         Names indexed by adapter channel id, or a mapping id -> name.
+    true_label : label, default=None
+        The sample's true class, if known: shown in the title.
 
     Returns
     -------
@@ -106,7 +112,7 @@ def plot_explanation(explanation, index=0, image=None, class_names=None, feature
 
     Examples
     --------
-    >>> fig = plot_explanation(clf.explain(X[:1]))  # doctest: +SKIP
+    >>> fig = plot_explanation(clf.explain(X[:1]), true_label=y[0])  # doctest: +SKIP
     >>> fig.savefig("explanation.png")  # doctest: +SKIP
     """
     n = len(explanation.prediction)
@@ -134,11 +140,22 @@ def plot_explanation(explanation, index=0, image=None, class_names=None, feature
 
     label = explanation.prediction[index]
     probability = float(np.max(explanation.proba[index]))  # the prediction is the arg-max class
+    verdict = ""
+    if true_label is not None:
+        correct = label == true_label
+        verdict = f"; true {_class_name(true_label, explanation.classes, class_names)}" + (
+            "" if correct else " (misclassified)"
+        )
     fig.suptitle(
-        f"predicted {_class_name(label, explanation.classes, class_names)} (p = {probability:.2f}): "
+        f"predicted {_class_name(label, explanation.classes, class_names)} (p = {probability:.2f}){verdict}\n"
         f"logit {float(explanation.logit[index]):.2f} = {float(explanation.intercept[index]):.2f} "
         f"+ Σ contributions {contributions.sum():.2f}",
         fontsize=10,
+    )
+    fig.supxlabel(
+        "contribution = weight × (feature − its training mean) / its training std:\n"
+        "+ stronger, − weaker than on an average training image",
+        fontsize=8,
     )
     return fig
 
@@ -252,7 +269,9 @@ def plot_assignment(estimator, class_names=None, feature_names=None):
             f"got {assignment.shape}."
         )
     n_classes, n_selected = assignment.shape
-    fig = _figure(figsize=(min(2 + 0.3 * n_selected, 20), min(1.5 + 0.3 * n_classes, 20)), layout="constrained")
+    # At least 4.5 inches wide, so that the title of a small model is not cut.
+    width = min(max(2 + 0.3 * n_selected, 4.5), 20)
+    fig = _figure(figsize=(width, min(1.5 + 0.3 * n_classes, 20)), layout="constrained")
     ax = fig.add_subplot()
     ax.imshow(assignment != 0, cmap="Greys", vmin=0, vmax=1, aspect="auto", interpolation="nearest")
     if n_selected <= 60:
@@ -263,7 +282,7 @@ def plot_assignment(estimator, class_names=None, feature_names=None):
     ax.set_ylabel("class")
     per_class = np.count_nonzero(assignment, axis=1)
     ax.set_title(
-        f"assignment: {n_classes} classes x {n_selected} features, {per_class.min()}-{per_class.max()} per class",
+        f"assignment: {n_classes} classes x {n_selected} features\n{per_class.min()}-{per_class.max()} per class",
         fontsize=10,
     )
     return fig

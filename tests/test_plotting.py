@@ -92,6 +92,11 @@ def test_plot_explanation_skips_padding_and_uses_image(tmp_path):
     assert len(axes) == 2 + 2  # the -1 padded feature is not drawn
     assert axes[0].get_title() == "image" and axes[3].images[1].get_array().shape == (30, 40)
     assert fig._suptitle.get_text().startswith("predicted Cat")
+    assert "average training image" in fig._supxlabel.get_text()  # contributions are relative
+    wrong = plot_explanation(expl, index=1, class_names=["Cat", "Dog", "Owl"], true_label="dog")
+    assert wrong._suptitle.get_text().startswith("predicted Cat (p = 0.60); true Dog (misclassified)")
+    right = plot_explanation(expl, index=1, class_names=["Cat", "Dog", "Owl"], true_label="cat")
+    assert "true Cat\n" in right._suptitle.get_text() and "misclassified" not in right._suptitle.get_text()
     save(fig, tmp_path, "explanation_image.png")
     with pytest.raises(ValueError, match="index"):
         plot_explanation(expl, index=2)
@@ -125,8 +130,12 @@ def test_plot_assignment(tmp_path):
     np.testing.assert_array_equal(ax.images[0].get_array(), est.assignment_ != 0)
     assert [t.get_text() for t in ax.get_yticklabels()] == ["Cat", "Dog", "Owl"]
     assert [t.get_text() for t in ax.get_xticklabels()] == ["feature 3", "feature 7", "feature 12", "feature 40"]
-    assert ax.get_title() == "assignment: 3 classes x 4 features, 2-3 per class"
+    assert ax.get_title() == "assignment: 3 classes x 4 features\n2-3 per class"
     save(fig, tmp_path, "assignment.png")
+    # A small model's figure is still wide enough for its whole title.
+    fig.canvas.draw()
+    title = ax.title.get_window_extent()
+    assert 0 <= title.x0 and title.x1 <= fig.bbox.x1
 
 
 def test_figures_of_a_fitted_classifier(tmp_path):
