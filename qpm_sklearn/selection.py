@@ -379,7 +379,8 @@ def redundancy_penalty(R, n_selected, rule="consistent") -> tuple[np.ndarray, fl
         the clique heuristics go to the lowest feature id (networkx's follow set order there, so
         a tie can move tau* by one step); where the authors' code fails (first estimate already
         too small, a level beyond the largest value, ``n_selected < 2``), SPEC 5.7 is followed:
-        the ascent starts at step 0, a level beyond the values is ``inf``.
+        the ascent starts at step 0, a level beyond the values is ``inf``, and an ascent that
+        finds no clique in its 100 steps gives ``inf``.
 
     Parameters
     ----------
@@ -408,9 +409,18 @@ def redundancy_penalty(R, n_selected, rule="consistent") -> tuple[np.ndarray, fl
     array([[0.   , 1.   , 0.   ],
            [1.   , 0.   , 0.111],
            [0.   , 0.111, 0.   ]])
-    >>> penalty, tau = redundancy_penalty(R, 2, rule="paper")
-    >>> round(tau, 3), bool(penalty.any())  # tau* on the 2R scale exceeds max R = 0.994
-    (1.988, False)
+
+    The paper's rule on a hand-made R: features 0-2 are mutually dissimilar, 3 is close to 1 and 2.
+
+    >>> R = np.array([[0, .1, .15, .3], [.1, 0, .2, .7], [.15, .2, 0, .9], [.3, .7, .9, 0]])
+    >>> penalty, tau = redundancy_penalty(R, 3, rule="paper")
+    >>> round(tau, 3)  # on the 2R scale: 2 * 0.3, the first level whose graph holds {0, 1, 2}
+    0.6
+    >>> penalty.round(3)  # R >= 0.6 on the R scale, (R - 0.1) / 0.8
+    array([[0.  , 0.  , 0.  , 0.  ],
+           [0.  , 0.  , 0.  , 0.75],
+           [0.  , 0.  , 0.  , 1.  ],
+           [0.  , 0.75, 1.  , 0.  ]])
     """
     R = _finite_matrix(R, "R")
     n_features = R.shape[0]

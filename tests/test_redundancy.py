@@ -1,0 +1,94 @@
+"""The two redundancy rules of ``redundancy_penalty`` against hand-worked cases (SPEC 5.6, 5.7, 13.5)."""
+
+import math
+
+import numpy as np
+import pytest
+
+from qpm_sklearn.selection import redundancy_penalty
+
+
+def _similarity(n, pairs):
+    R = np.zeros((n, n))
+    for (i, j), value in pairs.items():
+        R[i, j] = R[j, i] = value
+    return R
+
+
+# Six features: {0, 1, 2, 3} are mutually dissimilar (ranks 1-6 of the 15 pairs), 4 and 5 are close
+# to everything else.
+SIX = _similarity(
+    6,
+    {
+        (0, 1): 0.05, (0, 2): 0.10, (1, 2): 0.15, (0, 3): 0.20, (1, 3): 0.25, (2, 3): 0.30,
+        (0, 4): 0.40, (1, 4): 0.82, (2, 4): 0.84, (3, 4): 0.86, (0, 5): 0.88, (1, 5): 0.90,
+        (2, 5): 0.92, (3, 5): 0.94, (4, 5): 0.96,
+    },
+)  # fmt: skip
+
+
+def test_paper_rule_hand_worked_descent_and_ascent():
+    # The authors' search for t = 3 on C = R + R^T (36 entries, 6 zeros on the diagonal):
+    #   Turan: E_T = 36 * (3-2)/(3-1) = 18, start = 18, step = (18 - 6) / 100 = 0.12.
+    #   sorted C: 6 zeros, then pair rank r (1..15) at positions 6 + 2(r-1) and 7 + 2(r-1).
+    #   step i uses position 18 - int(0.12 i): i = 0..8 -> 18 (rank 7, C = 0.8), i = 9..16 -> 17 (rank 6, 0.6).
+    # Descent: i = 0: graph C < 0.8 = the six pairs among {0,1,2,3} (K4); estimate from node 0
+    #   (degree 3 >= t): 0 -> 1 -> 2 -> 3, size 4 > t: continue. i = 1..8: same graph, skipped.
+    #   i = 9: C < 0.6 drops (2,3); degree >= 3 only for 0 and 1, each start reaches size 2 < t:
+    #   stop, climb from step 8.
+    # Ascent: step 8 -> position 18, C < 0.8 is the K4 again: the Ramsey removal finds {0,1,2,3},
+    #   so tau* = 0.8 (2R scale). Penalised: R >= 0.8 -> the 8 pairs with 0.82 .. 0.96 (not (0, 4)).
+    #   R~ = (R - m) / max(R - m), m = smallest non-zero R = 0.05, max(R - m) = 0.91.
+    penalty, tau = redundancy_penalty(SIX, 3, rule="paper")
+    assert tau == pytest.approx(0.8)
+    penalised = {(i, j) for i, j in zip(*np.nonzero(np.triu(penalty, 1)))}
+    assert penalised == {(1, 4), (2, 4), (3, 4), (0, 5), (1, 5), (2, 5), (3, 5), (4, 5)}
+    assert penalty[1, 4] == pytest.approx((0.82 - 0.05) / 0.91)
+    assert penalty[4, 5] == pytest.approx(1.0)
+    np.testing.assert_array_equal(penalty, penalty.T)
+
+
+def test_consistent_rule_hand_worked_and_different_pairs_than_paper():
+    # Consistent rule on the R scale: levels = distinct off-diagonal values; R < 0.15 holds only
+    # (0,1), (0,2); R < 0.2 adds (1,2): triangle {0,1,2}, so tau = 0.2 and every pair with
+    # R >= 0.2 (12 pairs, among them (0,3), (1,3), (2,3), (0,4)) is penalised by
+    # (R - 0.05) / (0.96 - 0.05). The paper rule (above) leaves those four unpenalised.
+    penalty, tau = redundancy_penalty(SIX, 3, rule="consistent")
+    assert tau == pytest.approx(0.2)
+    assert np.count_nonzero(np.triu(penalty, 1)) == 12
+    assert penalty[0, 3] == pytest.approx((0.20 - 0.05) / 0.91)
+    assert penalty[0, 4] == pytest.approx((0.40 - 0.05) / 0.91)
+    paper, _ = redundancy_penalty(SIX, 3, rule="paper")
+    only_consistent = (penalty > 0) & (paper == 0)
+    assert {(i, j) for i, j in zip(*np.nonzero(np.triu(only_consistent, 1)))} == {(0, 3), (1, 3), (2, 3), (0, 4)}
+
+
+def test_paper_rule_threshold_above_max_r_penalises_nothing():
+    # Four features, t = 3: E_T = 8, start = 8, step = (8 - 4)/100 = 0.04; sorted C: 4 zeros, then
+    # pair rank r at 4 + 2(r-1), 5 + 2(r-1). Step 0 -> position 8 = rank 3 (C = 0.6): C < 0.6
+    # holds (0,1), (0,2), no node of degree >= 3, estimate 0 < t -> climb from step 0.
+    # Ascent: positions 8 + int(0.04 i): i < 50 -> 8 or 9 (rank 3, no triangle), i = 50 -> 10 =
+    # rank 4 (C = 0.8): C < 0.8 adds (1,2), triangle {0,1,2}: tau* = 0.8 > max R = 0.6.
+    # Consistent: R < 0.4 holds the triangle first, tau = 0.4, pairs (0,3),(1,3),(2,3) penalised.
+    R = _similarity(4, {(0, 1): 0.1, (0, 2): 0.2, (1, 2): 0.3, (0, 3): 0.4, (1, 3): 0.5, (2, 3): 0.6})
+    penalty, tau = redundancy_penalty(R, 3, rule="paper")
+    assert tau == pytest.approx(0.8)
+    assert not penalty.any()
+    penalty, tau = redundancy_penalty(R, 3, rule="consistent")
+    assert tau == pytest.approx(0.4)
+    np.testing.assert_allclose(penalty[3, :3], [0.6, 0.8, 1.0])
+
+
+def test_paper_rule_degenerate_inputs():
+    # No dissimilarity structure at all (R = 0): every level is 0 or beyond the values -> inf.
+    penalty, tau = redundancy_penalty(np.zeros((5, 5)), 3, rule="paper")
+    assert tau == math.inf and not penalty.any()
+    # A single selected feature needs no threshold.
+    penalty, tau = redundancy_penalty(SIX, 1, rule="paper")
+    assert tau == math.inf and not penalty.any()
+
+
+def test_rule_is_validated():
+    with pytest.raises(ValueError, match="rule must be one of"):
+        redundancy_penalty(SIX, 3, rule="authors")
+
