@@ -9,11 +9,24 @@ stage. Only patch tokens enter the MLP and its BatchNorm statistics (SPEC 13.3).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["TokenMLP", "DenseHead", "SparseHead", "QPMNetwork", "network_state", "load_network_state"]
+__all__ = [
+    "TokenMLP",
+    "DenseHead",
+    "SparseHead",
+    "QPMNetwork",
+    "standardise",
+    "empty_network",
+    "init_parameters",
+    "mlp_from_state",
+    "network_state",
+    "load_network_state",
+]
 
 # Standardisation divides by max(std, STD_FLOOR) (SPEC 2.4).
 STD_FLOOR = 1e-6
@@ -24,8 +37,14 @@ class TokenMLP(nn.Module):
 
     The last block maps to ``n_features`` channels and also ends in a ReLU, so
     every feature map is non-negative. BatchNorm statistics are pooled over
-    batch x tokens (eps 1e-5, momentum 0.1); weights use PyTorch's default
-    initialisation (drawn from the global torch RNG at construction).
+    batch x tokens (eps 1e-5, momentum 0.1). The Linear layers have no bias:
+    the BatchNorm after each subtracts the batch mean, so a bias there is the
+    same model with a parameter whose true gradient is zero -- and AdamW turned
+    its rounding noise into learning-rate-sized steps that differ with the
+    number of CPU threads. Weights use PyTorch's default initialisation drawn
+    from the global RNG at construction; the estimators build the MLP with
+    :func:`empty_network` and draw from a seeded generator
+    (:func:`init_parameters`) instead.
 
     Parameters
     ----------
@@ -47,7 +66,7 @@ class TokenMLP(nn.Module):
         blocks = []
         for width_in, width_out in zip(widths[:-1], widths[1:]):
             # ReLU in place: BatchNorm's backward needs its input, not its output.
-            blocks += [nn.Linear(width_in, width_out), nn.BatchNorm1d(width_out), nn.ReLU(inplace=True)]
+            blocks += [nn.Linear(width_in, width_out, bias=False), nn.BatchNorm1d(width_out), nn.ReLU(inplace=True)]
         self.layers = nn.Sequential(*blocks)
         self.n_features = n_features
 
@@ -127,8 +146,7 @@ class SparseHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features_tilde = self.dropout(features)  # (B, K)
-        standardised = (features_tilde - self.mean) / self.std.clamp(min=STD_FLOOR)  # (B, K)
-        logits = standardised @ self.weight.T  # (B, C)
+        logits = standardise(features_tilde, self.mean, self.std) @ self.weight.T  # (B, C)
         if self.bias is not None:
             logits = logits + self.bias
         return logits, features_tilde
@@ -139,7 +157,9 @@ class QPMNetwork(nn.Module):
 
     ``forward(tokens (B, P, D), grid (h, w))`` returns ``(logits (B, C), maps
     (B, K, h, w), features_tilde (B, K))`` where ``K = N_f`` without selection
-    and ``len(selected)`` with it. Maps and pooled features are computed in
+    and ``len(selected)`` with it; ``features_tilde`` is the pooled feature
+    vector *after* the head's dropout (the one the diversity loss reads), equal
+    to the pooled features in eval mode. Maps and pooled features are computed in
     float32 even when the MLP runs under bf16 autocast; the head (tiny) is
     evaluated in float32 as well so logits do not carry bf16 rounding.
 
@@ -178,6 +198,64 @@ class QPMNetwork(nn.Module):
         return logits, maps, features_tilde
 
 
+def standardise(features, mean, std):
+    """The standardised feature ``(f - mean) / max(std, 1e-6)`` of SPEC 2.4, on tensors or numpy arrays.
+
+    The sparse head's forward pass and the classifier's explanations both use it, so a
+    contribution always equals its share of the logit.
+    """
+    if isinstance(std, torch.Tensor):
+        return (features - mean) / std.clamp(min=STD_FLOOR)
+    return (features - mean) / np.maximum(std, STD_FLOOR)
+
+
+def empty_network(build):
+    """The module ``build()`` returns, constructed on the meta device: no weights allocated or drawn.
+
+    Fill it with :func:`load_network_state` (which assigns the arrays) or materialise it
+    with ``module.to_empty(device="cpu")`` and :func:`init_parameters`.
+    """
+    with torch.device("meta"):
+        return build()
+
+
+def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """PyTorch's default initialisation of every Linear and BatchNorm in ``module``, drawn from ``generator``.
+
+    Linear weights are Kaiming-uniform (``a = sqrt(5)``) and biases uniform on
+    ``±1/sqrt(fan_in)``, in module order -- the draws ``nn.Linear.reset_parameters``
+    makes from the global RNG, so ``torch.manual_seed(s)`` before construction and
+    ``generator.manual_seed(s)`` here give the same weights, without touching the
+    global RNG. BatchNorm is reset to ones/zeros (nothing random).
+    """
+    with torch.no_grad():
+        for layer in module.modules():
+            if isinstance(layer, nn.Linear):
+                nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)
+                if layer.bias is not None:
+                    bound = 1.0 / math.sqrt(layer.in_features) if layer.in_features > 0 else 0.0
+                    nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+            elif isinstance(layer, nn.BatchNorm1d):
+                layer.reset_parameters()
+    return module
+
+
+def mlp_from_state(state: dict[str, np.ndarray]) -> TokenMLP:
+    """The :class:`TokenMLP` whose :func:`network_state` is ``state``; its architecture read from the shapes.
+
+    Built without random initialisation. Raises ``ValueError`` when ``state`` is not the
+    state of a TokenMLP.
+    """
+    weights = []
+    while f"layers.{3 * len(weights)}.weight" in state:
+        weights.append(np.shape(state[f"layers.{3 * len(weights)}.weight"]))
+    if not weights or any(len(shape) != 2 for shape in weights):
+        raise ValueError("state is not the state of a TokenMLP (no 2-D 'layers.<i>.weight' arrays).")
+    in_features, hidden_size, n_features = weights[0][1], weights[0][0], weights[-1][0]
+    mlp = empty_network(lambda: TokenMLP(in_features, hidden_size, n_features, len(weights)))
+    return load_network_state(mlp, state)
+
+
 def network_state(network: nn.Module) -> dict[str, np.ndarray]:
     """The network's ``state_dict`` as host numpy arrays (float32; integer counters kept as int64).
 
@@ -193,7 +271,12 @@ def network_state(network: nn.Module) -> dict[str, np.ndarray]:
 
 
 def load_network_state(network: nn.Module, state: dict[str, np.ndarray]) -> nn.Module:
-    """Load arrays from :func:`network_state` into ``network`` (strict: every key must match)."""
+    """Load arrays from :func:`network_state` into ``network`` (strict: every key must match).
+
+    The network's tensors are replaced by copies of the arrays (``assign``), so a network
+    built by :func:`empty_network` on the meta device is materialised on the CPU, and
+    training it never writes into ``state``.
+    """
     target = network.state_dict()
     missing = sorted(set(target) - set(state))
     unexpected = sorted(set(state) - set(target))
@@ -201,13 +284,13 @@ def load_network_state(network: nn.Module, state: dict[str, np.ndarray]) -> nn.M
         raise ValueError(f"state does not match the network: missing {missing}, unexpected {unexpected}.")
     tensors = {}
     for name, reference in target.items():
-        value = torch.as_tensor(np.asarray(state[name]))
+        value = np.asarray(state[name])
         if tuple(value.shape) != tuple(reference.shape):
             raise ValueError(
                 f"state[{name!r}] has shape {tuple(value.shape)}; the network expects {tuple(reference.shape)}."
             )
-        tensors[name] = value.to(reference.dtype)
-    network.load_state_dict(tensors, strict=True)
+        tensors[name] = torch.tensor(value, dtype=reference.dtype, device="cpu")
+    network.load_state_dict(tensors, strict=True, assign=True)
     return network
 
 

@@ -11,28 +11,61 @@ Plain numpy: the classifier trains the networks and only calls these functions b
 
 Both keep the real-valued head weights: ``weight`` (C, K) and ``bias`` (C,) act on
 ``(f_S − mean)/std`` with ``mean``/``std`` the training statistics of the selected features.
+Every head builder here -- and the classifier's DINO-QPM selection -- returns one
+:class:`HeadRecord`.
 """
 
 from __future__ import annotations
 
 import time
 import warnings
+from dataclasses import dataclass, replace
 
 import numpy as np
 from sklearn.utils import check_random_state
 
+from ._utils import check_class_codes, check_finite_array, check_int
 from .glm import elastic_net_path, group_elastic_net_selection, max_regularisation, standardisation
 
-__all__ = ["qsenn_head", "qsenn_quantise", "qsenn_refit", "sldd_head", "sldd_sparsify", "sparse_head"]
+__all__ = [
+    "HeadRecord",
+    "qsenn_head",
+    "qsenn_quantise",
+    "qsenn_refit",
+    "sldd_head",
+    "sldd_sparsify",
+    "sparse_head",
+]
 
 #: SPEC 7.3-4: the chosen path point has at most ``n_per_class / SLDD_DENSITY_FACTOR`` non-zeros per class.
 SLDD_DENSITY_FACTOR = 0.5
 
 
-def _check_per_class(n_per_class, n_features):
-    if not 1 <= int(n_per_class) <= n_features:
-        raise ValueError(f"n_per_class must be in [1, {n_features}] (the number of features); got {n_per_class!r}.")
-    return int(n_per_class)
+@dataclass(frozen=True, eq=False)
+class HeadRecord:
+    """A sparse head in plain numpy: what every head builder returns and the sparse stage trains under.
+
+    ``logits = weight @ ((f[selected] − mean) / max(std, 1e-6)) + bias`` (SPEC 2.4).
+
+    Attributes
+    ----------
+    selected : ndarray of shape (K,)
+        Adapter channel ids of the head's inputs, ascending.
+    weight : ndarray of shape (C, K)
+        Class-feature weights (the 0/1 assignment for DINO-QPM).
+    bias : ndarray of shape (C,)
+    mean, std : ndarray of shape (K,)
+        Standardisation of the selected features.
+    info : dict
+        How the head was found (method, timing, solver status ...).
+    """
+
+    selected: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    info: dict
 
 
 def sldd_sparsify(path, n_per_class: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
@@ -81,7 +114,7 @@ def sldd_sparsify(path, n_per_class: int, n_classes: int) -> tuple[np.ndarray, n
             f"every path weight must have shape (n_classes={n_classes}, n_features) and the same shape; "
             f"got shapes {sorted({w.shape for w in weights})}."
         )
-    n_per_class = _check_per_class(n_per_class, weights[0].shape[1])
+    n_per_class = check_int(n_per_class, "n_per_class", 1, weights[0].shape[1])
     sparsity = np.array([np.count_nonzero(w) / n_classes for w in weights])
     limit = n_per_class / SLDD_DENSITY_FACTOR
     pool = np.ones(len(weights), dtype=bool)
@@ -160,7 +193,7 @@ def qsenn_quantise(weight, bias, n_per_class: int) -> tuple[np.ndarray, np.ndarr
         )
     if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
         raise ValueError("weight and bias must be finite.")
-    n_per_class = _check_per_class(n_per_class, weight.shape[1])
+    n_per_class = check_int(n_per_class, "n_per_class", 1, weight.shape[1])
     n_keep = n_per_class * weight.shape[0]
     magnitudes = np.sort(np.abs(weight).ravel())[::-1]
     upper = magnitudes[n_keep - 1] if n_keep <= magnitudes.size else 0.0
@@ -190,12 +223,9 @@ def _train_split(n_samples, val_fraction, random_state):
     return np.sort(order[n_val:])
 
 
-def _check_features(F, y):
-    F = np.asarray(F, dtype=np.float64)
-    y = np.asarray(y)
-    if F.ndim != 2 or y.shape != (F.shape[0],):
-        raise ValueError(f"features must be (n, K) and y (n,); got shapes {F.shape} and {y.shape}.")
-    return F, y.astype(np.int64)
+def _check_features(features, y):
+    F = check_finite_array(features, "features", ndim=2)
+    return F, check_class_codes(y, F.shape[0])
 
 
 def _path_on_standardised(F, y, n_classes, path_options):
@@ -251,7 +281,7 @@ def sldd_head(
 
     Returns
     -------
-    dict
+    HeadRecord
         ``selected`` (n_selected,) sorted channel ids, ``weight`` (C, n_selected), ``bias`` (C,),
         ``mean``/``std`` (n_selected,) training statistics of the selected features, ``info``.
     """
@@ -264,14 +294,8 @@ def sldd_head(
     )
     mean, std, path = _path_on_standardised(F[train][:, selected], y[train], n_classes, path_options)
     weight, bias = sldd_sparsify(path, n_per_class, n_classes)
-    return {
-        "selected": selected,
-        "weight": weight,
-        "bias": bias,
-        "mean": mean,
-        "std": std,
-        "info": _info("sldd", weight, start, path),
-    }
+    return HeadRecord(selected=selected, weight=weight, bias=bias, mean=mean, std=std,
+                      info=_info("sldd", weight, start, path))  # fmt: skip
 
 
 def qsenn_refit(
@@ -283,8 +307,9 @@ def qsenn_refit(
     val_fraction: float = 0.1,
     random_state=None,
     path_options: dict | None = None,
+    selected=None,
     verbose: bool = False,
-) -> dict:
+) -> HeadRecord:
     """One Q-SENN head refit on the current selected features (SPEC 7.4-1, -3, -4).
 
     Seeded split as in :func:`sldd_head` (pass the same ``random_state`` every iteration: the
@@ -297,10 +322,12 @@ def qsenn_refit(
         Pooled training features of the selected channels from the *current* model.
     y, n_per_class, n_classes, val_fraction, random_state, path_options, verbose
         As in :func:`sldd_head`.
+    selected : array-like of shape (n_selected,), default=None
+        The adapter channel ids of the columns of ``features`` (default ``0 … n_selected-1``).
 
     Returns
     -------
-    dict
+    HeadRecord
         ``weight`` (C, n_selected) in ``{−a, 0, a}``, ``bias`` (C,), ``mean``/``std``, ``info``.
     """
     start = time.perf_counter()
@@ -311,7 +338,11 @@ def qsenn_refit(
     mean, std, path = _path_on_standardised(F[train], y[train], n_classes, options)
     point = path[-2] if len(path) > 1 else path[-1]
     weight, bias = qsenn_quantise(point["weight"], point["bias"], n_per_class)
-    return {"weight": weight, "bias": bias, "mean": mean, "std": std, "info": _info("qsenn", weight, start, path)}
+    selected = np.arange(F.shape[1]) if selected is None else np.asarray(selected, dtype=np.int64)
+    if selected.shape != (F.shape[1],):
+        raise ValueError(f"selected must have shape ({F.shape[1]},), one id per feature column; got {selected.shape}.")
+    return HeadRecord(selected=selected, weight=weight, bias=bias, mean=mean, std=std,
+                      info=_info("qsenn", weight, start, path))  # fmt: skip
 
 
 def qsenn_head(
@@ -326,7 +357,7 @@ def qsenn_head(
     selection_options: dict | None = None,
     path_options: dict | None = None,
     verbose: bool = False,
-) -> dict:
+) -> HeadRecord:
     """Q-SENN iteration 0 from the dense features: selection (as SLDD) then :func:`qsenn_refit`.
 
     Parameters and returned keys as in :func:`sldd_head`.
@@ -342,13 +373,12 @@ def qsenn_head(
     )
     head = qsenn_refit(
         F[:, selected], y, n_per_class, n_classes=n_classes, val_fraction=val_fraction,
-        random_state=random_state, path_options=path_options, verbose=verbose,
+        random_state=random_state, path_options=path_options, selected=selected, verbose=verbose,
     )  # fmt: skip
-    head["info"]["seconds"] = round(time.perf_counter() - start, 3)
-    return {"selected": selected, **head}
+    return replace(head, info=dict(head.info, seconds=round(time.perf_counter() - start, 3)))
 
 
-def sparse_head(method: str, features, y, **kwargs) -> dict:
+def sparse_head(method: str, features, y, **kwargs) -> HeadRecord:
     """Dispatch ``method`` ("sldd" or "qsenn") to :func:`sldd_head` / :func:`qsenn_head`."""
     heads = {"sldd": sldd_head, "qsenn": qsenn_head}
     if method not in heads:

@@ -2,49 +2,90 @@
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import math
+import warnings
+from dataclasses import replace
 from numbers import Integral, Real
+from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import HasMethods, Interval, StrOptions
+from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     _check_feature_names,
+    _get_feature_names,
     check_array,
     check_is_fitted,
     check_memory,
     column_or_1d,
 )
 
-from ._device import as_numpy, resolve_device, torch_seed
-from .adapter import DenseHead, QPMNetwork, SparseHead, TokenMLP, load_network_state, network_state
-from .baselines import qsenn_refit, sparse_head
+from ._device import as_numpy, resolve_device, torch_generator, torch_seed
+from ._utils import StrictInterval
+from .adapter import (
+    DenseHead,
+    QPMNetwork,
+    SparseHead,
+    TokenMLP,
+    empty_network,
+    init_parameters,
+    load_network_state,
+    mlp_from_state,
+    network_state,
+    standardise,
+)
+from .baselines import HeadRecord, qsenn_refit, sparse_head
 from .explanation import Explanation
 from .persistence import load_estimator, save_estimator
 from .selection import feature_class_correlation, feature_similarity, redundancy_penalty, solve_selection
 from .training import forward_in_batches, tokens_on_device, train_network
 
 _STAGES = ("sparse", "dense")
+_INFERENCE_BATCH_SIZE = 256
+# SPEC 7.3/7.4: the comparison systems fine-tune with dropout 0.1 and Q-SENN runs 4 rounds.
+_BASELINE_DROPOUT = 0.1
+_QSENN_ROUNDS = 4
+
+#: Every constructor parameter of QPMClassifier, in exactly one group. ``dense``: what the
+#: dense stage's result depends on -- the ``memory=`` cache key is built from these and
+#: nothing else; ``sparse``: the selection and the sparse stage; ``runtime``: where and how
+#: verbosely to run, and the seed (the cache key holds the seed drawn from it). A parameter
+#: missing here is an error in the tests, so the key cannot silently go stale.
+PARAMETER_GROUPS = {
+    "dense": (
+        "n_features", "hidden_size", "n_layers", "dense_epochs", "dense_batch_size", "dense_lr",
+        "dense_weight_decay", "dropout", "dense_diversity",
+    ),
+    "sparse": (
+        "n_selected", "n_per_class", "sparse_epochs", "sparse_batch_size", "sparse_lr", "sparse_weight_decay",
+        "sparse_diversity", "l1_maps", "l1_features", "selection", "redundancy", "solver_options",
+    ),
+    "runtime": ("device", "memory", "random_state", "verbose"),
+}  # fmt: skip
 
 
-def _check_tokens(X, estimator, *, reset: bool):
-    """Validate X and return ``(tokens (n, p, d), grid (h, w))``.
+def _check_tokens(X, *, n_features_in=None, min_samples=1):
+    """Validate X once per public call and return ``(tokens (n, p, d), grid (h, w))``.
 
     Accepts ``(n, h, w, d)`` patch grids, ``(n, p, d)`` tokens with a square
     ``p`` and ``(n, d)`` single tokens. float32 and float16 arrays (such as the
     float16 memory map of an embedding cache) are used without a copy, so a
     collection larger than memory is streamed rather than loaded; float64 is
-    cast to float32 and other dtypes converted.
+    cast to float32 and other dtypes converted. ``n_features_in`` (when given)
+    is the embedding size the fitted model expects. The internals called after
+    this run with ``check_input=False``.
     """
-    _check_feature_names(estimator, X, reset=reset)
     X = check_array(
         X,
         dtype=(np.float32, np.float16, np.float64),
         allow_nd=True,
-        ensure_min_samples=2 if reset else 1,
+        ensure_min_samples=min_samples,
         input_name="X",
     )
     if X.ndim == 2:
@@ -64,12 +105,10 @@ def _check_tokens(X, estimator, *, reset: bool):
             f"X must be a patch grid (n, h, w, d), tokens (n, p, d) or vectors (n, d); got shape {X.shape}."
         )
     n_dims = X.shape[-1]
-    if reset:
-        estimator.n_features_in_ = n_dims
-    elif n_dims != estimator.n_features_in_:
+    if n_features_in is not None and n_dims != n_features_in:
         raise ValueError(
-            f"X has {n_dims} features, but {type(estimator).__name__} is expecting "
-            f"{estimator.n_features_in_} features as input (the embedding size d of the last axis)."
+            f"X has {n_dims} features, but QPMClassifier is expecting "
+            f"{n_features_in} features as input (the embedding size d of the last axis)."
         )
     tokens = np.ascontiguousarray(X.reshape(X.shape[0], grid[0] * grid[1], n_dims))
     if tokens.dtype == np.float64:
@@ -80,11 +119,28 @@ def _check_tokens(X, estimator, *, reset: bool):
     return tokens, grid
 
 
-def _fit_dense_stage(tokens, y, grid, n_classes, settings, seed, device, verbose=False):
+def tokens_fingerprint(tokens: np.ndarray) -> str:
+    """A content hash of a C-contiguous array (BLAKE2b of its bytes, with shape and dtype).
+
+    The ``memory=`` key of the dense stage: exact (never stale, unlike a file date or an
+    object id) and read at memory speed, several times faster than ``joblib.hash``
+    (benchmarks/dense_cache_key.py).
+    """
+    tokens = np.ascontiguousarray(tokens)
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(repr((tokens.shape, tokens.dtype.str)).encode())
+    digest.update(memoryview(tokens.reshape(-1)).cast("B"))
+    return digest.hexdigest()
+
+
+def _fit_dense_stage(tokens, fingerprint, y, grid, n_classes, settings, seed, device, verbose=False):
     """Train the token-wise MLP with a dense linear head (stage 1) and describe the training set.
 
     A module-level function of plain arguments so that ``joblib.Memory`` can
     cache it: a budget search refits only the selection and the sparse stage.
+    The cache key holds ``fingerprint`` (a content hash of ``tokens``) instead of
+    ``tokens``, which may already be staged on the device. The MLP is initialised
+    from a generator seeded by ``seed``; the global torch RNG is left alone.
 
     Returns
     -------
@@ -92,12 +148,14 @@ def _fit_dense_stage(tokens, y, grid, n_classes, settings, seed, device, verbose
         ``mlp`` and ``head`` (numpy weights of the network), ``features`` (n, n_features)
         pooled training features in eval mode, ``history`` (per-epoch rows).
     """
-    tokens = tokens_on_device(tokens, device)  # staged once for training and the feature pass
-    torch.manual_seed(seed)
-    network = QPMNetwork(
-        TokenMLP(tokens.shape[-1], settings["hidden_size"], settings["n_features"], settings["n_layers"]),
-        DenseHead(settings["n_features"], n_classes, settings["dropout"]),
+    del fingerprint  # part of the cache key only
+    network = empty_network(
+        lambda: QPMNetwork(
+            TokenMLP(tokens.shape[-1], settings["hidden_size"], settings["n_features"], settings["n_layers"]),
+            DenseHead(settings["n_features"], n_classes, settings["dropout"]),
+        )
     )
+    init_parameters(network.to_empty(device="cpu"), torch_generator(seed))
     history = train_network(
         network,
         tokens,
@@ -112,9 +170,10 @@ def _fit_dense_stage(tokens, y, grid, n_classes, settings, seed, device, verbose
         seed=seed,
         verbose=verbose,
         desc="dense",
+        check_input=False,
     )
     features = forward_in_batches(
-        network, tokens, grid=grid, batch_size=settings["inference_batch_size"], device=device
+        network, tokens, grid=grid, batch_size=_INFERENCE_BATCH_SIZE, device=device, check_input=False
     )["features"]
     return {
         "mlp": network_state(network.mlp),
@@ -122,6 +181,143 @@ def _fit_dense_stage(tokens, y, grid, n_classes, settings, seed, device, verbose
         "features": features,
         "history": history,
     }
+
+
+def _cached_dense_stage(memory, tokens, y, grid, n_classes, settings, seed, device, verbose):
+    """:func:`_fit_dense_stage` through ``memory``; concurrent fits of one key compute it once.
+
+    With a cache location, a file lock per key (beside the cache) makes a second process
+    or thread that asks for the same dense stage wait for the first and then load its
+    result instead of training it again.
+    """
+    location = getattr(memory, "location", None)
+    fingerprint = tokens_fingerprint(tokens) if location is not None else None
+    staged = tokens_on_device(tokens, device, check_input=False)  # once per fit, for both stages
+    cached = memory.cache(_fit_dense_stage, ignore=["tokens", "verbose"])
+    args = (staged, fingerprint, y, grid, n_classes, settings, seed, str(device), verbose)
+    if location is None:
+        return cached(*args), staged
+    from filelock import FileLock
+    from joblib import hash as joblib_hash
+
+    key = joblib_hash((fingerprint, y, grid, n_classes, settings, seed, str(device)))
+    lock_dir = Path(location) / "qpm_sklearn_locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(lock_dir / f"dense-{key}.lock")):
+        return cached(*args), staged
+
+
+def _qpm_head(
+    features, y_codes, n_classes, *, n_selected, n_per_class, redundancy, solver_options, seed, verbose
+):
+    """The DINO-QPM head from the dense training features (stage 2): A, R, penalty, quadratic program."""
+    A = feature_class_correlation(features, y_codes)
+    penalty, tau = redundancy_penalty(feature_similarity(A), n_selected, rule=redundancy)
+    result = solve_selection(
+        A,
+        n_selected=n_selected,
+        n_per_class=n_per_class,
+        penalty=penalty,
+        random_state=seed,
+        verbose=verbose,
+        **solver_options,
+    )
+    selected = np.asarray(result.selected, dtype=np.int64)
+    return HeadRecord(
+        selected=selected,
+        weight=np.asarray(result.assignment, dtype=np.float32),
+        bias=np.zeros(n_classes, dtype=np.float32),
+        mean=features.mean(axis=0, dtype=np.float64)[selected],
+        std=features.std(axis=0, dtype=np.float64)[selected],  # population std (SPEC 2.4)
+        info=dict(result.as_dict(), tau=float(tau), redundancy=redundancy, method="qpm"),
+    )
+
+
+def _sparse_network(mlp_state, head: HeadRecord, *, train_stats=False, dropout=0.0) -> QPMNetwork:
+    """The sparse-stage network from numpy state, without random initialisation."""
+    return QPMNetwork(
+        mlp_from_state(mlp_state),
+        SparseHead(head.weight, head.mean, head.std, bias=head.bias, train_stats=train_stats, dropout=dropout),
+        selected=head.selected,
+    )
+
+
+def _dense_network(mlp_state, head_state) -> QPMNetwork:
+    """The dense-stage network from numpy state, without random initialisation (dropout is off in eval)."""
+    n_classes, n_features = np.shape(head_state["linear.weight"])
+    head = load_network_state(empty_network(lambda: DenseHead(n_features, n_classes)), head_state)
+    return QPMNetwork(mlp_from_state(mlp_state), head)
+
+
+def _fit_sparse_stage(tokens, y_codes, grid, n_classes, mlp_state, head, settings, *, split_seed, seed, device,
+                      verbose=False):  # fmt: skip
+    """Fine-tune the MLP under the sparse head (stage 3), beside :func:`_fit_dense_stage`.
+
+    DINO-QPM trains with frozen head and statistics, CE + diversity + the two L1
+    terms. The comparison systems (SPEC 7.3/7.4) train the standardisation too,
+    with dropout 0.1 and without L1 terms; Q-SENN refits and re-quantises its head
+    on the current features before each of its rounds after the first.
+
+    Parameters
+    ----------
+    tokens : ndarray or Tensor (n, P, D), validated (and staged) by the caller
+    y_codes : ndarray (n,) int64
+    grid : (h, w)
+    n_classes : int
+    mlp_state : dict of ndarray
+        The dense stage's MLP, where fine-tuning starts.
+    head : HeadRecord
+        The selected head.
+    settings : dict
+        The ``sparse`` parameter group (:data:`PARAMETER_GROUPS`).
+
+    Returns
+    -------
+    mlp_state : dict of ndarray
+    head : HeadRecord
+        The final head (Q-SENN's last refit; trained statistics for the baselines).
+    history : list of dict
+    """
+    method = settings["selection"]
+    baseline = method != "qpm"
+    rounds = _QSENN_ROUNDS if method == "qsenn" else 1
+    history, network = [], None
+    for round_index in range(rounds):
+        if round_index > 0:
+            features = forward_in_batches(
+                network, tokens, grid=grid, batch_size=_INFERENCE_BATCH_SIZE, device=device, check_input=False
+            )["features"]
+            refit = qsenn_refit(
+                features, y_codes, settings["n_per_class"], n_classes=n_classes, random_state=split_seed,
+                selected=head.selected, verbose=verbose,
+            )  # fmt: skip
+            head = replace(refit, info=dict(refit.info, round=round_index, rounds=rounds))
+        network = _sparse_network(
+            mlp_state, head, train_stats=baseline, dropout=_BASELINE_DROPOUT if baseline else 0.0
+        )
+        rows = train_network(
+            network,
+            tokens,
+            y_codes,
+            grid=grid,
+            epochs=settings["sparse_epochs"],
+            batch_size=settings["sparse_batch_size"],
+            lr=settings["sparse_lr"],
+            weight_decay=settings["sparse_weight_decay"],
+            diversity=settings["sparse_diversity"],
+            l1_maps=0.0 if baseline else settings["l1_maps"],
+            l1_features=0.0 if baseline else settings["l1_features"],
+            device=device,
+            seed=seed + round_index,
+            verbose=verbose,
+            desc="sparse",
+            check_input=False,
+        )
+        history += [dict(row, round=round_index) for row in rows]
+        mlp_state = network_state(network.mlp)
+        if baseline:  # the standardisation was trained
+            head = replace(head, mean=as_numpy(network.head.mean), std=as_numpy(network.head.std))
+    return mlp_state, head, history
 
 
 class QPMClassifier(ClassifierMixin, BaseEstimator):
@@ -175,6 +371,13 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         of ``sparse_epochs`` each). The paper trained their dense stage for 40
         epochs with ``dense_diversity=0.196`` and fine-tuned SLDD for 50 epochs;
         see docs/baselines.md.
+    redundancy : {"consistent", "paper"}, default="consistent"
+        Which pairs of features the selection penalises as redundant
+        (``selection="qpm"`` only; :func:`qpm_sklearn.selection.redundancy_penalty`):
+        ``"paper"`` is the authors' procedure (threshold searched on the 2R
+        scale, pairs penalised on the R scale, SPEC 5.6-5.7), which produced
+        the paper's numbers; ``"consistent"`` searches and penalises on the
+        same scale (SPEC 13.5). Measured comparison: docs/selection.md.
     solver_options : dict, default=None
         Extra keyword arguments for :func:`qpm_sklearn.selection.solve_selection`
         (``time_limit``, ``solver``, ``algebra``, ...).
@@ -185,9 +388,10 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         or the sparse stage (a search over ``n_selected``/``n_per_class``)
         train it once. Reuse needs an int ``random_state``.
     random_state : int, RandomState instance or None, default=None
-        Seeds initialisation, shuffling, dropout and the solver.
-    verbose : bool, default=False
-        Show progress bars.
+        Seeds initialisation, shuffling, dropout and the solver (through seeded
+        generators: torch's global random state is left as it was).
+    verbose : int or bool, default=False
+        0: silent; 1: progress bars; 2: also the solvers' logs.
 
     Attributes
     ----------
@@ -197,7 +401,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
     selected_features_ : ndarray of shape (n_selected,)
         Adapter channel ids of the selected features, ascending.
     assignment_ : ndarray of shape (n_classes, n_selected)
-        0/1 matrix: which selected features each class uses. With
+        0/1 matrix (``sparse_weight_ != 0``, int8): which selected features each class uses. With
         ``selection="qpm"`` every row has exactly ``n_per_class`` ones and no
         two rows are equal; the comparison systems prune globally (SPEC 7.3),
         so there a class may use more or fewer features.
@@ -208,9 +412,15 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
     feature_mean_, feature_std_ : ndarray of shape (n_selected,)
         Standardisation of the selected pooled features in the sparse head.
     selection_info_ : dict
-        Objective, upper bound, gap, seconds and status of the selection.
+        Objective, upper bound, gap, seconds and status of the selection (for
+        ``selection="qpm"`` also ``tau`` and the ``redundancy`` rule); for
+        ``selection="qsenn"`` the description of the final head (its last refit).
     history_ : list of dict
         One row per epoch with ``stage``, losses and ``seconds``.
+    loss_curve_ : ndarray of shape (n_iter_,)
+        The training loss of every epoch, dense stage then sparse stage (from ``history_``).
+    n_iter_ : int
+        Epochs trained, both stages together (``len(history_)``).
 
     Examples
     --------
@@ -230,25 +440,26 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict = {
-        "n_features": [Interval(Integral, 1, None, closed="left")],
-        "n_selected": [Interval(Integral, 1, None, closed="left")],
-        "n_per_class": [Interval(Integral, 1, None, closed="left")],
-        "hidden_size": [Interval(Integral, 1, None, closed="left")],
-        "n_layers": [Interval(Integral, 1, None, closed="left")],
-        "dense_epochs": [Interval(Integral, 1, None, closed="left")],
-        "sparse_epochs": [Interval(Integral, 0, None, closed="left")],
-        "dense_batch_size": [Interval(Integral, 1, None, closed="left")],
-        "sparse_batch_size": [Interval(Integral, 1, None, closed="left")],
-        "dense_lr": [Interval(Real, 0, None, closed="neither")],
-        "sparse_lr": [Interval(Real, 0, None, closed="neither")],
-        "dense_weight_decay": [Interval(Real, 0, None, closed="left")],
-        "sparse_weight_decay": [Interval(Real, 0, None, closed="left")],
-        "dropout": [Interval(Real, 0, 1, closed="left")],
-        "dense_diversity": [Interval(Real, 0, None, closed="left")],
-        "sparse_diversity": [Interval(Real, 0, None, closed="left")],
-        "l1_maps": [Interval(Real, 0, None, closed="left")],
-        "l1_features": [Interval(Real, 0, None, closed="left")],
+        "n_features": [StrictInterval(Integral, 1, None, closed="left")],
+        "n_selected": [StrictInterval(Integral, 1, None, closed="left")],
+        "n_per_class": [StrictInterval(Integral, 1, None, closed="left")],
+        "hidden_size": [StrictInterval(Integral, 1, None, closed="left")],
+        "n_layers": [StrictInterval(Integral, 1, None, closed="left")],
+        "dense_epochs": [StrictInterval(Integral, 1, None, closed="left")],
+        "sparse_epochs": [StrictInterval(Integral, 0, None, closed="left")],
+        "dense_batch_size": [StrictInterval(Integral, 1, None, closed="left")],
+        "sparse_batch_size": [StrictInterval(Integral, 1, None, closed="left")],
+        "dense_lr": [StrictInterval(Real, 0, None, closed="neither")],
+        "sparse_lr": [StrictInterval(Real, 0, None, closed="neither")],
+        "dense_weight_decay": [StrictInterval(Real, 0, None, closed="left")],
+        "sparse_weight_decay": [StrictInterval(Real, 0, None, closed="left")],
+        "dropout": [StrictInterval(Real, 0, 1, closed="left")],
+        "dense_diversity": [StrictInterval(Real, 0, None, closed="left")],
+        "sparse_diversity": [StrictInterval(Real, 0, None, closed="left")],
+        "l1_maps": [StrictInterval(Real, 0, None, closed="left")],
+        "l1_features": [StrictInterval(Real, 0, None, closed="left")],
         "selection": [StrOptions({"qpm", "sldd", "qsenn"})],
+        "redundancy": [StrOptions({"consistent", "paper"})],
         "solver_options": [dict, None],
         "device": [str, torch.device, None],
         "memory": [None, str, HasMethods(["cache"])],
@@ -277,6 +488,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         l1_maps=5.0,
         l1_features=1.0,
         selection="qpm",
+        redundancy="consistent",
         solver_options=None,
         device=None,
         memory=None,
@@ -302,6 +514,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         self.l1_maps = l1_maps
         self.l1_features = l1_features
         self.selection = selection
+        self.redundancy = redundancy
         self.solver_options = solver_options
         self.device = device
         self.memory = memory
@@ -327,23 +540,40 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
                 "Raise n_selected or change n_per_class."
             )
 
-    def _settings(self) -> dict:
-        return {
-            "n_features": int(self.n_features),
-            "hidden_size": int(self.hidden_size),
-            "n_layers": int(self.n_layers),
-            "dropout": float(self.dropout),
-            "dense_epochs": int(self.dense_epochs),
-            "dense_batch_size": int(self.dense_batch_size),
-            "dense_lr": float(self.dense_lr),
-            "dense_weight_decay": float(self.dense_weight_decay),
-            "dense_diversity": float(self.dense_diversity),
-            "inference_batch_size": _INFERENCE_BATCH_SIZE,
-        }
+    def _solver_options(self) -> dict:
+        """``solver_options`` checked before any training (a bad key fails now, not after the dense stage)."""
+        options = dict(self.solver_options or {})
+        if self.selection != "qpm":
+            if options:
+                warnings.warn(
+                    f"solver_options={self.solver_options!r} apply to selection='qpm' only; "
+                    f"they are ignored with selection={self.selection!r}.",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            return {}
+        fixed = {"A", "n_selected", "n_per_class", "penalty", "random_state", "verbose"}
+        allowed = set(inspect.signature(solve_selection).parameters) - fixed
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ValueError(
+                f"solver_options: unknown option(s) {unknown} for solve_selection; expected some of {sorted(allowed)}."
+            )
+        return options
+
+    def _group_settings(self, group: str) -> dict:
+        """The parameters of one group of :data:`PARAMETER_GROUPS`, from ``get_params``."""
+        params = self.get_params(deep=False)
+        return {name: params[name] for name in PARAMETER_GROUPS[group]}
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y):
         """Fit the dense stage, select features and fine-tune the sparse stage.
+
+        All or nothing: every option is checked before training starts, the work
+        is done in local variables, and the fitted attributes are set together at
+        the end -- a fit that raises or is interrupted leaves the estimator as it
+        was (unfitted, or with its previous model).
 
         Parameters
         ----------
@@ -360,7 +590,8 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
             )
-        tokens, grid = _check_tokens(X, self, reset=True)
+        feature_names = _get_feature_names(X)
+        tokens, grid = _check_tokens(X, min_samples=2)
         y = column_or_1d(y, warn=True)
         if len(y) != len(tokens):
             raise ValueError(
@@ -368,166 +599,131 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
                 f"and {len(y)} labels in y."
             )
         check_classification_targets(y)
-        self.classes_, y_codes = np.unique(y, return_inverse=True)
-        n_classes = len(self.classes_)
+        classes, y_codes = np.unique(y, return_inverse=True)
+        n_classes = len(classes)
         if n_classes < 2:
             raise ValueError(
-                f"y must contain at least 2 classes to train a classifier; got 1 class: {self.classes_[0]!r}."
+                f"y must contain at least 2 classes to train a classifier; got 1 class: {classes[0]!r}."
             )
         self._check_budgets(n_classes)
+        solver_options = self._solver_options()
         y_codes = y_codes.astype(np.int64)
-
         device = resolve_device(self.device)
+        memory = check_memory(self.memory)
+        if getattr(memory, "location", None) is not None and self.random_state is None:
+            warnings.warn(
+                "memory= is set but random_state=None draws a new seed for every fit, so no cached dense "
+                "stage can be reused; pass an int random_state.",
+                UserWarning,
+                stacklevel=2,
+            )
         rng = check_random_state(self.random_state)
         dense_seed, selection_seed, sparse_seed = (torch_seed(rng) for _ in range(3))
-        memory = check_memory(self.memory)
-        dense = memory.cache(_fit_dense_stage, ignore=["verbose"])(
-            tokens, y_codes, grid, n_classes, self._settings(), dense_seed, str(device), self.verbose
-        )
-        self.dense_mlp_state_, self.dense_head_state_ = dense["mlp"], dense["head"]
-        self.history_ = [dict(row, stage="dense") for row in dense["history"]]
 
-        head = self._select(dense["features"], y_codes, n_classes, selection_seed)
-        self.selected_features_ = head["selected"]
-        self.selection_info_ = head["info"]
-        self._set_head(head)
-        self.sparse_mlp_state_, sparse_history = self._fine_tune(
-            tokens, y_codes, grid, n_classes, selection_seed, sparse_seed, device
+        dense, staged = _cached_dense_stage(
+            memory, tokens, y_codes, grid, n_classes, self._group_settings("dense"), dense_seed, device, self.verbose
         )
-        self.history_ += [dict(row, stage="sparse") for row in sparse_history]
+        if self.selection == "qpm":
+            head = _qpm_head(
+                dense["features"], y_codes, n_classes, n_selected=self.n_selected, n_per_class=self.n_per_class,
+                redundancy=self.redundancy, solver_options=solver_options, seed=selection_seed, verbose=self.verbose,
+            )  # fmt: skip
+        else:
+            head = sparse_head(
+                self.selection, dense["features"], y_codes, n_selected=self.n_selected,
+                n_per_class=self.n_per_class, n_classes=n_classes, random_state=selection_seed, verbose=self.verbose,
+            )  # fmt: skip
+        sparse_mlp_state, head, sparse_history = _fit_sparse_stage(
+            staged, y_codes, grid, n_classes, dense["mlp"], head, self._group_settings("sparse"),
+            split_seed=selection_seed, seed=sparse_seed, device=device, verbose=self.verbose,
+        )  # fmt: skip
+
+        # The one place fitted state is written: a single dict update, after all the work.
+        fitted = {
+            "classes_": classes,
+            "n_features_in_": tokens.shape[-1],
+            "dense_mlp_state_": dense["mlp"],
+            "dense_head_state_": dense["head"],
+            "sparse_mlp_state_": sparse_mlp_state,
+            "selected_features_": np.asarray(head.selected, dtype=np.int64),
+            "sparse_weight_": np.asarray(head.weight, dtype=np.float32),
+            "sparse_bias_": np.asarray(head.bias, dtype=np.float32),
+            "feature_mean_": np.asarray(head.mean, dtype=np.float32),
+            "feature_std_": np.asarray(head.std, dtype=np.float32),
+            "selection_info_": head.info,
+            "history_": [dict(row, stage="dense") for row in dense["history"]]
+            + [dict(row, stage="sparse") for row in sparse_history],
+            "_networks": {},
+        }
+        if feature_names is not None:
+            fitted["feature_names_in_"] = feature_names
+        vars(self).pop("feature_names_in_", None)
+        vars(self).update(fitted)
         return self
 
-    def _set_head(self, head: dict) -> None:
-        self.sparse_weight_ = np.asarray(head["weight"], dtype=np.float32)
-        self.sparse_bias_ = np.asarray(head["bias"], dtype=np.float32)
-        self.assignment_ = (self.sparse_weight_ != 0).astype(np.int8)
-        self.feature_mean_ = np.asarray(head["mean"], dtype=np.float32)
-        self.feature_std_ = np.asarray(head["std"], dtype=np.float32)
+    # ------------------------------------------------------ derived state
+    #: Read-only attributes computed from the fitted state, not stored on the estimator
+    #: (persistence writes them for readers of the file and does not set them on load).
+    _derived_attributes = ("assignment_",)
 
-    def _select(self, features, y_codes, n_classes, seed) -> dict:
-        """Choose the sparse head from the dense training features (stage 2)."""
-        if self.selection != "qpm":
-            return sparse_head(
-                self.selection,
-                features,
-                y_codes,
-                n_selected=self.n_selected,
-                n_per_class=self.n_per_class,
-                n_classes=n_classes,
-                random_state=seed,
-                verbose=self.verbose,
-            )
-        A = feature_class_correlation(features, y_codes)
-        penalty, tau = redundancy_penalty(feature_similarity(A), self.n_selected)
-        result = solve_selection(
-            A,
-            n_selected=self.n_selected,
-            n_per_class=self.n_per_class,
-            penalty=penalty,
-            random_state=seed,
-            verbose=self.verbose,
-            **(self.solver_options or {}),
-        )
-        selected = np.asarray(result.selected, dtype=np.int64)
-        mean = features.mean(axis=0, dtype=np.float64)[selected]
-        std = features.std(axis=0, dtype=np.float64)[selected]  # population std (SPEC 2.4)
-        return {
-            "selected": selected,
-            "weight": np.asarray(result.assignment, dtype=np.float32),
-            "bias": np.zeros(n_classes, dtype=np.float32),
-            "mean": mean,
-            "std": std,
-            "info": dict(result.as_dict(), tau=float(tau), method="qpm"),
-        }
+    @property
+    def assignment_(self) -> np.ndarray:
+        return (self.sparse_weight_ != 0).astype(np.int8)
 
-    def _fine_tune(self, tokens, y_codes, grid, n_classes, split_seed, seed, device):
-        """Fine-tune the MLP under the sparse head (stage 3); returns the MLP state and history.
+    @property
+    def loss_curve_(self) -> np.ndarray:
+        return np.array([row["loss"] for row in self.history_])
 
-        DINO-QPM trains with frozen head and statistics, CE + diversity + the
-        two L1 terms. The comparison systems (SPEC 7.3/7.4) train the
-        standardisation too, with dropout 0.1 and without L1 terms; Q-SENN
-        refits and re-quantises its head on the current features before each
-        of its rounds after the first.
-        """
-        tokens = tokens_on_device(tokens, device)
-        baseline = self.selection != "qpm"
-        rounds = _QSENN_ROUNDS if self.selection == "qsenn" else 1
-        mlp_state, history, network = self.dense_mlp_state_, [], None
-        for round_index in range(rounds):
-            if round_index > 0:
-                features = forward_in_batches(
-                    network, tokens, grid=grid, batch_size=_INFERENCE_BATCH_SIZE, device=device
-                )["features"]
-                head = qsenn_refit(
-                    features, y_codes, self.n_per_class, n_classes=n_classes, random_state=split_seed,
-                    verbose=self.verbose,
-                )  # fmt: skip
-                self._set_head(head)
-            torch.manual_seed(seed + round_index)
-            network = self._build_network(
-                "sparse", mlp_state=mlp_state, train_stats=baseline, dropout=_BASELINE_DROPOUT if baseline else 0.0
-            )
-            rows = train_network(
-                network,
-                tokens,
-                y_codes,
-                grid=grid,
-                epochs=self.sparse_epochs,
-                batch_size=self.sparse_batch_size,
-                lr=self.sparse_lr,
-                weight_decay=self.sparse_weight_decay,
-                diversity=self.sparse_diversity,
-                l1_maps=0.0 if baseline else self.l1_maps,
-                l1_features=0.0 if baseline else self.l1_features,
-                device=device,
-                seed=seed + round_index,
-                verbose=self.verbose,
-                desc="sparse",
-            )
-            history += [dict(row, round=round_index) for row in rows]
-            mlp_state = network_state(network.mlp)
-            if baseline:  # the standardisation was trained
-                self.feature_mean_, self.feature_std_ = as_numpy(network.head.mean), as_numpy(network.head.std)
-        return mlp_state, history
+    @property
+    def n_iter_(self) -> int:
+        return len(self.history_)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_networks", None)  # torch modules: rebuilt from the numpy state when needed
+        return state
 
     # ------------------------------------------------------------ networks
-    def _build_network(self, stage: str, mlp_state=None, train_stats=False, dropout=0.0):
-        """Rebuild the torch network of ``stage`` from the fitted numpy state.
+    def _network(self, stage: str, device: torch.device) -> QPMNetwork:
+        """The torch network of ``stage``, built once from the fitted numpy state and cached.
 
-        ``mlp_state`` overrides the stage's MLP weights (fine-tuning starts from
-        the dense MLP); ``train_stats`` and ``dropout`` configure the sparse head
-        for fine-tuning.
+        The cache entry holds the very arrays it was built from, so assigning new fitted
+        arrays (a refit, a load) rebuilds it; it is never pickled.
         """
-        mlp = TokenMLP(self.n_features_in_, self.hidden_size, self.n_features, self.n_layers)
         if stage == "dense":
-            network = QPMNetwork(mlp, DenseHead(self.n_features, len(self.classes_), self.dropout))
-            load_network_state(network.mlp, self.dense_mlp_state_ if mlp_state is None else mlp_state)
-            load_network_state(network.head, self.dense_head_state_)
-            return network
-        head = SparseHead(
-            self.sparse_weight_,
-            self.feature_mean_,
-            self.feature_std_,
-            bias=self.sparse_bias_,
-            train_stats=train_stats,
-            dropout=dropout,
-        )
-        network = QPMNetwork(mlp, head, selected=torch.as_tensor(self.selected_features_, dtype=torch.long))
-        load_network_state(network.mlp, self.sparse_mlp_state_ if mlp_state is None else mlp_state)
+            sources = (self.dense_mlp_state_, self.dense_head_state_)
+        else:
+            sources = (self.sparse_mlp_state_, self.selected_features_, self.sparse_weight_,
+                       self.sparse_bias_, self.feature_mean_, self.feature_std_)  # fmt: skip
+        cache = vars(self).setdefault("_networks", {})
+        entry = cache.get(stage)
+        if entry is not None and entry[0] == str(device) and all(a is b for a, b in zip(entry[1], sources)):
+            return entry[2]
+        if stage == "dense":
+            network = _dense_network(*sources)
+        else:
+            head = HeadRecord(selected=sources[1], weight=sources[2], bias=sources[3], mean=sources[4],
+                              std=sources[5], info={})  # fmt: skip
+            network = _sparse_network(sources[0], head)
+        network = network.to(device).eval()
+        cache[stage] = (str(device), sources, network)
         return network
 
     def _forward(self, X, stage: str, *, return_maps: bool = False) -> dict:
         check_is_fitted(self)
         if stage not in _STAGES:
             raise ValueError(f"stage must be one of {_STAGES}; got {stage!r}.")
-        tokens, grid = _check_tokens(X, self, reset=False)
+        _check_feature_names(self, X, reset=False)
+        tokens, grid = _check_tokens(X, n_features_in=self.n_features_in_)
+        device = resolve_device(self.device)
         out = forward_in_batches(
-            self._build_network(stage),
+            self._network(stage, device),
             tokens,
             grid=grid,
             batch_size=_INFERENCE_BATCH_SIZE,
-            device=resolve_device(self.device),
+            device=device,
             return_maps=return_maps,
+            check_input=False,
         )
         out["grid"] = grid
         return out
@@ -551,7 +747,11 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X, stage="sparse"):
         """Class probabilities (softmax of the logits), columns in ``classes_`` order."""
-        return _softmax(self._forward(X, stage)["logits"])
+        return softmax(self._forward(X, stage)["logits"], axis=1)
+
+    def predict_log_proba(self, X, stage="sparse"):
+        """Logarithm of :meth:`predict_proba` (computed stably from the logits)."""
+        return log_softmax(self._forward(X, stage)["logits"], axis=1)
 
     def predict(self, X, stage="sparse"):
         """Predicted class labels."""
@@ -580,7 +780,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"stage must be one of {_STAGES}; got {stage!r}.")
         if stage == "sparse":
             return self.sparse_weight_
-        return self._build_network("dense").head.weight.detach().numpy().copy()
+        return self.dense_head_state_["linear.weight"].copy()
 
     def _class_index(self, label) -> int:
         check_is_fitted(self)
@@ -624,8 +824,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         logits, maps, pooled = out["logits"], out["maps"], out["features"]
         predicted = np.argmax(logits, axis=1)
         weight = self.sparse_weight_[predicted]  # (n, K)
-        standardised = (pooled - self.feature_mean_) / np.maximum(self.feature_std_, 1e-6)
-        share = weight * standardised
+        share = weight * standardise(pooled, self.feature_mean_, self.feature_std_)
         width = int((self.sparse_weight_ != 0).sum(axis=1).max())
         # the class's features, largest contribution first; non-members sort last
         order = np.argsort(np.where(weight != 0, -share, np.inf), axis=1, kind="stable")[:, :width]
@@ -633,7 +832,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         rows = np.arange(len(logits))[:, None]
         return Explanation(
             prediction=self.classes_[predicted],
-            proba=_softmax(logits),
+            proba=softmax(logits, axis=1),
             classes=self.classes_,
             logit=logits[np.arange(len(logits)), predicted],
             intercept=self.sparse_bias_[predicted].astype(np.float32),
@@ -666,14 +865,3 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         tags.input_tags.allow_nan = False
         return tags
 
-
-_INFERENCE_BATCH_SIZE = 256
-# SPEC 7.3/7.4: the comparison systems fine-tune with dropout 0.1 and Q-SENN runs 4 rounds.
-_BASELINE_DROPOUT = 0.1
-_QSENN_ROUNDS = 4
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)

@@ -56,6 +56,8 @@ def save_estimator(estimator, path) -> Path:
                 arrays[f"{name}{_DICT_SEPARATOR}{key}"] = array
         else:
             values[name] = value
+    for name in getattr(estimator, "_derived_attributes", ()):  # for readers of the file; not set on load
+        arrays[name] = np.asarray(getattr(estimator, name))
     params = estimator.get_params(deep=False)
     params["memory"] = None  # a cache location is a property of a machine, not of the model
     if not isinstance(params.get("random_state"), (int, type(None))):
@@ -100,7 +102,7 @@ def load_estimator(cls, path):
             raise ValueError(f"{str(path)!r} holds a {meta.get('estimator')}, not a {cls.__name__}.")
         estimator = cls(**meta["params"])
         for name in archive.files:
-            if name == _META:
+            if name == _META or name in getattr(cls, "_derived_attributes", ()):
                 continue
             if _DICT_SEPARATOR in name:
                 attribute, key = name.split(_DICT_SEPARATOR, 1)

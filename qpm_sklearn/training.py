@@ -11,7 +11,6 @@ plain eager PyTorch and needs no compiler.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 import warnings
@@ -20,8 +19,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._device import as_numpy, host_tensor, resolve_device, torch_generator
-from ._utils import logger, progress
+from ._device import (
+    as_numpy,
+    autocast,
+    compute_dtype,
+    host_tensor,
+    resolve_device,
+    seeded_global_rng,
+    torch_generator,
+    upload,
+    wait_upload,
+)
+from ._utils import check_class_codes, logger, progress
 
 __all__ = [
     "diversity_loss",
@@ -96,7 +105,7 @@ def cosine_schedule(total_steps: int, steps_per_epoch: int) -> np.ndarray:
     return np.where(steps < warmup, (steps + 1) / warmup, decay)
 
 
-def tokens_on_device(tokens, device, *, resident=None):
+def tokens_on_device(tokens, device, *, resident=None, check_input=True):
     """Tokens staged once for several ``train_network`` / ``forward_in_batches`` calls.
 
     On CUDA the tokens are copied to the GPU in bfloat16 (the MLP's autocast
@@ -111,14 +120,17 @@ def tokens_on_device(tokens, device, *, resident=None):
     tokens : ndarray or Tensor of shape (n, P, D)
     device : str or torch.device
     resident : bool or None, default=None
+    check_input : bool, default=True
+        False skips the checks of ``tokens`` (the caller has validated them).
 
     Returns
     -------
     tokens : Tensor on ``device``, or the input unchanged when it stays on the host.
     """
     device = _resolve_device(device)
-    _check_tokens(tokens)
-    dtype = _compute_dtype(device)
+    if check_input:
+        _check_tokens(tokens)
+    dtype = compute_dtype(device)
     if _decide_resident(tokens, device, resident, dtype):
         return _to_device(tokens, device, dtype)
     return tokens
@@ -143,6 +155,7 @@ def train_network(
     desc="",
     resident=None,
     cuda_graphs=None,
+    check_input=True,
 ):
     """Train the parameters of ``network`` that require grad; one stage of QPM.
 
@@ -188,6 +201,9 @@ def train_network(
         CUDA only: replay full-size steps from a CUDA graph (None = yes on CUDA
         with resident tokens). False forces the plain eager loop; both give the
         same result up to floating-point rounding.
+    check_input : bool, default=True
+        False skips the checks of ``tokens``, ``grid`` and ``y`` (scikit-learn's
+        ``check_input`` convention: the estimator validated them once in ``fit``).
 
     Returns
     -------
@@ -198,10 +214,12 @@ def train_network(
         Loss values are means over the epoch's samples.
     """
     device = _resolve_device(device)
-    n_samples, n_tokens = _check_tokens(tokens)
-    grid = _check_grid(grid, n_tokens)
+    n_samples, n_tokens = _check_tokens(tokens) if check_input else tuple(tokens.shape[:2])
+    grid = _check_grid(grid, n_tokens) if check_input else tuple(grid)
     n_classes = network.head.weight.shape[0]
-    labels = _check_labels(y, n_samples, n_classes)
+    labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+    if check_input:
+        labels = check_class_codes(labels, n_samples, n_classes)
     if n_samples * n_tokens < 2:
         raise ValueError(
             "tokens: training needs at least 2 token rows (BatchNorm statistics); "
@@ -242,7 +260,7 @@ def train_network(
 
     def train_step(x, y_batch):
         optimizer.zero_grad(set_to_none=True)
-        with _autocast(device):
+        with autocast(device):
             logits, maps, features = network(x, grid)
         loss, terms = _loss_terms(logits, maps, features, network.head.weight, y_batch, **weights)
         loss.backward()
@@ -254,7 +272,7 @@ def train_network(
     history = []
     step = 0
     epoch_bar = progress(range(epochs), verbose=verbose, desc=desc, total=epochs, unit="epoch")
-    with _seeded_rng(seed, device):
+    with seeded_global_rng(seed, device):
         generator = torch_generator(seed, device)
         for epoch in epoch_bar:
             start = time.perf_counter()
@@ -284,7 +302,7 @@ def train_network(
     return history
 
 
-def forward_in_batches(network, tokens, *, grid, batch_size, device, return_maps=False):
+def forward_in_batches(network, tokens, *, grid, batch_size, device, return_maps=False, check_input=True):
     """Evaluate ``network`` in eval mode under ``inference_mode``; outputs as float32 numpy.
 
     Parameters
@@ -296,6 +314,8 @@ def forward_in_batches(network, tokens, *, grid, batch_size, device, return_maps
     batch_size : int
     device : str or torch.device
     return_maps : bool, default=False
+    check_input : bool, default=True
+        False skips the checks of ``tokens`` and ``grid``.
 
     Returns
     -------
@@ -304,8 +324,8 @@ def forward_in_batches(network, tokens, *, grid, batch_size, device, return_maps
         ``"maps"`` (n, K, h, w) when ``return_maps``.
     """
     device = _resolve_device(device)
-    n_samples, n_tokens = _check_tokens(tokens)
-    grid = _check_grid(grid, n_tokens)
+    n_samples, n_tokens = _check_tokens(tokens) if check_input else tuple(tokens.shape[:2])
+    grid = _check_grid(grid, n_tokens) if check_input else tuple(grid)
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size!r}.")
@@ -313,7 +333,7 @@ def forward_in_batches(network, tokens, *, grid, batch_size, device, return_maps
     network.to(device).eval()
     outputs = {}
     try:
-        with torch.inference_mode(), _autocast(device):
+        with torch.inference_mode(), autocast(device):
             for start in range(0, n_samples, batch_size):
                 stop = min(start + batch_size, n_samples)
                 x = _slice_to_device(tokens, start, stop, device)
@@ -366,7 +386,7 @@ class _TokenBatches:
             self.bounds.pop()
         self.n_used = sum(b.stop - b.start for b in self.bounds)
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
-        self.dtype = _compute_dtype(device)
+        self.dtype = compute_dtype(device)
         self.resident = _decide_resident(tokens, device, resident, self.dtype)
         if self.resident:
             self.tokens = _to_device(tokens, device, self.dtype)
@@ -412,19 +432,12 @@ class _HostStream:
         np.take(self.host, indices, axis=0, out=buffer.numpy())
         if self.copy_stream is None:
             return buffer.to(self.dtype), None
-        with torch.cuda.stream(self.copy_stream):
-            x = buffer.to(self.device, non_blocking=True)
-            event = torch.cuda.Event()
-            event.record(self.copy_stream)
+        x, event = upload(buffer, self.device, self.copy_stream)  # the buffer is pinned already
         self.copied[slot] = event
         return x, event
 
     def next(self):
-        x, event = self.pending
-        if event is not None:
-            stream = torch.cuda.current_stream(self.device)
-            stream.wait_event(event)
-            x.record_stream(stream)
+        x = wait_upload(*self.pending)
         self.position += 1
         if self.position < len(self.bounds):
             self.pending = self._fetch(self.position)  # host gather overlaps the GPU's work
@@ -480,40 +493,12 @@ class _GraphedStep:
         graph.replay()
 
 
-def _autocast(device):
-    """bf16 autocast on CUDA (float32 master weights); nothing elsewhere.
-
-    The weight-cast cache is off: it must be for CUDA-graph capture, and the
-    eager path uses the same setting so both compute identically.
-    """
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=False)
-    return contextlib.nullcontext()
-
-
-@contextlib.contextmanager
-def _seeded_rng(seed, device):
-    """Seed the torch RNG (dropout) for the block and restore the caller's state afterwards."""
-    cuda_devices = [device.index] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=cuda_devices):
-        torch.random.default_generator.manual_seed(int(seed))
-        if cuda_devices:
-            with torch.cuda.device(cuda_devices[0]):
-                torch.cuda.manual_seed(int(seed))
-        yield
-
-
 def _resolve_device(device):
     """``resolve_device`` with the CUDA index made explicit, so ``tensor.device == device`` holds."""
     device = resolve_device(device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
-
-
-def _compute_dtype(device):
-    """dtype a batch enters the MLP with: the autocast dtype on CUDA, float32 elsewhere."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def _decide_resident(tokens, device, resident, dtype):
@@ -580,12 +565,4 @@ def _check_grid(grid, n_tokens):
     return height, width
 
 
-def _check_labels(y, n_samples, n_classes):
-    labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
-    if labels.shape != (n_samples,):
-        raise ValueError(f"y must have shape ({n_samples},) to match tokens; got {labels.shape}.")
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        raise TypeError(f"y must hold integer class codes; got dtype {labels.dtype}.")
-    if labels.size and (labels.min() < 0 or labels.max() >= n_classes):
-        raise ValueError(f"y must be class codes in [0, {n_classes}); got values in [{labels.min()}, {labels.max()}].")
-    return labels.astype(np.int64)
+

@@ -28,7 +28,7 @@ def _numpy_mlp(mlp, tokens, *, train, stats=None):
     h = tokens.reshape(batch * n_tokens, dim).astype(np.float64)
     modules = list(mlp.layers)
     for linear, norm in zip(modules[0::3], modules[1::3]):
-        h = h @ linear.weight.detach().double().numpy().T + linear.bias.detach().double().numpy()
+        h = h @ linear.weight.detach().double().numpy().T  # no bias: BatchNorm removes it (issue 13)
         if train:
             mean, var = h.mean(0), h.var(0)
             stats.append((mean, h.var(0, ddof=1)))
@@ -69,6 +69,7 @@ def test_token_mlp_structure():
     assert kinds == [torch.nn.Linear, torch.nn.BatchNorm1d, torch.nn.ReLU] * 3
     widths = [(m.in_features, m.out_features) for m in mlp.layers if isinstance(m, torch.nn.Linear)]
     assert widths == [(6, 10), (10, 10), (10, 7)]
+    assert all(m.bias is None for m in mlp.layers if isinstance(m, torch.nn.Linear))
     single = TokenMLP(6, 10, 7, 1)
     assert [(m.in_features, m.out_features) for m in single.layers if isinstance(m, torch.nn.Linear)] == [(6, 7)]
     norm = mlp.layers[1]

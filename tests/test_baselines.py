@@ -157,44 +157,44 @@ def _dense_features(n=240, n_features=24, n_classes=4, seed=0):
 
 
 def _accuracy(head, F, y):
-    Z = (F[:, head["selected"]] - head["mean"]) / head["std"]
-    return np.mean(np.argmax(Z @ head["weight"].T + head["bias"], axis=1) == y)
+    Z = (F[:, head.selected] - head.mean) / head.std
+    return np.mean(np.argmax(Z @ head.weight.T + head.bias, axis=1) == y)
 
 
 @pytest.mark.parametrize("method", ["sldd", "qsenn"])
 def test_heads_train_and_predict(method):
     F, y = _dense_features()
     head = sparse_head(method, F, y, n_selected=8, n_per_class=2, random_state=0)
-    assert head["selected"].tolist() == list(range(8))
-    assert head["weight"].shape == (4, 8) and head["bias"].shape == (4,)
-    assert head["mean"].shape == head["std"].shape == (8,) and np.all(head["std"] >= 1e-5)
-    assert np.count_nonzero(head["weight"]) <= 4 * 2
+    assert head.selected.tolist() == list(range(8))
+    assert head.weight.shape == (4, 8) and head.bias.shape == (4,)
+    assert head.mean.shape == head.std.shape == (8,) and np.all(head.std >= 1e-5)
+    assert np.count_nonzero(head.weight) <= 4 * 2
     assert _accuracy(head, F, y) > 0.9
-    assert head["info"]["method"] == method
+    assert head.info["method"] == method
     again = sparse_head(method, F, y, n_selected=8, n_per_class=2, random_state=0)
     for key in ("selected", "weight", "bias", "mean", "std"):
-        np.testing.assert_array_equal(head[key], again[key])
+        np.testing.assert_array_equal(getattr(head, key), getattr(again, key))
 
 
 def test_qsenn_weights_are_quantised_and_refit_reuses_the_split():
     F, y = _dense_features(seed=1)
     head = qsenn_head(F, y, n_selected=8, n_per_class=2, random_state=5)
-    assert len(np.unique(np.abs(head["weight"][head["weight"] != 0]))) == 1
-    refit = qsenn_refit(F[:, head["selected"]], y, 2, random_state=5)
-    np.testing.assert_array_equal(refit["weight"], head["weight"])
-    np.testing.assert_array_equal(refit["mean"], head["mean"])
+    assert len(np.unique(np.abs(head.weight[head.weight != 0]))) == 1
+    refit = qsenn_refit(F[:, head.selected], y, 2, random_state=5)
+    np.testing.assert_array_equal(refit.weight, head.weight)
+    np.testing.assert_array_equal(refit.mean, head.mean)
 
 
 def test_split_drops_ten_percent_and_follows_the_seed():
     F, y = _dense_features()
     head = sldd_head(F, y, n_selected=8, n_per_class=2, random_state=0)
     train = np.sort(np.random.RandomState(0).permutation(240)[24:])  # 216 = 240 − ⌊0.1·240⌋ samples
-    np.testing.assert_allclose(head["mean"], F[train][:, head["selected"]].mean(0))
-    np.testing.assert_allclose(head["std"], F[train][:, head["selected"]].std(0))
+    np.testing.assert_allclose(head.mean, F[train][:, head.selected].mean(0))
+    np.testing.assert_allclose(head.std, F[train][:, head.selected].std(0))
     other = sldd_head(F, y, n_selected=8, n_per_class=2, random_state=1)
-    assert not np.allclose(head["mean"], other["mean"])
+    assert not np.allclose(head.mean, other.mean)
     full = sldd_head(F, y, n_selected=8, n_per_class=2, val_fraction=0.0)
-    np.testing.assert_allclose(full["mean"], F[:, full["selected"]].mean(0))
+    np.testing.assert_allclose(full.mean, F[:, full.selected].mean(0))
 
 
 def test_sparse_head_rejects_unknown_method():
