@@ -10,6 +10,9 @@ backbones built locally (no download):
   (the default) and float16 output;
 * ``embedder_jpeg``     ``Dinov2Embedder.transform`` of 5,994 JPEG files (500 x 375, as CUB) in a temp
   dir, and the decoding stage alone;
+* ``dinov3``            DINOv3 ViT-B/16 (4 registers, RoPE; the hub configuration below): its raw
+  forward, as ``backbone_forward``, and ``PatchEmbedder.transform`` of the uint8 array, as
+  ``embedder_arrays`` (224 px: a 14 x 14 grid, against DINOv2's 16 x 16);
 * ``dense_epoch``       one dense-stage epoch (4 x 2048 MLP, 512 features) at batch 32 and 256,
   the CUDA-graph path and the plain eager loop;
 * ``selection``         ``solve_selection`` on a CUB-size instance (512 features, 200 classes, 50 / 5);
@@ -53,6 +56,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 SIZE_NAMES = {"S": "small", "B": "base", "L": "large", "T": "tiny"}
 
+# The architecture of facebook/dinov3-vitb16-pretrain-lvd1689m, as in its config.json (there is
+# no network here: the weights are random; speed does not depend on their values).
+DINOV3_VITB16 = dict(
+    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, patch_size=16,
+    num_register_tokens=4, image_size=224, hidden_act="gelu", layer_norm_eps=1e-5, layerscale_value=1.0,
+    rope_theta=100.0, query_bias=True, key_bias=False, value_bias=True, proj_bias=True, mlp_bias=True,
+    use_gated_mlp=False, pos_embed_rescale=2.0,
+)  # fmt: skip
+
 # The run on a GPU: CUB-size problem; images per backbone size bounded so the run stays short.
 FULL = dict(
     n_train=5994,
@@ -69,6 +81,8 @@ FULL = dict(
     image_size=224,
     embedder_size="base",
     embedder_images=5994,  # CUB's training set: pipeline fill and drain weigh as in real use
+    dinov3=DINOV3_VITB16,
+    dinov3_image_size=224,
     jpeg_images=5994,
     jpeg_shape=(375, 500),
     dense_batches=(32, 256),
@@ -94,6 +108,8 @@ QUICK = dict(
     image_size=56,
     embedder_size="tiny",
     embedder_images=32,
+    dinov3={},  # the tiny test model of qpm_sklearn.testing
+    dinov3_image_size=64,
     jpeg_images=24,
     jpeg_shape=(75, 100),
     dense_batches=(8, 32),
@@ -108,6 +124,7 @@ TIME_BOX = dict(
     backbone_forward=100,
     embedder_arrays=60,
     embedder_jpeg=90,
+    dinov3=90,
     dense_epoch=200,  # with the torch.compile experiment
     selection=90,
     sparse_epoch=40,
@@ -165,10 +182,17 @@ class Context:
 
     def backbone(self, size):
         if size not in self._backbones:
-            from qpm_sklearn._testing import save_random_backbone
+            from qpm_sklearn.testing import save_random_backbone
 
             self._backbones[size] = save_random_backbone(self.workdir / f"dinov2-{size}", size=size)
         return self._backbones[size]
+
+    def dinov3(self):
+        if "dinov3" not in self._backbones:
+            from qpm_sklearn.testing import save_random_model
+
+            self._backbones["dinov3"] = save_random_model(self.workdir / "dinov3", "dinov3_vit", **self.config["dinov3"])
+        return self._backbones["dinov3"]
 
     def tokens(self):
         """CUB-size synthetic embeddings (n, h, w, d) float32 with class structure, and labels."""
@@ -190,37 +214,43 @@ class Context:
 
 # --------------------------------------------------------------------------- sections
 def section_backbone_forward(ctx):
-    from transformers import AutoModel
-
-    cfg, device = ctx.config, ctx.device
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    cfg = ctx.config
     out = {}
     for size in ctx.sizes:
-        model = AutoModel.from_pretrained(ctx.backbone(size), dtype=dtype, attn_implementation="sdpa")
-        model = model.to(device).eval()
-        batch, side = cfg["forward_batch"], cfg["image_size"]
-        pixels = torch.randn(batch, 3, side, side, device=device, dtype=dtype)
-        n_batches = max(1, cfg["forward_images"][size] // batch)
-        with torch.inference_mode():
-            for _ in range(2):
-                model(pixel_values=pixels)
-            synchronize(device)
-            start = time.perf_counter()
-            for _ in range(n_batches):
-                model(pixel_values=pixels).last_hidden_state
-            synchronize(device)
-            seconds = time.perf_counter() - start
-        out[size] = dict(
-            img_per_s=n_batches * batch / seconds,
-            n_images=n_batches * batch,
-            batch_size=batch,
-            attention=getattr(model.config, "_attn_implementation", None),
-            dtype=str(dtype).replace("torch.", ""),
-        )
+        out[size] = _forward_rate(ctx, ctx.backbone(size), cfg["image_size"], cfg["forward_images"][size])
         print(f"    {size}: {out[size]['img_per_s']:.0f} img/s", flush=True)
-        del model, pixels
-        free_memory(device)
     return out
+
+
+def _forward_rate(ctx, folder, side, n_images):
+    """Raw forward img/s of the model in ``folder`` (bf16 on CUDA, SDPA) on random pixels."""
+    from transformers import AutoModel
+
+    device = ctx.device
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModel.from_pretrained(folder, dtype=dtype, attn_implementation="sdpa").to(device).eval()
+    batch = ctx.config["forward_batch"]
+    pixels = torch.randn(batch, 3, side, side, device=device, dtype=dtype)
+    n_batches = max(1, n_images // batch)
+    with torch.inference_mode():
+        for _ in range(2):
+            model(pixel_values=pixels)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(n_batches):
+            model(pixel_values=pixels).last_hidden_state
+        synchronize(device)
+        seconds = time.perf_counter() - start
+    result = dict(
+        img_per_s=n_batches * batch / seconds,
+        n_images=n_batches * batch,
+        batch_size=batch,
+        attention=getattr(model.config, "_attn_implementation", None),
+        dtype=str(dtype).replace("torch.", ""),
+    )
+    del model, pixels
+    free_memory(device)
+    return result
 
 
 def _embedder(ctx, **extra):
@@ -263,6 +293,28 @@ def section_embedder_arrays(ctx):
         del result
     out.update({k: v for k, v in out["float32"].items() if k != "output_shape"})
     return out
+
+
+def section_dinov3(ctx):
+    from qpm_sklearn import PatchEmbedder
+
+    cfg, device, side = ctx.config, ctx.device, ctx.config["dinov3_image_size"]
+    n = cfg["embedder_images"]
+    forward = _forward_rate(ctx, ctx.dinov3(), side, cfg["forward_images"][cfg["embedder_size"]])
+    print(f"    raw forward: {forward['img_per_s']:.0f} img/s", flush=True)
+    images = np.random.default_rng(0).integers(0, 256, size=(n, side, side, 3), dtype=np.uint8)
+    embedder = PatchEmbedder(
+        model=str(ctx.dinov3()),
+        batch_size=cfg["forward_batch"],
+        image_size=side,
+        device=str(device),
+        dtype="bfloat16" if device.type == "cuda" else "float32",
+    )
+    result, seconds = _timed_transform(embedder, images, images[: cfg["forward_batch"]], device)
+    embedder_row = dict(img_per_s=n / seconds, output_shape=list(result.shape), n_images=n)
+    embedder_row["ratio_to_forward"] = embedder_row["img_per_s"] / forward["img_per_s"]
+    print(f"    embedder from arrays: {embedder_row['img_per_s']:.0f} img/s", flush=True)
+    return dict(model="ViT-B/16" if cfg["dinov3"] else "tiny", forward=forward, embedder_arrays=embedder_row, image_size=side)
 
 
 def write_jpegs(folder, n, shape):
@@ -456,6 +508,7 @@ SECTIONS = [
     ("backbone_forward", section_backbone_forward),
     ("embedder_arrays", section_embedder_arrays),
     ("embedder_jpeg", section_embedder_jpeg),
+    ("dinov3", section_dinov3),
     ("dense_epoch", section_dense_epoch),
     ("selection", section_selection),
     ("sparse_epoch", section_sparse_epoch),
@@ -582,6 +635,10 @@ def _summary(name, result):
     if name in ("embedder_arrays", "embedder_jpeg"):
         extra = f" ({result['ratio_to_forward']:.0%} of forward)" if "ratio_to_forward" in result else ""
         return f"{result['img_per_s']:.0f} img/s{extra}"
+    if name == "dinov3":
+        forward, embedder = result["forward"], result["embedder_arrays"]
+        return (f"{result['model']} forward {forward['img_per_s']:.0f} img/s, embedder {embedder['img_per_s']:.0f} img/s "
+                f"({embedder['ratio_to_forward']:.0%} of forward)")  # fmt: skip
     if name == "dense_epoch":
         parts = [f"{k} {v['epoch_s']:.3f} s/epoch" for k, v in result.items() if isinstance(v, dict) and "epoch_s" in v]
         return ", ".join(parts) + f", upload {result['upload_s']:.2f} s"

@@ -314,12 +314,12 @@ def test_cache_reuses_and_returns_a_memory_map(tiny_backbone, tmp_path, monkeypa
     X = _images(5)
     uncached = _cpu(tiny_backbone, image_size=SIZE).transform(X)
     counter = ForwardCounter(monkeypatch)
-    embedder = _cpu(tiny_backbone, image_size=SIZE, cache_dir=tmp_path, output_dtype="float16")
+    embedder = _cpu(tiny_backbone, image_size=SIZE, embedding_cache=tmp_path, output_dtype="float16")
     first = embedder.transform(X)
     assert counter.images == 5
     assert isinstance(first, np.memmap) and first.dtype == np.float16 and not first.flags.writeable
     np.testing.assert_allclose(first.astype(np.float32), uncached, rtol=2e-3, atol=2e-3)
-    again = _cpu(tiny_backbone, image_size=SIZE, cache_dir=tmp_path).transform(X)
+    again = _cpu(tiny_backbone, image_size=SIZE, embedding_cache=tmp_path).transform(X)
     assert counter.images == 5  # nothing recomputed
     assert again.dtype == np.float32 and np.array_equal(again, first.astype(np.float32))
     # A subset in another order is copied from the first collection, not recomputed.
@@ -339,7 +339,7 @@ def test_cache_resumes_after_an_interruption(tiny_backbone, tmp_path, monkeypatc
             raise Interrupted
 
     counter = ForwardCounter(monkeypatch, crash_on_third_batch)
-    embedder = _cpu(tiny_backbone, image_size=SIZE, batch_size=2, cache_dir=tmp_path)
+    embedder = _cpu(tiny_backbone, image_size=SIZE, batch_size=2, embedding_cache=tmp_path)
     with pytest.raises(Interrupted):
         embedder.transform(X)
     assert counter.images == 4
@@ -357,7 +357,7 @@ def test_cache_invalidates_changed_images_and_settings(tiny_backbone, tmp_path, 
     for path, image in zip(paths, X):
         Image.fromarray(image).save(path)
     cache = tmp_path / "cache"
-    embedder = _cpu(tiny_backbone, image_size=SIZE, cache_dir=cache, output="cls")
+    embedder = _cpu(tiny_backbone, image_size=SIZE, embedding_cache=cache, output="cls")
     first = embedder.transform(paths)
     counter = ForwardCounter(monkeypatch)
     # One file is overwritten with a different image: only it is recomputed, with new values.
@@ -376,7 +376,7 @@ def test_cache_invalidates_changed_images_and_settings(tiny_backbone, tmp_path, 
     # Touching the model folder changes its revision key.
     before = counter.images
     config = tmp_path / "model"
-    from qpm_sklearn._testing import save_random_backbone
+    from qpm_sklearn.testing import save_random_backbone
 
     save_random_backbone(config, "tiny", seed=1)
     other = clone(embedder).set_params(model=str(config))
@@ -384,7 +384,7 @@ def test_cache_invalidates_changed_images_and_settings(tiny_backbone, tmp_path, 
     save_random_backbone(config, "tiny", seed=2)
     seed2 = other.transform(paths)  # same instance: the re-saved weights are reloaded too
     assert counter.images == before + 8
-    np.testing.assert_array_equal(seed2, clone(other).set_params(cache_dir=None).transform(paths).astype(np.float16))
+    np.testing.assert_array_equal(seed2, clone(other).set_params(embedding_cache=None).transform(paths).astype(np.float16))
     assert not np.allclose(seed1, seed2, atol=1e-2)
 
 
