@@ -34,11 +34,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Runs inside the fresh venv: every module imports, and the main path works end to end.
 SMOKE = r"""
-import importlib, importlib.resources, pkgutil, sys, tempfile
+import importlib, importlib.resources, importlib.util, pkgutil, sys, tempfile
 import numpy as np
 import qpm_sklearn
 from qpm_sklearn import Dinov2Embedder, QPMClassifier
-from qpm_sklearn._testing import save_random_backbone
+from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
 optional = {"matplotlib", "pandas", "shap", "dask", "distributed", "sphinx"}
 for module in pkgutil.walk_packages(qpm_sklearn.__path__, "qpm_sklearn."):
@@ -49,7 +49,11 @@ for module in pkgutil.walk_packages(qpm_sklearn.__path__, "qpm_sklearn."):
             raise
         print(f"skipped {module.name}: optional {exc.name} missing")
 with tempfile.TemporaryDirectory() as folder:
-    save_random_backbone(folder, "tiny")
+    # A tiny random backbone built with transformers itself, so the check does not depend on
+    # the package's own test helpers (checked separately below).
+    config = Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                       intermediate_size=64, image_size=56, patch_size=14, num_register_tokens=4)
+    Dinov2WithRegistersModel(config).save_pretrained(folder)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(12, 40, 40, 3), dtype=np.uint8)
     X = Dinov2Embedder(model=folder, image_size=56, local_files_only=True, device="cpu").transform(images)
@@ -62,6 +66,10 @@ with tempfile.TemporaryDirectory() as folder:
     np.testing.assert_array_equal(QPMClassifier.load(path).predict(X), clf.predict(X))
 assert importlib.resources.files("qpm_sklearn").joinpath("py.typed").is_file(), "py.typed not installed"
 print("smoke job passed:", X.shape, clf.score(X, y))
+with tempfile.TemporaryDirectory() as folder:  # the public test helpers work at the floors too
+    testing = importlib.import_module("qpm_sklearn.testing" if importlib.util.find_spec("qpm_sklearn.testing") else "qpm_sklearn._testing")
+    testing.save_random_backbone(folder, "tiny")
+print("test helpers passed")
 """
 
 
