@@ -218,11 +218,11 @@ def _cmd_table(argv: list[str]) -> int:
 
 
 # ------------------------------------------------------------------ parser
-def _add_embedder_options(parser: argparse.ArgumentParser, *, output_default: str | None) -> None:
+def _add_embedder_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("embedder (see Dinov2Embedder)")
     group.add_argument("--model", default=None, help="hub id or local folder of the backbone (default: DINOv2-with-registers base)")
     group.add_argument(
-        "--output", choices=("patch", "cls", "mean"), default=output_default, help="what to keep per image (default: patch)"
+        "--output", choices=("patch", "cls", "mean"), default=None, help="what to keep per image (default: patch)"
     )
     group.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: 224)")
     group.add_argument("--batch-size", type=int, default=None, help="images per forward pass (default: 64)")
@@ -230,6 +230,14 @@ def _add_embedder_options(parser: argparse.ArgumentParser, *, output_default: st
     group.add_argument("--output-dtype", choices=("float32", "float16"), default=None, help="dtype of the embeddings")
     group.add_argument("--local-files-only", action="store_true", default=None, help="never contact the Hugging Face hub")
     group.add_argument("--embedding-cache", default=None, metavar="DIR", help="embedding cache folder: reruns read it back")
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The options ``fit`` and ``explain`` share: embeddings given directly, feature names, quiet, embedder."""
+    parser.add_argument("--embeddings", default=None, metavar="FILE.npy", help="embeddings instead of images")
+    parser.add_argument("--feature-names", default=None, metavar="FILE.json", help="names of features: {id: name} or a list")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_embedder_options(parser)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -253,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
     embed.add_argument("--save", default=None, metavar="FILE.npy", help="also write the embeddings (and FILE.paths.txt)")
     embed.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_embedder_options(embed, output_default=None)
+    _add_embedder_options(embed)
     embed.set_defaults(handler=_cmd_embed)
 
     fit = commands.add_parser(
@@ -265,13 +273,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(values are read as JSON; see QPMClassifier for the names).",
     )
     fit.add_argument("images", nargs="?", default=None, metavar="IMAGES", help="folder with one subfolder per class")
-    fit.add_argument("--embeddings", default=None, metavar="FILE.npy", help="embeddings instead of images")
     fit.add_argument("--labels", default=None, metavar="FILE", help="with --embeddings: one label per line")
     fit.add_argument("--out", required=True, metavar="MODEL.npz", help="where to save the model")
     fit.add_argument("-p", "--param", action="append", type=_key_value, metavar="NAME=VALUE", help="a classifier parameter")
-    fit.add_argument("--feature-names", default=None, metavar="FILE.json", help="names of features: {id: name} or a list")
-    fit.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    _add_embedder_options(fit, output_default=None)
+    _add_model_options(fit)
     fit.set_defaults(handler=_cmd_fit)
 
     explain = commands.add_parser(
@@ -283,13 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     explain.add_argument("model_file", metavar="MODEL.npz", help="a model written by 'qpm-sklearn fit'")
     explain.add_argument("images", nargs="*", metavar="IMAGES", help="image files or folders")
-    explain.add_argument("--embeddings", default=None, metavar="FILE.npy", help="embeddings instead of images")
     explain.add_argument("--out", required=True, metavar="DIR", help="folder for contributions.csv and the figures")
     explain.add_argument("--figures", type=int, default=20, metavar="N", help="figures of the first N images (default 20)")
     explain.add_argument("--dpi", type=int, default=100)
-    explain.add_argument("--feature-names", default=None, metavar="FILE.json", help="names of features: {id: name} or a list")
-    explain.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_embedder_options(explain, output_default=None)
+    _add_model_options(explain)
     explain.set_defaults(handler=_cmd_explain)
 
     commands.add_parser(

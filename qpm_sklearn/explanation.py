@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # optional dependencies, imported where used
 _PER_SAMPLE = ("prediction", "proba", "logit", "intercept", "features", "contributions", "weights", "maps")
 
 
-def upsample_maps(maps: np.ndarray, size) -> np.ndarray:
+def upsample_maps(maps: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Bilinearly upsample maps ``(..., h, w)`` to ``size`` and min–max normalise each map.
 
     This is SPEC section 8's saliency: ``F.interpolate(mode="bilinear",
@@ -320,8 +320,7 @@ def explanation_frame(explanation: Explanation) -> pandas.DataFrame:
     frame : pandas.DataFrame
     """
     pd = _optional_import("pandas", "to_frame()", "pandas")
-    features = np.asarray(explanation.features)
-    samples, ranks = np.nonzero(features >= 0)
+    features, samples, ranks = _used_entries(explanation)
     maps = np.asarray(explanation.maps)[samples, ranks]
     width = maps.shape[-1]
     peak = maps.reshape(len(maps), -1).argmax(axis=1)
@@ -361,9 +360,8 @@ def explanation_to_shap(explanation: Explanation) -> shap.Explanation:
     explanation : shap.Explanation
     """
     shap = _optional_import("shap", "to_shap()", "shap")
-    features = np.asarray(explanation.features)
-    columns = np.unique(features[features >= 0])
-    samples, ranks = np.nonzero(features >= 0)
+    features, samples, ranks = _used_entries(explanation)
+    columns = np.unique(features[samples, ranks])
     values = np.zeros((len(features), len(columns)), dtype=np.float64)
     values[samples, np.searchsorted(columns, features[samples, ranks])] = np.asarray(explanation.contributions)[
         samples, ranks
@@ -435,6 +433,13 @@ def class_summary(
     render = lambda cells: "  ".join(cell.ljust(w) for cell, w in zip(cells, widths)).rstrip()  # noqa: E731
     table = [render(header), "  ".join("-" * w for w in widths), *(render(cells) for cells in lines)]
     return "\n".join(([title] if title else []) + table)
+
+
+def _used_entries(explanation: Explanation) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(features, samples, ranks)``: the feature ids and the positions that are not padding."""
+    features = np.asarray(explanation.features)
+    samples, ranks = np.nonzero(features >= 0)
+    return features, samples, ranks
 
 
 def _optional_import(module: str, what: str, package: str):
