@@ -279,6 +279,19 @@ def resolve_feature_names(
     return names
 
 
+def estimator_feature_names(estimator: Any) -> dict[int, str]:
+    """A fitted classifier's ``feature_names``, checked and keyed by channel id (``{}`` if none).
+
+    Examples
+    --------
+    >>> class Fitted:
+    ...     feature_names, selected_features_ = ["crown", "wing"], np.array([4, 9])
+    >>> estimator_feature_names(Fitted())
+    {4: 'crown', 9: 'wing'}
+    """
+    return resolve_feature_names(getattr(estimator, "feature_names", None), estimator.selected_features_)
+
+
 def _channel_id(key: Any) -> int:
     if isinstance(key, (numbers.Integral, np.integer)) and not isinstance(key, bool):
         return int(key)
