@@ -160,6 +160,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--n-selected", type=int, default=50)
     parser.add_argument("--n-per-class", type=int, default=5)
     parser.add_argument("--compact-n-per-class", type=int, default=4)
+    parser.add_argument(
+        "--redundancy", choices=("paper", "consistent"), default="paper",
+        help="redundancy rule of the selection (default: the authors' procedure, which produced the paper's numbers)",
+    )  # fmt: skip
     parser.add_argument("--probe-c", type=float, default=1.0, help="inverse L2 strength of the linear probe")
     parser.add_argument("--quick", action="store_true", help="1 epoch per stage and a short probe fit (smoke tests)")
     parser.add_argument("--fail-fast", action="store_true", help="raise on the first failing row")
@@ -270,6 +274,7 @@ class Runner:
             n_layers=args.n_layers,
             n_selected=args.n_selected,
             n_per_class=args.n_per_class,
+            redundancy=args.redundancy,
             device=args.device,
             memory=self.memory_dir,
             random_state=args.random_state,

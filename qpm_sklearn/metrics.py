@@ -27,6 +27,8 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 
+from ._utils import check_finite_array
+
 __all__ = [
     "sid_at_k",
     "class_independence",
@@ -46,18 +48,9 @@ _CHUNK = 128
 # input checks
 
 
-def _as_float_array(value, name, ndim):
-    array = np.asarray(value, dtype=np.float64)
-    if array.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-D array; got shape {array.shape}.")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} must contain only finite values; got NaN or inf.")
-    return array
-
-
 def _check_maps_weights(maps, weights):
-    maps = _as_float_array(maps, "maps", 4)
-    weights = _as_float_array(weights, "weights", 2)
+    maps = check_finite_array(maps, "maps", ndim=4)
+    weights = check_finite_array(weights, "weights", ndim=2)
     if weights.shape != maps.shape[:2]:
         raise ValueError(
             f"weights must have shape (n, K) = {maps.shape[:2]} matching maps (n, K, h, w); got {weights.shape}."
@@ -68,7 +61,7 @@ def _check_maps_weights(maps, weights):
 
 
 def _check_features(F):
-    F = _as_float_array(F, "F", 2)
+    F = check_finite_array(F, "F", ndim=2)
     if F.shape[0] < 2 or F.shape[1] < 1:
         raise ValueError(f"F must have at least 2 samples and 1 feature; got shape {F.shape}.")
     return F
@@ -100,7 +93,8 @@ def sid_at_k(maps, weights, k=5):
     Each map is divided by its mean magnitude (at least 1e-5) and turned into a distribution over
     positions with a softmax; the k features with the largest (signed) weight of the predicted
     class are taken, and the score is ``(1/k) sum_p max_j P_j(p)``, averaged over the images whose
-    weight row has at least k non-zero entries.
+    weight row has at least k non-zero entries. Ties: among equal weights the lower column
+    (feature id) is taken first; the authors' ``torch.topk`` leaves that order unspecified.
 
     Parameters
     ----------
@@ -274,13 +268,59 @@ def _bilinear_matrix(n_in, n_out):
     return matrix
 
 
+# OpenCV's INTER_LINEAR for 8-bit images: 11-bit fixed-point weights (INTER_RESIZE_COEF_BITS).
+_COEF_SCALE = np.float32(2048)
+
+
+def _fixed_point_taps(n_in, n_out, *, clamp_weights):
+    """Source indices and 11-bit weights of OpenCV's 8-bit bilinear resize along one axis.
+
+    Coordinates are computed in float32 from the double scale ``1 / (n_out / n_in)``, each weight
+    ``1 - f`` and ``f`` rounded to the nearest multiple of 1/2048 (half to even). Along the width
+    OpenCV clamps coordinates outside the image to its edge pixel with weights (2048, 0); along the
+    height it keeps the unclamped weights and only clips the row indices, which rounds differently.
+    """
+    scale = 1.0 / (n_out / n_in)
+    coordinate = ((np.arange(n_out) + 0.5) * scale - 0.5).astype(np.float32)
+    low = np.floor(coordinate).astype(np.int64)
+    frac = (coordinate - low.astype(np.float32)).astype(np.float32)
+    if clamp_weights:
+        outside = (low < 0) | (low >= n_in - 1)
+        frac[outside] = 0
+        low = np.clip(low, 0, n_in - 1)
+    weights = [np.rint(value * _COEF_SCALE).astype(np.int64) for value in (np.float32(1) - frac, frac)]
+    return np.clip(low, 0, n_in - 1), np.clip(low + 1, 0, n_in - 1), weights[0], weights[1]
+
+
+def _resize_uint8(mask, h, w):
+    """``cv2.resize(mask, (w, h))`` (default ``INTER_LINEAR``) of a uint8 image, bit for bit.
+
+    Exactly halving both sides is done by OpenCV as a 2x2 box average (``INTER_AREA``). Otherwise a
+    horizontal pass sums ``pixel * weight`` in integers and the vertical pass combines two such
+    rows as ``((r0 >> 4) * b0 >> 16) + ((r1 >> 4) * b1 >> 16) + 2 >> 2`` (the arithmetic of its
+    SIMD kernel, which its scalar tail repeats), so a share below about half a grey level is 0.
+    """
+    H, W = mask.shape
+    image = mask.astype(np.int64)
+    if (H, W) == (h, w):
+        return mask
+    if (H, W) == (2 * h, 2 * w):
+        return (image[0::2, 0::2] + image[1::2, 0::2] + image[0::2, 1::2] + image[1::2, 1::2] + 2) >> 2
+    left, right, a0, a1 = _fixed_point_taps(W, w, clamp_weights=True)
+    top, bottom, b0, b1 = _fixed_point_taps(H, h, clamp_weights=False)
+    rows = image[:, left] * a0 + image[:, right] * a1  # (H, w), up to 255 * 2048
+    upper = ((rows[top] >> 4) * b0[:, None]) >> 16
+    lower = ((rows[bottom] >> 4) * b1[:, None]) >> 16
+    return np.clip((upper + lower + 2) >> 2, 0, 255)
+
+
 def resize_masks(masks, size, dilate=True):
     """Binary object masks at grid resolution, as the Plausibility metric uses them (SPEC 6.6, 9.1).
 
     Each mask is resized to ``size`` with bilinear interpolation (half-pixel centres, no
-    antialiasing: the semantics of ``cv2.resize`` with its default ``INTER_LINEAR``), binarised
-    with ``> 0`` and, when ``dilate``, dilated with a 3x3 square (one iteration; pixels outside the
-    grid do not count, like ``cv2.dilate``'s default border).
+    antialiasing: ``cv2.resize`` with its default ``INTER_LINEAR``), binarised with ``> 0`` and,
+    when ``dilate``, dilated with a 3x3 square (one iteration; pixels outside the grid do not
+    count, like ``cv2.dilate``'s default border).
 
     Parameters
     ----------
@@ -299,9 +339,12 @@ def resize_masks(masks, size, dilate=True):
 
     Notes
     -----
-    Values are interpolated in float64. For 8-bit masks, OpenCV uses 11-bit fixed-point weights,
-    so a source value whose interpolated share rounds below 0.5 grey levels is 0 there but
-    ``> 0`` here; masks stored as 0/255 or bool are unaffected for practical scale factors.
+    uint8 masks (the CUB PNGs the authors read) are resized exactly as OpenCV resizes 8-bit
+    images: 11-bit fixed-point weights and OpenCV's integer rounding, so a cell whose bilinear
+    value is below about half a grey level is 0, as in the authors' masks (e.g. the single 255
+    pixel of a 17 x 17 mask leaves grid cells at 0 that a float resize puts above 0). Bool masks
+    are resized as the 0/255 uint8 image they stand for. Other dtypes (float, wider integers) are
+    interpolated in float64 without rounding, so any positive share counts as object.
 
     Examples
     --------
@@ -319,14 +362,20 @@ def resize_masks(masks, size, dilate=True):
     out = np.zeros((len(masks), h, w), dtype=bool)
     structure = np.ones((3, 3), dtype=bool)
     for i, mask in enumerate(masks):
-        mask = np.asarray(mask, dtype=np.float64)
+        mask = np.asarray(mask)
         if mask.ndim != 2 or mask.size == 0:
             raise ValueError(f"masks[{i}] must be a non-empty 2-D array; got shape {mask.shape}.")
-        if not np.all(np.isfinite(mask)):
-            raise ValueError(f"masks[{i}] must contain only finite values.")
-        if mask.shape != (h, w):
-            mask = _bilinear_matrix(mask.shape[0], h) @ mask @ _bilinear_matrix(mask.shape[1], w).T
-        binary = mask > 0
+        if mask.dtype == bool:
+            mask = mask.astype(np.uint8) * np.uint8(255)
+        if mask.dtype == np.uint8:
+            binary = _resize_uint8(mask, h, w) > 0
+        else:
+            mask = mask.astype(np.float64)
+            if not np.all(np.isfinite(mask)):
+                raise ValueError(f"masks[{i}] must contain only finite values.")
+            if mask.shape != (h, w):
+                mask = _bilinear_matrix(mask.shape[0], h) @ mask @ _bilinear_matrix(mask.shape[1], w).T
+            binary = mask > 0
         out[i] = binary_dilation(binary, structure=structure) if dilate else binary
     return out
 

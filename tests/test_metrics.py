@@ -150,6 +150,44 @@ def test_resize_masks_accepts_mixed_sizes_and_rejects_bad_input():
         resize_masks([np.ones(4)], (2, 2))
 
 
+def test_resize_masks_uint8_is_opencv_fixed_point_by_hand():
+    # 17 x 17 -> 16 x 16, one 255 pixel at (1, 1). Source coordinate of output o: 1.0625 o + 0.03125.
+    # o = 0: pixels 0 and 1, weights round(0.96875 * 2048) = 1984 and round(0.03125 * 2048) = 64;
+    # o = 1: pixels 1 and 2, f = 0.09375, weights 1856 and 192.
+    # Row sums (horizontal pass): column 0 -> 255 * 64 = 16320, column 1 -> 255 * 1856 = 473280.
+    # Cell (0, 0): ((16320 >> 4) * 64 >> 16) + 2 >> 2 = (65280 >> 16 = 0) + 2 >> 2 = 0, although
+    # the float bilinear value is 255 * 0.03125^2 = 0.249 > 0.
+    # Cell (0, 1) and (1, 0): ((473280 >> 4) * 64 >> 16 = 28) + 2 >> 2 = 7; cell (1, 1): 209.
+    mask = np.zeros((17, 17), np.uint8)
+    mask[1, 1] = 255
+    values = metrics._resize_uint8(mask, 16, 16)
+    assert values[:2, :2].tolist() == [[0, 7], [7, 209]] and values.sum() == 223
+    assert np.argwhere(resize_masks([mask], (16, 16), dilate=False)[0]).tolist() == [[0, 1], [1, 0], [1, 1]]
+    # The float path keeps any positive share: (0, 0) is object there.
+    assert resize_masks([mask.astype(float)], (16, 16), dilate=False)[0, 0, 0]
+    # Bool masks are the 0/255 image they stand for.
+    np.testing.assert_array_equal(resize_masks([mask > 0], (16, 16)), resize_masks([mask], (16, 16)))
+    # Exactly halving both sides is OpenCV's 2x2 box average with rounding: (255 + 2) >> 2 = 64.
+    block = np.zeros((4, 4), np.uint8)
+    block[0, 0] = 255
+    assert metrics._resize_uint8(block, 2, 2).tolist() == [[64, 0], [0, 0]]
+
+
+def test_resize_masks_uint8_matches_cv2():
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(11)
+    cases = [np.zeros((17, 17), np.uint8) for _ in range(6)]
+    for case in cases:
+        case[tuple(rng.integers(0, 17, 2))] = 255  # isolated pixels
+    cases += [(rng.random((37, 23)) < 0.03).astype(np.uint8) * 255, rng.integers(0, 256, (37, 23), dtype=np.uint8)]
+    cases += [(rng.random((333, 500)) < 0.5).astype(np.uint8) * 255, np.full((32, 32), 255, np.uint8)]
+    for image in cases:
+        for h, w in [(16, 16), (5, 40), (74, 46), (23, 37), (1, 3), (16, 1)]:
+            expected = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+            np.testing.assert_array_equal(metrics._resize_uint8(image, h, w), expected, err_msg=f"{image.shape}->{h, w}")
+            np.testing.assert_array_equal(resize_masks([image], (h, w), dilate=False)[0], expected > 0)
+
+
 # ------------------------------------------------------------------ SID@k
 
 
@@ -176,6 +214,20 @@ def test_sid_matches_loop_reference_with_signed_weights_and_excluded_images():
     flipped[0] = -np.abs(rows[0])
     assert sid_at_k(maps, flipped, k=5) == pytest.approx(ref_sid(maps, flipped, 5), abs=1e-12)
     assert 1 / 5 <= ours <= 1
+
+
+def test_sid_tie_rule_hand_computed():
+    # Tied weights: the lowest column ids win (stable order), not torch.topk's unspecified order.
+    # Features 0 and 1 peak at cell 0, feature 2 at cell 1; each map / its mean (50) -> [2, 0].
+    maps = np.zeros((1, 3, 1, 2))
+    maps[0, 0, 0, 0] = maps[0, 1, 0, 0] = maps[0, 2, 0, 1] = 100.0
+    p = math.exp(2) / (1 + math.exp(2))
+    # weights all 1, k = 2 -> features {0, 1}: same distribution, SID = (p + (1 - p)) / 2 = 0.5.
+    assert sid_at_k(maps, [[1.0, 1.0, 1.0]], k=2) == pytest.approx(0.5, abs=1e-12)
+    # Feature 2 first by weight, then the tie {0, 1} at weight 1 goes to 0 -> {2, 0}: SID = p.
+    assert sid_at_k(maps, [[1.0, 1.0, 2.0]], k=2) == pytest.approx(p, abs=1e-12)
+    # Features 1 and 2 share the top weight: both taken, disjoint peaks, SID = (p + p) / 2 = p.
+    assert sid_at_k(maps, [[0.5, 2.0, 2.0]], k=2) == pytest.approx(p, abs=1e-12)
 
 
 def test_sid_binary_ties_take_lowest_ids_and_undefined_raises():
