@@ -153,23 +153,35 @@ def test_explain_with_feature_names(fitted, tmp_path):
     clf = QPMClassifier.load(model)
     if "feature_names" not in clf.get_params():
         pytest.skip("QPMClassifier has no feature_names parameter yet")
-    names = tmp_path / "names.json"
-    names.write_text(json.dumps({str(clf.selected_features_[0]): "first"}))
-    np.save(tmp_path / "X.npy", np.zeros((2, 4, 4, 32), dtype=np.float32))
+    names = {int(f): f"part {i}" for i, f in enumerate(clf.selected_features_)}
+    (tmp_path / "names.json").write_text(json.dumps(names))  # JSON keys are strings: "12": "part 0"
+    X = np.random.default_rng(0).normal(size=(3, 4, 4, clf.n_features_in_)).astype(np.float32)
+    np.save(tmp_path / "X.npy", X)
     assert main(["explain", str(model), "--embeddings", str(tmp_path / "X.npy"), "--out", str(tmp_path / "e"),
-                 "--feature-names", str(names), "-q"]) == 0  # fmt: skip
-    text = (tmp_path / "e" / "contributions.csv").read_text()
-    assert "first" in text or f"feature {clf.selected_features_[0]}" not in text
+                 "--feature-names", str(tmp_path / "names.json"), "-q"]) == 0  # fmt: skip
+    with open(tmp_path / "e" / "contributions.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and all(row["feature_name"] == names[int(row["feature"])] for row in rows)
+    assert [row["input"] for row in rows][:1] == ["0"]  # rows of an array are named by position
 
 
-def test_table_runs_the_paper_harness(tmp_path):
+def test_table_runs_the_paper_harness(tmp_path, tiny_backbone, capsys):
     from _fake_datasets import write_fake_cub
 
     pytest.importorskip("qpm_sklearn._paper_table")
-    write_fake_cub(tmp_path / "root", n_classes=3, n_per_class=4, size=28)
     with pytest.raises(SystemExit) as exit_info:
         main(["table", "--help"])
-    assert exit_info.value.code == 0
+    assert exit_info.value.code == 0 and "usage: qpm-sklearn table" in capsys.readouterr().out
+    write_fake_cub(tmp_path / "root", n_classes=3, n_per_class=4, size=28)
+    out = tmp_path / "table.json"
+    argv = ["table", "--dataset", "cub", "--root", str(tmp_path / "root"), "--model", tiny_backbone, "--rows", "qpm",
+            "--out", str(out), "--quick", "--image-size", "56", "--batch-size", "8", "--device", "cpu",
+            "--n-features", "8", "--hidden-size", "8", "--n-layers", "1", "--n-selected", "4", "--n-per-class", "2",
+            "--random-state", "0"]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(out.read_text())
+    assert [row["name"] for row in report["rows"]] == ["qpm"] and report["rows"][0]["status"] == "ok"
+    assert "DINO-QPM" in capsys.readouterr().out
 
 
 @pytest.mark.skipif(shutil.which("qpm-sklearn") is None, reason="the package is not installed with its entry point")
