@@ -73,8 +73,39 @@ class TokenMLP(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         batch, n_tokens, dim = tokens.shape  # (B, P, D)
         # Rows of a 2-D BatchNorm1d input are the statistics population: B*P tokens.
-        out = self.layers(tokens.reshape(batch * n_tokens, dim))  # (B*P, N_f)
+        out = tokens.reshape(batch * n_tokens, dim)
+        for layer in self.layers:
+            if isinstance(layer, nn.BatchNorm1d) and layer.training and out.device.type == "cpu":
+                out = _thread_stable_batch_norm(out, layer)
+            else:
+                out = layer(out)  # (B*P, width)
         return out.reshape(batch, n_tokens, -1)  # (B, P, N_f)
+
+
+def _thread_stable_batch_norm(rows: torch.Tensor, norm: nn.BatchNorm1d) -> torch.Tensor:
+    """Training-mode BatchNorm1d of ``rows`` (N, C) whose result does not depend on the CPU thread count.
+
+    PyTorch's CPU kernel splits the statistics' sums over threads, so 1 and 2 threads
+    round differently and training drifts apart. Here the statistics are column means --
+    reductions torch parallelises over the columns only -- and autograd differentiates
+    them. Same formula as the kernel: biased variance to normalise, unbiased variance
+    into ``running_var``, ``momentum`` (default 0.1) for both running statistics.
+    """
+    n_rows = rows.shape[0]
+    mean = rows.mean(0)
+    centered = rows - mean
+    var = (centered * centered).mean(0)
+    out = centered * torch.rsqrt(var + norm.eps)
+    if norm.affine:
+        out = out * norm.weight + norm.bias
+    if norm.track_running_stats:
+        with torch.no_grad():
+            norm.num_batches_tracked.add_(1)
+            momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+            unbiased = var * (n_rows / max(n_rows - 1, 1))
+            norm.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+            norm.running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+    return out
 
 
 class DenseHead(nn.Module):

@@ -50,6 +50,9 @@ _WARMUP_FRACTION = 0.05
 _GRAPH_WARMUP_STEPS = 3
 # Tokens stay on the GPU when they take at most this share of its free memory.
 _RESIDENT_SHARE = 0.5
+# torch reduces at most this many entries on one thread (at::internal::GRAIN_SIZE); see thread_stable_sum.
+_SERIAL_REDUCTION = 32768
+_ROW_WIDTH = 256
 
 
 def diversity_loss(logits, maps, features, head_weight, beta):
@@ -80,17 +83,31 @@ def diversity_loss(logits, maps, features, head_weight, beta):
     scaled = features / features.amax(1, keepdim=True).clamp(min=1e-6)  # (B, K)
     spatial = maps.flatten(2).softmax(-1)  # (B, K, h*w)
     weighted = (weights * scaled).unsqueeze(-1) * spatial  # (B, K, h*w)
-    return -beta / batch * weighted.amax(1).sum()
+    return -beta / batch * thread_stable_sum(weighted.amax(1))
 
 
 def l1_maps(maps):
     """L1-FM of SPEC 3.3: mean absolute value over all map entries."""
-    return maps.abs().mean()
+    return thread_stable_sum(maps.abs()) / maps.numel()
 
 
 def l1_features(features):
     """L1-FV of SPEC 3.4 (``norm_with_max=False``): mean absolute feature value."""
-    return features.abs().mean()
+    return thread_stable_sum(features.abs()) / features.numel()
+
+
+def thread_stable_sum(values: torch.Tensor) -> torch.Tensor:
+    """The sum of all entries, added in an order that does not depend on the CPU thread count.
+
+    torch splits a large full reduction over threads (so 1 and 2 threads round
+    differently); it reduces a tensor of at most ``_SERIAL_REDUCTION`` entries on one
+    thread, and the rows of a matrix each on one thread. So: sum rows of
+    ``_ROW_WIDTH`` entries (zero-padded: adding 0 is exact) until few enough remain.
+    """
+    flat = values.reshape(-1)
+    while flat.numel() > _SERIAL_REDUCTION:
+        flat = F.pad(flat, (0, -flat.numel() % _ROW_WIDTH)).reshape(-1, _ROW_WIDTH).sum(1)
+    return flat.sum()
 
 
 def cosine_schedule(total_steps: int, steps_per_epoch: int) -> np.ndarray:

@@ -236,3 +236,50 @@ def test_network_state_round_trip(dense_network):
     bad["head.linear.bias"] = np.zeros(5, np.float32)
     with pytest.raises(ValueError, match="head.linear.bias"):
         load_network_state(fresh, bad)
+
+
+def test_seeded_init_without_global_rng_reproduces_pytorch_default_init():
+    from qpm_sklearn.adapter import empty_network, init_parameters
+
+    build = lambda: QPMNetwork(TokenMLP(6, 10, 7, 3), DenseHead(7, 4))  # noqa: E731
+    with torch.random.fork_rng():
+        torch.manual_seed(5)
+        reference = build()  # PyTorch's own initialisation from the global RNG
+    torch.manual_seed(1)
+    expected_next = torch.rand(2)
+    torch.manual_seed(1)
+    network = init_parameters(empty_network(build).to_empty(device="cpu"), torch.Generator().manual_seed(5))
+    assert torch.equal(torch.rand(2), expected_next), "init must not draw from the global RNG"
+    for (name, value), (other, ref) in zip(network.state_dict().items(), reference.state_dict().items()):
+        assert name == other and torch.equal(value, ref), name
+
+
+def test_mlp_from_state_reads_the_architecture_and_copies_the_arrays(dense_network):
+    from qpm_sklearn.adapter import mlp_from_state
+
+    state = network_state(dense_network.mlp)
+    mlp = mlp_from_state(state)
+    assert [(m.in_features, m.out_features) for m in mlp.layers if isinstance(m, torch.nn.Linear)] == [
+        (6, 10), (10, 10), (10, 7)]  # fmt: skip
+    tokens = torch.as_tensor(_tokens())
+    dense_network.eval(), mlp.eval()
+    assert torch.equal(mlp(tokens), dense_network.mlp(tokens))
+    with torch.no_grad():
+        mlp.layers[0].weight.add_(1.0)
+    np.testing.assert_array_equal(state["layers.0.weight"], network_state(dense_network.mlp)["layers.0.weight"])
+    with pytest.raises(ValueError, match="not the state of a TokenMLP"):
+        mlp_from_state({"linear.weight": np.zeros((2, 2))})
+
+
+def test_thread_stable_batch_norm_matches_pytorch_batch_norm():
+    from qpm_sklearn.adapter import _thread_stable_batch_norm
+
+    rows = torch.randn(40, 5, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    native, ours = torch.nn.BatchNorm1d(5), torch.nn.BatchNorm1d(5)
+    _randomise_bn(native), _randomise_bn(ours)
+    for _ in range(2):  # running statistics accumulate the same way
+        np.testing.assert_allclose(_thread_stable_batch_norm(rows, ours).detach(), native(rows).detach(),
+                                   rtol=1e-5, atol=1e-5)  # fmt: skip
+    np.testing.assert_allclose(ours.running_mean, native.running_mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours.running_var, native.running_var, rtol=1e-5, atol=1e-6)
+    assert int(ours.num_batches_tracked) == int(native.num_batches_tracked) == 2

@@ -288,3 +288,12 @@ def test_cuda_training_learns_what_cpu_training_learns():
         logits = forward_in_batches(network, tokens, grid=GRID, batch_size=16, device=device)["logits"]
         predictions.append(logits.argmax(1))
     assert (predictions[0] == y).mean() == 1.0 and (predictions[1] == y).mean() == 1.0
+
+
+def test_thread_stable_sum_is_the_sum():
+    from qpm_sklearn.training import thread_stable_sum
+
+    values = torch.randn(3, 70001, generator=torch.Generator().manual_seed(0))
+    expected = values.double().sum().item()
+    assert thread_stable_sum(values).item() == pytest.approx(expected, rel=1e-5, abs=1e-2)
+    assert thread_stable_sum(torch.ones(5)).item() == 5.0

@@ -1,0 +1,258 @@
+"""QPMClassifier's integrity guarantees: all-or-nothing fit, no global state touched, complete cache key,
+thread-count independence, parameter and device checks, derived attributes."""
+
+import _thread
+import pickle
+import subprocess
+import sys
+import threading
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from sklearn.exceptions import NotFittedError
+from sklearn.utils._param_validation import InvalidParameterError
+
+import qpm_sklearn.classifier as classifier
+from qpm_sklearn import QPMClassifier
+from qpm_sklearn._device import resolve_device
+from qpm_sklearn.classifier import PARAMETER_GROUPS
+
+TINY = dict(
+    n_features=8, n_selected=4, n_per_class=2, hidden_size=16, n_layers=2,
+    dense_epochs=2, sparse_epochs=2, dense_batch_size=8, sparse_batch_size=8, random_state=0,
+)  # fmt: skip
+
+
+def data(n=24, grid=(2, 2), dims=6, n_classes=3, seed=0):
+    rng = np.random.RandomState(seed)
+    y = np.arange(n) % n_classes
+    X = rng.normal(size=(n, *grid, dims)).astype(np.float32)
+    X[..., 0] += 3 * y[:, None, None]
+    return X, y
+
+
+def fitted_state(clf):
+    """Everything fit writes, as plain comparable values."""
+    state = {}
+    for name, value in vars(clf).items():
+        if name.endswith("_") and not name.startswith("_"):
+            state[name] = pickle.dumps(value)
+    return state
+
+
+@pytest.fixture
+def count_stages(monkeypatch):
+    calls = []
+    original = classifier.train_network
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("desc"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "train_network", counting)
+    return calls
+
+
+# ------------------------------------------------------------------------- global state
+def _after(call):
+    torch.manual_seed(0)
+    call()
+    return torch.randn(3)
+
+
+def test_public_methods_leave_torch_global_rng_alone():
+    X, y = data()
+    torch.manual_seed(0)
+    expected = torch.randn(3)
+    clf = QPMClassifier(**dict(TINY, dense_epochs=1, sparse_epochs=1))
+    assert torch.equal(_after(lambda: clf.fit(X, y)), expected)
+    for method in ("predict", "predict_proba", "explain", "feature_maps"):
+        assert torch.equal(_after(lambda: getattr(clf, method)(X)), expected), method
+    assert torch.equal(_after(lambda: clf.predict(X, stage="dense")), expected)
+
+
+def test_the_rng_check_can_fail():
+    torch.manual_seed(0)
+    expected = torch.randn(3)
+    assert not torch.equal(_after(lambda: torch.nn.Linear(3, 3)), expected)  # default init draws
+
+
+# ------------------------------------------------------------------------- all-or-nothing fit
+def test_interrupted_refit_leaves_the_previous_model(monkeypatch):
+    X, y = data()
+    clf = QPMClassifier(**TINY).fit(X, y)
+    before, proba = fitted_state(clf), clf.predict_proba(X)
+    original = classifier.train_network
+
+    def interrupted(*args, **kwargs):
+        if kwargs.get("desc") == "sparse":  # late: the dense stage and the selection are done
+            threading.Thread(target=_thread.interrupt_main).start()
+            deadline = threading.Event()
+            deadline.wait(5.0)  # the KeyboardInterrupt arrives in the main thread during this wait
+            raise AssertionError("the interrupt did not arrive")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "train_network", interrupted)
+    X4, y4 = data(n=32, n_classes=4, seed=1)  # another set of classes
+    with pytest.raises(KeyboardInterrupt):
+        clf.fit(X4, y4)
+    assert fitted_state(clf) == before
+    np.testing.assert_array_equal(clf.predict_proba(X), proba)
+
+
+def test_fit_failing_late_leaves_an_unfitted_estimator_unfitted(count_stages):
+    X, y = data()
+    clf = QPMClassifier(**dict(TINY, sparse_lr=1e30, sparse_epochs=3))  # the sparse stage diverges
+    with pytest.raises(FloatingPointError, match="diverged"):
+        clf.fit(X, y)
+    assert count_stages == ["dense", "sparse"], "the failure must come after the dense stage"
+    assert fitted_state(clf) == {}
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
+
+
+def test_bad_options_fail_before_any_training(count_stages):
+    X, y = data()
+    with pytest.raises(ValueError, match="solver_options: unknown option"):
+        QPMClassifier(**TINY, solver_options={"time_limt": 3}).fit(X, y)
+    with pytest.raises(ValueError, match="distinct sets"):
+        QPMClassifier(**dict(TINY, n_selected=3, n_per_class=1)).fit(*data(n=32, n_classes=4))
+    with pytest.raises(ValueError, match="available"):
+        QPMClassifier(**TINY, device="xpu").fit(X, y)
+    assert count_stages == []
+
+
+def test_solver_options_that_cannot_apply_warn():
+    X, y = data()
+    with pytest.warns(UserWarning, match="apply to selection='qpm' only"):
+        QPMClassifier(**dict(TINY, n_per_class=1), selection="sldd", solver_options={"time_limit": 5}).fit(X, y)
+
+
+# ------------------------------------------------------------------------- the memory= key
+def test_every_parameter_is_in_exactly_one_group():
+    names = [name for group in PARAMETER_GROUPS.values() for name in group]
+    assert len(names) == len(set(names)), "a parameter is in two groups"
+    assert set(names) == set(QPMClassifier().get_params(deep=False)), (
+        "every QPMClassifier parameter must be classified in classifier.PARAMETER_GROUPS"
+    )
+
+
+DENSE_CHANGES = dict(n_features=10, hidden_size=12, n_layers=1, dense_epochs=3, dense_batch_size=6, dense_lr=2e-3,
+                     dense_weight_decay=1e-3, dropout=0.1, dense_diversity=0.3)  # fmt: skip
+
+
+def test_changing_any_dense_parameter_misses_the_cache(tmp_path, count_stages):
+    assert set(DENSE_CHANGES) == set(PARAMETER_GROUPS["dense"])
+    X, y = data()
+    QPMClassifier(**TINY, memory=str(tmp_path)).fit(X, y)
+    QPMClassifier(**dict(TINY, sparse_lr=1e-3, n_per_class=1), memory=str(tmp_path)).fit(X, y)
+    assert count_stages.count("dense") == 1, "a sparse parameter must not retrain the dense stage"
+    for name, value in DENSE_CHANGES.items():
+        QPMClassifier(**dict(TINY, **{name: value}), memory=str(tmp_path)).fit(X, y)
+        assert count_stages.count("dense") == 2, f"changing {name} reused a cached dense stage"
+        count_stages.remove("dense")
+
+
+def test_concurrent_fits_of_one_key_train_the_dense_stage_once(tmp_path, count_stages):
+    X, y = data()
+    errors = []
+
+    def fit():
+        try:
+            QPMClassifier(**TINY, memory=str(tmp_path)).fit(X, y)
+        except Exception as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fit) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert count_stages.count("dense") == 1 and count_stages.count("sparse") == 2
+
+
+def test_memory_without_a_seed_warns(tmp_path):
+    X, y = data()
+    with pytest.warns(UserWarning, match="random_state=None"):
+        QPMClassifier(**dict(TINY, random_state=None), memory=str(tmp_path)).fit(X, y)
+
+
+# ------------------------------------------------------------------------- determinism
+_THREADS_SCRIPT = """
+import sys, numpy as np, torch
+torch.set_num_threads(int(sys.argv[1]))
+from qpm_sklearn import QPMClassifier
+rng = np.random.RandomState(0)
+y = np.repeat(np.arange(3), 20)
+X = rng.normal(size=(60, 4, 4, 16)).astype(np.float32)
+X[..., 0] += y[:, None, None]
+clf = QPMClassifier(n_features=16, n_selected=8, n_per_class=2, hidden_size=64, n_layers=3, dense_epochs=6,
+                    sparse_epochs=3, dense_batch_size=16, dense_lr=1e-2, random_state=0, device="cpu").fit(X, y)
+sys.stdout.write(clf.predict_proba(X).tobytes().hex())
+"""
+
+
+def test_cpu_fit_does_not_depend_on_the_thread_count():
+    runs = {}
+    for threads in (1, 2):
+        out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(threads)], capture_output=True, text=True,
+                             check=True, env={**__import__("os").environ, "OMP_NUM_THREADS": str(threads)})  # fmt: skip
+        runs[threads] = np.frombuffer(bytes.fromhex(out.stdout), dtype=np.float32)
+    # The training's reductions are summed in a thread-independent order: bit-identical, not just close.
+    np.testing.assert_array_equal(runs[1], runs[2])
+
+
+# ------------------------------------------------------------------------- parameters, devices
+@pytest.mark.parametrize("name", ["n_features", "n_selected", "hidden_size", "dense_epochs", "sparse_batch_size"])
+def test_bools_are_refused_for_integer_parameters(name):
+    X, y = data()
+    with pytest.raises(InvalidParameterError, match=f"'{name}' parameter .*not a bool"):
+        QPMClassifier(**dict(TINY, **{name: True})).fit(X, y)
+
+
+@pytest.mark.parametrize("device", ["xpu", "meta", f"cuda:{max(torch.cuda.device_count(), 1) + 6}"])
+def test_devices_the_machine_lacks_are_refused(device):
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        pytest.skip("without CUDA a cuda request falls back to the CPU (next test)")
+    with pytest.raises(ValueError, match=r"not available on this machine; available: \['cpu'"):
+        resolve_device(device)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only fallback")
+def test_cuda_request_without_cuda_warns_once_per_fit():
+    X, y = data()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        QPMClassifier(**dict(TINY, dense_epochs=1, sparse_epochs=1), device="cuda").fit(X, y)
+    messages = [str(w.message) for w in caught if "CUDA is not available" in str(w.message)]
+    assert len(messages) == 1, messages
+
+
+# ------------------------------------------------------------------------- derived attributes
+def test_derived_attributes_and_network_cache():
+    X, y = data()
+    clf = QPMClassifier(**TINY).fit(X, y)
+    np.testing.assert_array_equal(clf.assignment_, (clf.sparse_weight_ != 0).astype(np.int8))
+    assert "assignment_" not in vars(clf), "assignment_ is derived, not stored"
+    np.testing.assert_array_equal(clf.loss_curve_, [row["loss"] for row in clf.history_])
+    assert clf.n_iter_ == TINY["dense_epochs"] + TINY["sparse_epochs"]
+    np.testing.assert_allclose(clf.predict_log_proba(X), np.log(clf.predict_proba(X)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(clf.class_weights("dense"), clf.dense_head_state_["linear.weight"])
+    first = clf._network("sparse", torch.device("cpu"))
+    assert clf._network("sparse", torch.device("cpu")) is first, "the network is built once"
+    restored = pickle.loads(pickle.dumps(clf))
+    assert "_networks" not in vars(restored)
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
+    clf.fit(*data(seed=2))
+    assert clf._network("sparse", torch.device("cpu")) is not first, "fit invalidates the cached network"
+
+
+def test_qsenn_selection_info_describes_the_final_head():
+    X, y = data(n=48)
+    clf = QPMClassifier(**dict(TINY, n_per_class=1, sparse_epochs=1), selection="qsenn").fit(X, y)
+    info = clf.selection_info_
+    assert info["method"] == "qsenn" and info["round"] == info["rounds"] - 1 == 3
+    assert info["n_nonzero"] == np.count_nonzero(clf.sparse_weight_)
