@@ -93,6 +93,11 @@ class PatchEmbedder(TransformerMixin, BaseEstimator):
         position-embedding interpolation is the model's own (SPEC 13.1).
     mean, std : sequence of 3 floats, default=None
         Per-channel statistics; see ``preprocessing``.
+    exif_transpose : bool, default=True
+        Apply the EXIF orientation of image files (``PIL.ImageOps.exif_transpose``), so
+        that a photo is embedded as a viewer shows it. False reproduces pipelines that
+        read the stored pixels (torchvision's ``ImageFolder`` loader, for one). PIL
+        images and arrays are used as given.
     batch_size : int, default=64
         Images per forward pass. On a CUDA out-of-memory error the batch is halved
         (with a warning) and retried.
@@ -161,6 +166,7 @@ class PatchEmbedder(TransformerMixin, BaseEstimator):
         "preprocessing": [StrOptions(set(_images.PREPROCESSINGS))],
         "mean": ["array-like", None],
         "std": ["array-like", None],
+        "exif_transpose": ["boolean"],
         "batch_size": [StrictInterval(Integral, 1, None, closed="left")],
         "device": [str, torch.device, None],
         "dtype": [StrOptions({"float32", "bfloat16", "float16"}), torch.dtype, None],
@@ -181,6 +187,7 @@ class PatchEmbedder(TransformerMixin, BaseEstimator):
         preprocessing="auto",
         mean=None,
         std=None,
+        exif_transpose=True,
         batch_size=64,
         device=None,
         dtype=None,
@@ -197,6 +204,7 @@ class PatchEmbedder(TransformerMixin, BaseEstimator):
         self.preprocessing = preprocessing
         self.mean = mean
         self.std = std
+        self.exif_transpose = exif_transpose
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
@@ -452,6 +460,7 @@ class PatchEmbedder(TransformerMixin, BaseEstimator):
             "mean": plan.mean,
             "std": plan.std,
             "resample": plan.resample,
+            "exif_transpose": bool(self.exif_transpose),
             "image_size": plan.image_size,
             "output": self.output,
             "compute_dtype": str(compute_dtype),
@@ -465,7 +474,9 @@ class PatchEmbedder(TransformerMixin, BaseEstimator):
         """Embed the images ``X[rows]`` batch by batch and hand each result to ``sink``."""
         backbone = self._load_model(device, compute_dtype)
         batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
-        decoded = _images.decode_batches(X, batches, plan.image_size, plan.resample, n_jobs=n_jobs)
+        decoded = _images.decode_batches(
+            X, batches, plan.image_size, plan.resample, exif_transpose=self.exif_transpose, n_jobs=n_jobs
+        )
         # Uploads and downloads each get their own stream: on one, the upload of batch k+1 would
         # queue behind the download of batch k, which waits for batch k's forward pass.
         upload_stream = download_stream = None
@@ -553,6 +564,7 @@ class Dinov2Embedder(PatchEmbedder):
         A multiple of the patch size (14 for DINOv2).
     preprocessing : {"imagenet", "paper", "auto"}, default="imagenet"
     mean, std : sequence of 3 floats, default=None
+    exif_transpose : bool, default=True
     batch_size : int, default=64
     device : str or torch.device, default=None
     dtype : {"float32", "bfloat16", "float16"}, default=None
@@ -590,6 +602,7 @@ class Dinov2Embedder(PatchEmbedder):
         preprocessing="imagenet",
         mean=None,
         std=None,
+        exif_transpose=True,
         batch_size=64,
         device=None,
         dtype=None,
@@ -607,6 +620,7 @@ class Dinov2Embedder(PatchEmbedder):
             preprocessing=preprocessing,
             mean=mean,
             std=std,
+            exif_transpose=exif_transpose,
             batch_size=batch_size,
             device=device,
             dtype=dtype,

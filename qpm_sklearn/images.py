@@ -2,7 +2,8 @@
 
 Everything between what a user hands to :class:`~qpm_sklearn.Dinov2Embedder` and the
 ``(B, 3, S, S)`` tensor the backbone sees lives here: checking the input container,
-reading and decoding files (with errors that name the file), converting any PIL mode
+reading and decoding files (with errors that name the file; EXIF orientation applied
+unless turned off), converting any PIL mode
 to RGB, squash-resizing to a square, and normalising ("imagenet" or "paper", SPEC 1.2
 and 13.2). Decoding and resizing stay in uint8 on the host (as torchvision's and
 transformers' pipelines do, so quantisation matches them); the float conversion and
@@ -26,10 +27,27 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-# torch is imported inside the two functions that need it: decoding worker processes
-# import this module and should start in a fraction of a second.
+# torch is imported inside normalize, the one function that needs it: decoding worker
+# processes import this module and should start in a fraction of a second.
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PREPROCESSINGS",
+    "check_files_exist",
+    "check_images",
+    "decode_batches",
+    "default_n_jobs",
+    "image_key",
+    "load_resized",
+    "normalize",
+    "read_image",
+    "resolve_n_jobs",
+    "resolve_statistics",
+    "to_rgb",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,8 +88,9 @@ def check_images(X) -> Sequence:
     """Validate the container of images and return it as an indexable sequence.
 
     Accepted: a uint8 array ``(n, H, W, 3)`` (RGB) or ``(n, H, W)`` (gray), or a
-    non-empty sequence (list, tuple, 1-d array of strings, pandas Series ...) whose items
-    are file paths (``str`` / ``os.PathLike``), PIL images or uint8 arrays ``(H, W)`` /
+    non-empty collection (list, tuple, pandas Series, a one-column pandas DataFrame,
+    an array of strings or objects of shape ``(n,)`` or ``(n, 1)``) whose items are file
+    paths (``str`` / ``os.PathLike``), PIL images or uint8 arrays ``(H, W)`` /
     ``(H, W, 3)``, mixed freely. Files are not opened here (that happens in
     :func:`read_image`), so this check is cheap.
 
@@ -81,14 +100,34 @@ def check_images(X) -> Sequence:
         For a single path or image instead of a collection, an item of another type,
         or a non-uint8 array.
     ValueError
-        For an empty collection or an array of the wrong rank / channel count.
+        For an empty collection, an array of the wrong rank / channel count, or a
+        DataFrame of more than one column.
     """
     if isinstance(X, (*_PATH_TYPES, bytes, Image.Image)):
         raise TypeError(
             f"X must be a collection of images (a list of paths / PIL images or a uint8 array "
             f"(n, H, W, 3)); got a single {type(X).__name__}. Wrap it in a list: [X]."
         )
-    if isinstance(X, np.ndarray) and X.dtype.kind not in "USO":
+    if hasattr(X, "columns") and hasattr(X, "iloc"):  # a DataFrame: its one column of images
+        if X.shape[1] != 1:
+            columns = list(X.columns)
+            raise ValueError(
+                f"X is a DataFrame with {len(columns)} columns {columns[:5]}{' ...' if len(columns) > 5 else ''}; "
+                f"pass the one column "
+                f"that holds the images, e.g. X[{columns[0]!r}] or X[[{columns[0]!r}]]."
+                if columns
+                else "X is a DataFrame without columns; expected one column of images."
+            )
+        X = X.iloc[:, 0]
+    if isinstance(X, np.ndarray) and X.dtype.kind in "USO":  # paths or images, one per row
+        if X.ndim == 2 and X.shape[1] == 1:
+            X = X[:, 0]
+        elif X.ndim != 1:
+            raise ValueError(
+                f"X as an array of paths or images must have shape (n,) or (n, 1); got shape {X.shape}."
+            )
+        X = X.tolist()
+    if isinstance(X, np.ndarray):
         if X.ndim not in (3, 4):
             raise ValueError(
                 f"X as an array must have shape (n, H, W, 3) (RGB) or (n, H, W) (gray); got "
@@ -106,8 +145,6 @@ def check_images(X) -> Sequence:
                 f"X must be a sequence of image paths / PIL images or a uint8 array; got "
                 f"{type(X).__name__}."
             ) from None
-    elif isinstance(X, np.ndarray):
-        X = X.tolist()
     if len(X) == 0:
         raise ValueError("X is empty: expected at least one image.")
     for index, item in enumerate(X):
@@ -160,11 +197,15 @@ def _describe(item, index: int) -> str:
     return f"X[{index}]"
 
 
-def read_image(item, index: int = 0) -> Image.Image:
+def read_image(item, index: int = 0, exif_transpose: bool = True) -> Image.Image:
     """Return ``item`` (path, PIL image or uint8 array) as an RGB PIL image.
 
-    Raises FileNotFoundError for a missing file and ValueError for a file that cannot
-    be decoded or an image mode without a faithful RGB conversion; both name the item.
+    A file's EXIF orientation is applied (``PIL.ImageOps.exif_transpose``: the image as
+    a viewer shows it, e.g. a phone photo taken upright) unless ``exif_transpose`` is
+    False, which reproduces pipelines that ignore it. PIL images and arrays are taken
+    as they are. Raises FileNotFoundError for a missing file and ValueError for a file
+    that cannot be decoded or an image mode without a faithful RGB conversion; both
+    name the item.
     """
     if isinstance(item, _PATH_TYPES):
         path = Path(item)
@@ -173,10 +214,10 @@ def read_image(item, index: int = 0) -> Image.Image:
         try:
             with Image.open(path) as opened:
                 opened.load()
-                image = opened.copy() if opened.mode == "RGB" else to_rgb(opened, _describe(item, index))
+                image = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ValueError(f"{_describe(item, index)} could not be decoded as an image: {exc}") from exc
-        return image
+        return to_rgb(image, _describe(item, index))
     if isinstance(item, np.ndarray):
         return Image.fromarray(item).convert("RGB")
     return to_rgb(item, _describe(item, index))
@@ -216,8 +257,8 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
         raise ValueError(f"{name}: cannot convert an image of mode {mode!r} to RGB: {exc}") from exc
 
 
-def load_resized(item, index: int, image_size: int, preprocessing: str = "imagenet") -> np.ndarray:
-    """Read ``item`` and squash-resize it to ``(image_size, image_size)``; uint8 ``(S, S, 3)``.
+def load_resized(item, index: int, image_size: int, preprocessing: str = "imagenet", exif_transpose: bool = True) -> np.ndarray:
+    """Read ``item`` (see :func:`read_image`) and squash-resize it to ``(image_size, image_size)``; uint8 ``(S, S, 3)``.
 
     The aspect ratio is not preserved and nothing is cropped (SPEC 1.2); images smaller
     than a patch are simply upsampled.
@@ -225,13 +266,13 @@ def load_resized(item, index: int, image_size: int, preprocessing: str = "imagen
     if isinstance(item, np.ndarray) and item.shape[:2] == (image_size, image_size):
         # Already the right size: skip PIL (it would only copy).
         return item if item.ndim == 3 else np.repeat(item[..., None], 3, axis=-1)
-    image = read_image(item, index)
+    image = read_image(item, index, exif_transpose)
     if image.size != (image_size, image_size):
         image = image.resize((image_size, image_size), _RESAMPLE[preprocessing])
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_chunk(items: list, indices: list, image_size: int, preprocessing: str, pil_settings=None) -> np.ndarray:
+def _decode_chunk(items: list, indices: list, image_size: int, preprocessing: str, exif_transpose: bool, pil_settings=None) -> np.ndarray:
     """:func:`load_resized` over several items; uint8 ``(len(items), S, S, 3)``.
 
     The unit of work of a decoding worker (one call per chunk amortises the
@@ -242,7 +283,9 @@ def decode_chunk(items: list, indices: list, image_size: int, preprocessing: str
         from PIL import ImageFile
 
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = pil_settings
-    return np.stack([load_resized(item, index, image_size, preprocessing) for item, index in zip(items, indices)])
+    return np.stack([
+        load_resized(item, index, image_size, preprocessing, exif_transpose) for item, index in zip(items, indices)
+    ])  # fmt: skip
 
 
 def _pil_settings() -> tuple:
@@ -258,8 +301,9 @@ def _pil_settings() -> tuple:
 
 
 def decode_batches(
-    X, batches, image_size: int, preprocessing: str = "imagenet", *, n_jobs=None, prefetch: int = 2, processes=None
-):
+    X, batches, image_size: int, preprocessing: str = "imagenet", *, exif_transpose: bool = True, n_jobs=None,
+    prefetch: int = 2, processes=None,
+):  # fmt: skip
     """Yield uint8 ``(len(batch), S, S, 3)`` pixels for each batch of row ids, in order.
 
     Up to ``prefetch`` batches are decoded ahead of the one being consumed, so decoding
@@ -273,10 +317,13 @@ def decode_batches(
     ----------
     X : what :func:`check_images` returned
     batches : sequence of int arrays
-        Row ids of ``X``; each batch's ids must be consecutive when ``X`` is an array.
+        Row ids of ``X`` (increasing; a batch of consecutive ids of an array at
+        ``image_size`` is a view, any other a copy).
     image_size : int
     preprocessing : {"imagenet", "paper"}
         Selects the resampling filter.
+    exif_transpose : bool, default=True
+        Apply files' EXIF orientation (see :func:`read_image`).
     n_jobs : int, default=None
         See :func:`resolve_n_jobs`.
     prefetch : int, default=2
@@ -286,7 +333,8 @@ def decode_batches(
     n_jobs = resolve_n_jobs(n_jobs)
     if isinstance(X, np.ndarray) and X.shape[1:3] == (image_size, image_size):
         for batch in batches:
-            pixels = X[batch[0] : batch[0] + len(batch)]
+            consecutive = len(batch) and batch[-1] - batch[0] == len(batch) - 1
+            pixels = X[batch[0] : batch[0] + len(batch)] if consecutive else X[np.asarray(batch)]
             yield np.repeat(pixels[..., None], 3, axis=-1) if pixels.ndim == 3 else pixels  # gray → RGB
         return
     with ExitStack() as stack:
@@ -310,7 +358,9 @@ def decode_batches(
             size = max(1, min(16, -(-len(batch) // (2 * n_jobs))))
             chunks = [[int(row) for row in batch[i : i + size]] for i in range(0, len(batch), size)]
             pending.append([
-                executor.submit(decode_chunk, [item(row) for row in chunk], chunk, image_size, preprocessing, settings)
+                executor.submit(
+                    _decode_chunk, [item(row) for row in chunk], chunk, image_size, preprocessing, exif_transpose, settings
+                )
                 for chunk in chunks
             ])  # fmt: skip
 
@@ -329,13 +379,6 @@ def decode_batches(
         finally:  # an error, or the consumer stopped early: drop the work queued ahead
             for future in (future for group in pending for future in group):
                 future.cancel()
-
-
-def load_images(X, *, n_jobs=None):
-    """Yield the images of ``X`` as RGB PIL images, in order, decoded by ``n_jobs`` threads."""
-    X = check_images(X)
-    with ThreadPoolExecutor(resolve_n_jobs(n_jobs)) as pool:
-        yield from pool.map(read_image, X, range(len(X)))
 
 
 def image_key(item) -> bytes:
@@ -423,13 +466,3 @@ def normalize(pixels: torch.Tensor, *, preprocessing: str = "imagenet", mean=Non
         span = (flat.amax(1).view(-1, 1, 1, 1) - low).clamp_min(torch.finfo(torch.float32).tiny)
         values = values.sub_(low).div_(span).clamp_(0.0, 1.0)
     return values.contiguous()
-
-
-def to_pixel_values(images, image_size: int, preprocessing: str = "imagenet", mean=None, std=None, *, n_jobs=None) -> torch.Tensor:
-    """Images (anything :func:`check_images` accepts) → float32 CPU tensor ``(B, 3, S, S)``."""
-    from ._device import host_tensor
-
-    images = check_images(images)
-    resolve_statistics(preprocessing, mean, std)  # fail before decoding anything
-    (pixels,) = decode_batches(images, [np.arange(len(images))], image_size, preprocessing, n_jobs=n_jobs)
-    return normalize(host_tensor(pixels), preprocessing=preprocessing, mean=mean, std=std)

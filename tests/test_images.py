@@ -131,17 +131,6 @@ def test_unconvertible_modes_are_refused_with_the_name():
         im.read_image(too_wide, 7)
 
 
-def test_load_images_yields_rgb_in_order(tmp_path):
-    arrays = [_rgb(i) for i in range(5)]
-    for i in range(0, 5, 2):
-        Image.fromarray(arrays[i]).save(tmp_path / f"{i}.png")
-    X = [tmp_path / "0.png", Image.fromarray(arrays[1]), str(tmp_path / "2.png"), arrays[3], tmp_path / "4.png"]
-    loaded = list(im.load_images(X, n_jobs=3))
-    assert [img.mode for img in loaded] == ["RGB"] * 5
-    for image, array in zip(loaded, arrays):
-        assert np.array_equal(np.asarray(image), array)
-
-
 def _jpegs(folder, n, shape=(30, 41, 3)):
     paths = []
     for i in range(n):
@@ -313,10 +302,11 @@ def test_normalize_paper_matches_numpy_and_never_nans():
     assert torch.isfinite(constant).all() and constant.abs().max() == 0
 
 
-def test_to_pixel_values_end_to_end(tmp_path):
+def test_decode_and_normalize_end_to_end(tmp_path):
     arrays = [_rgb(0, (30, 20, 3)), _rgb(1, (28, 28, 3))]
     Image.fromarray(arrays[0]).save(tmp_path / "a.png")
-    got = im.to_pixel_values([tmp_path / "a.png", arrays[1]], 28, "paper", CUB_MEAN, CUB_STD, n_jobs=2)
+    (pixels,) = im.decode_batches([tmp_path / "a.png", arrays[1]], [np.arange(2)], 28, "paper", n_jobs=2)
+    got = im.normalize(torch.from_numpy(pixels), preprocessing="paper", mean=CUB_MEAN, std=CUB_STD)
     resized = np.stack([np.asarray(Image.fromarray(a).resize((28, 28), Image.BILINEAR)) for a in arrays])
     np.testing.assert_allclose(got.numpy(), _hand_paper(resized, CUB_MEAN, CUB_STD), atol=1e-5)
 
