@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from numbers import Integral, Real
 from pathlib import Path
@@ -51,6 +53,8 @@ _INFERENCE_BATCH_SIZE = 256
 # SPEC 7.3/7.4: the comparison systems fine-tune with dropout 0.1 and Q-SENN runs 4 rounds.
 _BASELINE_DROPOUT = 0.1
 _QSENN_ROUNDS = 4
+# Bytes per block of tokens_fingerprint (hashed in parallel).
+_FINGERPRINT_BLOCK = 32 * 2**20
 
 #: Every constructor parameter of QPMClassifier, in exactly one group. ``dense``: what the
 #: dense stage's result depends on -- the ``memory=`` cache key is built from these and
@@ -120,17 +124,25 @@ def _check_tokens(X, *, n_features_in=None, min_samples=1):
 
 
 def tokens_fingerprint(tokens: np.ndarray) -> str:
-    """A content hash of a C-contiguous array (BLAKE2b of its bytes, with shape and dtype).
+    """A content hash of an array: SHA-256 of its bytes in 32 MB blocks hashed in parallel, with shape and dtype.
 
     The ``memory=`` key of the dense stage: exact (never stale, unlike a file date or an
-    object id) and read at memory speed, several times faster than ``joblib.hash``
-    (benchmarks/dense_cache_key.py).
+    object id), and faster than ``joblib.hash`` of the array -- SHA-256 runs in the CPU's
+    SHA instructions where it has them, and hashlib releases the GIL, so the blocks are
+    hashed on all cores (benchmarks/dense_cache_key.py).
     """
-    tokens = np.ascontiguousarray(tokens)
-    digest = hashlib.blake2b(digest_size=20)
-    digest.update(repr((tokens.shape, tokens.dtype.str)).encode())
-    digest.update(memoryview(tokens.reshape(-1)).cast("B"))
-    return digest.hexdigest()
+    flat = memoryview(np.ascontiguousarray(tokens).reshape(-1)).cast("B")
+    blocks = [flat[start : start + _FINGERPRINT_BLOCK] for start in range(0, len(flat), _FINGERPRINT_BLOCK)]
+    workers = min(len(blocks), os.cpu_count() or 1)
+    if workers > 1:
+        with ThreadPoolExecutor(workers) as pool:
+            digests = list(pool.map(lambda block: hashlib.sha256(block).digest(), blocks))
+    else:
+        digests = [hashlib.sha256(block).digest() for block in blocks]
+    summary = hashlib.sha256(repr((tokens.shape, np.dtype(tokens.dtype).str)).encode())
+    for digest in digests:
+        summary.update(digest)
+    return summary.hexdigest()
 
 
 def _fit_dense_stage(tokens, fingerprint, y, grid, n_classes, settings, seed, device, verbose=False):
@@ -371,13 +383,15 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         of ``sparse_epochs`` each). The paper trained their dense stage for 40
         epochs with ``dense_diversity=0.196`` and fine-tuned SLDD for 50 epochs;
         see docs/baselines.md.
-    redundancy : {"consistent", "paper"}, default="consistent"
+    redundancy : {"paper", "consistent"}, default="paper"
         Which pairs of features the selection penalises as redundant
         (``selection="qpm"`` only; :func:`qpm_sklearn.selection.redundancy_penalty`):
         ``"paper"`` is the authors' procedure (threshold searched on the 2R
         scale, pairs penalised on the R scale, SPEC 5.6-5.7), which produced
         the paper's numbers; ``"consistent"`` searches and penalises on the
-        same scale (SPEC 13.5). Measured comparison: docs/selection.md.
+        same scale (SPEC 13.5) and penalises far more pairs. On our
+        measurements neither gives better models, so the default follows the
+        paper (docs/selection.md).
     solver_options : dict, default=None
         Extra keyword arguments for :func:`qpm_sklearn.selection.solve_selection`
         (``time_limit``, ``solver``, ``algebra``, ...).
@@ -488,7 +502,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         l1_maps=5.0,
         l1_features=1.0,
         selection="qpm",
-        redundancy="consistent",
+        redundancy="paper",
         solver_options=None,
         device=None,
         memory=None,

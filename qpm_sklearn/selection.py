@@ -389,7 +389,8 @@ def redundancy_penalty(R, n_selected, rule="consistent") -> tuple[np.ndarray, fl
     n_selected : int
         Size of the mutually dissimilar set that must exist below the threshold.
     rule : {"consistent", "paper"}, default="consistent"
-        Which procedure picks tau* and scales the penalty (above).
+        Which procedure picks tau* and scales the penalty (above). :class:`QPMClassifier`
+        defaults to ``"paper"`` (its ``redundancy`` parameter; evidence in docs/selection.md).
 
     Returns
     -------
