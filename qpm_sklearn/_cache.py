@@ -23,8 +23,8 @@ verifies only if its rows are exactly what its writer computed for exactly those
 images; a corrupted or torn log line either fails to parse or fails to verify.
 
 **Write order** (:meth:`EmbeddingCache.store`, all under the lock): the data file is
-checked; the rows of the batch that no record covers yet are written with
-``os.pwrite`` and fsynced; only then are their records appended to ``commits.log`` and
+checked; the rows of the batch that no record covers yet are written in place
+(``seek`` + ``write``, never through a memory map) and fsynced; only then are their records appended to ``commits.log`` and
 fsynced. So a record never exists before its rows are on disk, and a crash leaves at
 worst rows without a record (recomputed) or a torn last line (ignored). Committed rows
 are never written again (the first commit of a row wins), so a block that verified
@@ -161,12 +161,6 @@ def _runs(rows: np.ndarray) -> list[tuple[int, int]]:
     breaks = np.flatnonzero(np.diff(rows) != 1) + 1
     bounds = [0, *breaks.tolist(), len(rows)]
     return list(zip(bounds[:-1], bounds[1:]))
-
-
-def _pwrite_all(descriptor: int, payload: memoryview, offset: int) -> None:
-    while len(payload):
-        written = os.pwrite(descriptor, payload, offset)
-        payload, offset = payload[written:], offset + written
 
 
 def _warn(message: str) -> None:
@@ -346,15 +340,16 @@ class EmbeddingCache:
             if len(rows) == 0:
                 return
             records = []
-            descriptor = os.open(self.folder / _DATA, os.O_RDWR)
-            try:
+            # In place, through a handle of our own: never a memory map, which would extend a
+            # file cut short, nor numpy's r+ mode. Writers hold the lock, so seek + write is safe.
+            with open(self.folder / _DATA, "r+b") as handle:
                 for i, j in _runs(rows):
                     start, stop = int(rows[i]), int(rows[j - 1]) + 1
-                    _pwrite_all(descriptor, memoryview(values[i:j]).cast("B"), offset + start * self._row_bytes)
+                    handle.seek(offset + start * self._row_bytes)
+                    handle.write(memoryview(values[i:j]).cast("B"))
                     records.append(Record(start, stop, block_digest(self.keys[start:stop], values[i:j])))
-                os.fsync(descriptor)  # the rows are on disk before any record says so
-            finally:
-                os.close(descriptor)
+                handle.flush()
+                os.fsync(handle.fileno())  # the rows are on disk before any record says so
             self._append_records(records)
         self._read_new_records()
 

@@ -192,10 +192,10 @@ def test_torn_last_line_is_ignored_and_not_glued_to_the_next(tmp_path):
 def test_a_deleted_file_costs_recomputation_only(tmp_path, name):
     folder = _filled(tmp_path).folder
     (folder / name).unlink()
-    cache = _open(tmp_path)
-    computer = Computer(cache)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the data file's loss is reported
+        cache = _open(tmp_path)
+        computer = Computer(cache)
         result = cache.fill(computer)
     np.testing.assert_array_equal(result, _truth(np.arange(N)))
     assert len(computer.rows) == (N if name in ("embeddings.npy", "commits.log") else 0)
