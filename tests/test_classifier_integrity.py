@@ -256,3 +256,17 @@ def test_qsenn_selection_info_describes_the_final_head():
     info = clf.selection_info_
     assert info["method"] == "qsenn" and info["round"] == info["rounds"] - 1 == 3
     assert info["n_nonzero"] == np.count_nonzero(clf.sparse_weight_)
+
+
+def test_tokens_fingerprint_is_a_content_hash(monkeypatch):
+    from qpm_sklearn.classifier import tokens_fingerprint
+
+    monkeypatch.setattr(classifier, "_FINGERPRINT_BLOCK", 1000)  # several blocks, hashed in parallel
+    tokens = np.random.RandomState(0).normal(size=(50, 4, 6)).astype(np.float32)
+    key = tokens_fingerprint(tokens)
+    assert tokens_fingerprint(tokens.copy()) == key
+    changed = tokens.copy()
+    changed.reshape(-1)[-1] = np.nextafter(changed.reshape(-1)[-1], np.float32(np.inf))  # one ulp, last block
+    assert tokens_fingerprint(changed) != key
+    assert tokens_fingerprint(tokens.reshape(50, 6, 4)) != key, "the shape is part of the key"
+    assert tokens_fingerprint(tokens.view(np.int32)) != key, "the dtype is part of the key"
