@@ -24,6 +24,29 @@ if TYPE_CHECKING:  # optional dependencies, imported where used
 _PER_SAMPLE = ("prediction", "proba", "logit", "intercept", "features", "contributions", "weights", "maps")
 
 
+def evidence_map(weights, maps) -> np.ndarray:
+    """Class evidence on the grid, ``Σ_k weights[..., k] · maps[..., k, :, :]`` (SPEC 6.6's GradCAM).
+
+    The one implementation behind :meth:`Explanation.evidence_map`, the plausibility metric
+    and the explanation figure.
+
+    Parameters
+    ----------
+    weights : array-like of shape (..., K)
+    maps : array-like of shape (..., K, h, w)
+
+    Returns
+    -------
+    evidence : ndarray of shape (..., h, w)
+
+    Examples
+    --------
+    >>> evidence_map([2.0, -1.0], np.ones((2, 1, 3))).tolist()
+    [[1.0, 1.0, 1.0]]
+    """
+    return np.einsum("...k,...khw->...hw", np.asarray(weights), np.asarray(maps))
+
+
 def upsample_maps(maps: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Bilinearly upsample maps ``(..., h, w)`` to ``size`` and min–max normalise each map.
 
@@ -178,7 +201,7 @@ class Explanation:
         -------
         evidence : ndarray of shape (n, h, w)
         """
-        return np.einsum("nk,nkhw->nhw", self.weights, self.maps)
+        return evidence_map(self.weights, self.maps)
 
     def to_frame(self) -> pandas.DataFrame:
         """One tidy row per sample and feature of its predicted class (needs pandas).

@@ -28,6 +28,7 @@ from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 
 from ._utils import check_finite_array
+from .explanation import evidence_map
 
 __all__ = [
     "sid_at_k",
@@ -382,7 +383,7 @@ def resize_masks(masks, size, dilate=True):
 
 def _plausibility_per_image(maps, weights, masks):
     """Per-image ``sum_p G m / sum_p G`` with ``G = sum_j w_j M_j - min`` (0 where ``sum G = 0``)."""
-    gradcam = np.einsum("nk,nkhw->nhw", weights, maps)
+    gradcam = evidence_map(weights, maps)
     gradcam -= gradcam.min(axis=(1, 2), keepdims=True)
     total = gradcam.sum(axis=(1, 2))
     inside = (gradcam * masks).sum(axis=(1, 2))

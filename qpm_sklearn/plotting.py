@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .explanation import upsample_maps
+from .explanation import evidence_map, upsample_maps
 
 __all__ = ["plot_explanation", "plot_class_comparison", "plot_assignment"]
 
@@ -125,7 +125,7 @@ def plot_explanation(explanation, index=0, image=None, class_names=None, feature
     weights = np.asarray(explanation.weights[index])[valid]
     background, size = _canvas(image, maps.shape[-2:])
 
-    evidence = np.einsum("k,khw->hw", weights, maps)
+    evidence = evidence_map(weights, maps)
     panels = 2 + len(maps)
     fig = _figure(figsize=(2.3 * panels, 2.9), layout="constrained")
     axes = fig.subplots(1, panels, squeeze=False)[0]
