@@ -8,7 +8,8 @@ holds ``__meta__.json``, a 0-d unicode array with the JSON object ::
 
 and one array per fitted array attribute, ``<attribute>::<key>`` for the network states
 (dicts of arrays). Nothing in the file is an object array: feature names are JSON
-strings, string class labels a unicode array. Values JSON cannot hold exactly are
+strings, string class labels a unicode array (so a loaded ``classes_`` of strings has
+a numpy ``str`` dtype, its labels equal to the fitted ones). Values JSON cannot hold exactly are
 tagged -- ``{"__numpy__": "<i8", "value": 3}`` for a numpy scalar, ``{"__tuple__": [...]}``,
 ``{"__dict__": {...}}`` for a dict, ``{"__random_state__": [...]}`` for a RandomState's
 state, ``{"__torch_device__": "cuda:0"}`` -- so parameters round-trip exactly.

@@ -66,14 +66,18 @@ def test_round_trip_is_exact_and_pickle_free(saved):
 
 
 @pytest.mark.parametrize(
-    "random_state",
-    [np.int32(7), 7, None, np.random.RandomState(5)],
+    "random_state, device",
+    [(np.int32(7), "cpu"), (7, None), (None, "cpu"), (np.random.RandomState(5), "torch.device")],
     ids=["np.int32", "int", "None", "RandomState"],
 )
-def test_parameters_round_trip_exactly(tmp_path, random_state):
+def test_parameters_round_trip_exactly(tmp_path, random_state, device):
+    if device == "torch.device":
+        import torch
+
+        device = torch.device("cpu")
     X, y = _data()
     clf = QPMClassifier(
-        **SMALL, random_state=random_state, dropout=np.float64(0.25), solver_options={"time_limit": 5.0}, device="cpu"
+        **SMALL, random_state=random_state, dropout=np.float64(0.25), solver_options={"time_limit": 5.0}, device=device
     ).fit(X, y)
     loaded = QPMClassifier.load(clf.save(tmp_path / "m"))
     for name, value in clf.get_params().items():
