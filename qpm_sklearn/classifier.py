@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
 import os
 import warnings
@@ -45,7 +44,14 @@ from .adapter import (
 from .baselines import HeadRecord, qsenn_refit, sparse_head
 from .explanation import Explanation
 from .persistence import load_estimator, save_estimator
-from .selection import feature_class_correlation, feature_similarity, redundancy_penalty, solve_selection
+from .selection import (
+    check_selection_budget,
+    check_solver_options,
+    feature_class_correlation,
+    feature_similarity,
+    redundancy_penalty,
+    solve_selection,
+)
 from .training import forward_in_batches, tokens_on_device, train_network
 
 _STAGES = ("sparse", "dense")
@@ -546,19 +552,13 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"n_per_class={self.n_per_class} must not exceed n_selected={self.n_selected}."
             )
-        if self.selection == "qpm" and math.comb(self.n_selected, self.n_per_class) < n_classes:
-            raise ValueError(
-                f"n_selected={self.n_selected} features allow only "
-                f"{math.comb(self.n_selected, self.n_per_class)} distinct sets of n_per_class="
-                f"{self.n_per_class}, fewer than the {n_classes} classes, which all need a distinct set. "
-                "Raise n_selected or change n_per_class."
-            )
+        if self.selection == "qpm":
+            check_selection_budget(self.n_selected, self.n_per_class, n_classes)
 
     def _solver_options(self) -> dict:
         """``solver_options`` checked before any training (a bad key fails now, not after the dense stage)."""
-        options = dict(self.solver_options or {})
         if self.selection != "qpm":
-            if options:
+            if self.solver_options:
                 warnings.warn(
                     f"solver_options={self.solver_options!r} apply to selection='qpm' only; "
                     f"they are ignored with selection={self.selection!r}.",
@@ -566,14 +566,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
                     stacklevel=3,
                 )
             return {}
-        fixed = {"A", "n_selected", "n_per_class", "penalty", "random_state", "verbose"}
-        allowed = set(inspect.signature(solve_selection).parameters) - fixed
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise ValueError(
-                f"solver_options: unknown option(s) {unknown} for solve_selection; expected some of {sorted(allowed)}."
-            )
-        return options
+        return check_solver_options(self.solver_options)
 
     def _group_settings(self, group: str) -> dict:
         """The parameters of one group of :data:`PARAMETER_GROUPS`, from ``get_params``."""

@@ -21,7 +21,7 @@ import warnings
 
 import numpy as np
 
-from ._utils import logger, progress
+from ._utils import check_class_codes, check_finite_array, check_int, logger, progress
 
 __all__ = ["elastic_net_path", "group_elastic_net_selection", "lambda_path", "max_regularisation"]
 
@@ -31,16 +31,8 @@ def _check_problem(F, y, name="F", n_classes=None):
 
     ``n_classes`` (default ``max(y) + 1``) fixes the number of classes when a split lacks some.
     """
-    F = np.asarray(F, dtype=np.float64)
-    y = np.asarray(y)
-    if F.ndim != 2:
-        raise ValueError(f"{name} must be a 2-d array (n_samples, n_features); got shape {F.shape}.")
-    if y.shape != (F.shape[0],):
-        raise ValueError(f"y must have shape ({F.shape[0]},) to match {name}; got shape {y.shape}.")
-    if not np.issubdtype(y.dtype, np.integer) or (y.size and y.min() < 0):
-        raise ValueError("y must hold non-negative integer class codes 0..C-1.")
-    if not np.isfinite(F).all():
-        raise ValueError(f"{name} contains NaN or infinite values.")
+    F = check_finite_array(F, name, ndim=2)
+    y = check_class_codes(y, F.shape[0])
     if n_classes is None:
         n_classes = int(y.max()) + 1
     elif int(n_classes) <= int(y.max()):
@@ -183,12 +175,10 @@ def _elastic_net_lbfgs(X, y, W, b, *, lam, alpha, max_epochs, tol):
 def _check_solver_args(alpha, n_lambdas, lam_min_ratio, max_epochs, tol):
     if not 0.0 < alpha <= 1.0:
         raise ValueError(f"alpha must be in (0, 1]; got {alpha!r}.")
-    if int(n_lambdas) < 1:
-        raise ValueError(f"n_lambdas must be a positive integer; got {n_lambdas!r}.")
+    check_int(n_lambdas, "n_lambdas", 1)
     if not 0.0 < lam_min_ratio <= 1.0:
         raise ValueError(f"lam_min_ratio must be in (0, 1]; got {lam_min_ratio!r}.")
-    if int(max_epochs) < 1:
-        raise ValueError(f"max_epochs must be a positive integer; got {max_epochs!r}.")
+    check_int(max_epochs, "max_epochs", 1)
     if not tol > 0.0:
         raise ValueError(f"tol must be positive; got {tol!r}.")
 

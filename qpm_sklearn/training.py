@@ -146,7 +146,7 @@ def tokens_on_device(tokens, device, *, resident=None, check_input=True):
     """
     device = _resolve_device(device)
     if check_input:
-        _check_tokens(tokens)
+        _token_counts(tokens)
     dtype = compute_dtype(device)
     if _decide_resident(tokens, device, resident, dtype):
         return _to_device(tokens, device, dtype)
@@ -231,7 +231,7 @@ def train_network(
         Loss values are means over the epoch's samples.
     """
     device = _resolve_device(device)
-    n_samples, n_tokens = _check_tokens(tokens) if check_input else tuple(tokens.shape[:2])
+    n_samples, n_tokens = _token_counts(tokens) if check_input else tuple(tokens.shape[:2])
     grid = _check_grid(grid, n_tokens) if check_input else tuple(grid)
     n_classes = network.head.weight.shape[0]
     labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
@@ -341,7 +341,7 @@ def forward_in_batches(network, tokens, *, grid, batch_size, device, return_maps
         ``"maps"`` (n, K, h, w) when ``return_maps``.
     """
     device = _resolve_device(device)
-    n_samples, n_tokens = _check_tokens(tokens) if check_input else tuple(tokens.shape[:2])
+    n_samples, n_tokens = _token_counts(tokens) if check_input else tuple(tokens.shape[:2])
     grid = _check_grid(grid, n_tokens) if check_input else tuple(grid)
     batch_size = int(batch_size)
     if batch_size < 1:
@@ -556,7 +556,8 @@ def _slice_to_device(tokens, start, stop, device):
     return x if device.type == "cuda" and x.dtype != torch.float64 else x.float()
 
 
-def _check_tokens(tokens):
+def _token_counts(tokens):
+    """``(n, P)`` of a floating-point token array or tensor of shape ``(n, P, D)``; raises otherwise."""
     if not isinstance(tokens, (np.ndarray, torch.Tensor)):
         raise TypeError(
             f"tokens must be a numpy array or torch tensor of shape (n, P, D); got {type(tokens).__name__}."

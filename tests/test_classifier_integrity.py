@@ -115,7 +115,7 @@ def test_fit_failing_late_leaves_an_unfitted_estimator_unfitted(count_stages):
 
 def test_bad_options_fail_before_any_training(count_stages):
     X, y = data()
-    with pytest.raises(ValueError, match="solver_options: unknown option"):
+    with pytest.raises(ValueError, match="solver option .time_limt. is unknown"):
         QPMClassifier(**TINY, solver_options={"time_limt": 3}).fit(X, y)
     with pytest.raises(ValueError, match="distinct sets"):
         QPMClassifier(**dict(TINY, n_selected=3, n_per_class=1)).fit(*data(n=32, n_classes=4))
