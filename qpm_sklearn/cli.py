@@ -103,7 +103,7 @@ def _read_labels(path: str, n: int) -> np.ndarray:
         return np.array(lines)
 
 
-def _read_feature_names(path: str | None) -> dict | None:
+def _read_feature_names(path: str | None) -> dict | list | None:
     if path is None:
         return None
     names = json.loads(Path(path).read_text())

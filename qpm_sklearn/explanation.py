@@ -10,6 +10,7 @@ the tidy table (:func:`explanation_frame`), the bridge to shap
 from __future__ import annotations
 
 import numbers
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -67,20 +68,21 @@ def upsample_maps(maps: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
-    out_h, out_w = (size, size) if np.isscalar(size) else tuple(size)
-    if int(out_h) < 1 or int(out_w) < 1:
+    sides = np.asarray(size)
+    if sides.shape not in ((), (2,)) or sides.dtype.kind not in "iu" or np.any(sides < 1):
         raise ValueError(f"size must be a positive int or (height, width); got {size!r}.")
+    out_h, out_w = (int(side) for side in np.broadcast_to(sides, (2,)))
     maps = np.asarray(maps, dtype=np.float32)
     if maps.ndim < 2:
         raise ValueError(f"maps must have at least 2 dimensions (..., h, w); got shape {maps.shape}.")
     lead = maps.shape[:-2]
     flat = torch.from_numpy(np.ascontiguousarray(maps.reshape(-1, 1, *maps.shape[-2:])))
-    up = F.interpolate(flat, size=(int(out_h), int(out_w)), mode="bilinear", align_corners=False)
+    up = F.interpolate(flat, size=(out_h, out_w), mode="bilinear", align_corners=False)
     up = up.reshape(up.shape[0], -1)
     low = up.min(dim=1, keepdim=True).values
     span = up.max(dim=1, keepdim=True).values - low
     up = torch.where(span > 0, (up - low) / span.clamp_min(1e-12), torch.zeros_like(up))
-    return up.reshape(*lead, int(out_h), int(out_w)).numpy()
+    return up.reshape(*lead, out_h, out_w).numpy()
 
 
 @dataclass(frozen=True)
@@ -163,11 +165,10 @@ class Explanation:
     def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> Explanation:
         """The explanation of the samples ``index`` selects (the sample axis is kept)."""
         if isinstance(index, (numbers.Integral, np.integer)) and not isinstance(index, bool):
-            n = len(self)
-            if not -n <= index < n:
-                raise IndexError(f"index {index} is out of range for an Explanation of {n} samples.")
-            position = int(index) % n
-            index = slice(position, position + 1)
+            n, position = len(self), operator.index(index)
+            if not -n <= position < n:
+                raise IndexError(f"index {position} is out of range for an Explanation of {n} samples.")
+            index = slice(position % n, position % n + 1)
         elif not isinstance(index, slice):
             array = np.asarray(index)
             if array.ndim != 1 or not (array.dtype == bool or np.issubdtype(array.dtype, np.integer)):

@@ -182,3 +182,20 @@ def test_class_summary_orders_by_weight_and_shows_a_bias():
     ]
     with pytest.raises(ValueError, match=r"shape \(n_classes, n_selected\) = \(2, 3\)"):
         class_summary([1, 2], [4, 9, 30], np.ones((2, 2)))
+
+
+def test_upsample_maps_is_half_pixel_bilinear_then_min_max():
+    from qpm_sklearn.explanation import upsample_maps
+
+    grid = np.array([[0.0, 1.0], [2.0, 3.0]])
+    # align_corners=False at scale 2: source coordinates (i + 0.5) / 2 - 0.5, clamped to the grid
+    coords = np.clip((np.arange(4) + 0.5) / 2 - 0.5, 0, 1)
+    reference = np.array([[(1 - y) * ((1 - x) * grid[0, 0] + x * grid[0, 1]) + y * ((1 - x) * grid[1, 0] + x * grid[1, 1])
+                           for x in coords] for y in coords])  # fmt: skip
+    reference = (reference - reference.min()) / (reference.max() - reference.min())
+    np.testing.assert_allclose(upsample_maps(grid[None], 4)[0], reference, atol=1e-6)
+    assert upsample_maps(np.ones((3, 2, 2)), (5, 7)).shape == (3, 5, 7)
+    assert not upsample_maps(np.ones((2, 2)), np.int64(3)).any()  # a constant map becomes zeros
+    for bad in (0, (4,), (4, 0), 2.5, "8", (2, 3, 4)):
+        with pytest.raises(ValueError, match="size must be a positive int"):
+            upsample_maps(grid, bad)
