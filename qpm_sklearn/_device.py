@@ -185,11 +185,12 @@ def download(tensor: torch.Tensor, stream=None):
     """
     if tensor.device.type != "cuda":
         return tensor.cpu(), None
-    host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-    stream.wait_stream(torch.cuda.current_stream(tensor.device))
-    with torch.cuda.stream(stream):
-        host.copy_(tensor, non_blocking=True)
-        tensor.record_stream(stream)  # its memory is not reused before the copy ends
-        copied = torch.cuda.Event()
-        copied.record(stream)
+    with torch.inference_mode():  # the embedder's outputs are inference tensors
+        host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        stream.wait_stream(torch.cuda.current_stream(tensor.device))
+        with torch.cuda.stream(stream):
+            host.copy_(tensor, non_blocking=True)
+            tensor.record_stream(stream)  # its memory is not reused before the copy ends
+            copied = torch.cuda.Event()
+            copied.record(stream)
     return host, copied
