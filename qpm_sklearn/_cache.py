@@ -37,7 +37,11 @@ file are written to uniquely named temporary files and moved into place with
 **The lock** is ``filelock.FileLock`` on ``lock``: ``flock`` on POSIX, released by the
 operating system when a process dies. On NFS, Linux implements ``flock`` with POSIX
 byte-range locks held by the server, so writers on several machines exclude each
-other; a filesystem without working locks is not supported.
+other; a filesystem without working locks is not supported. The lock is held for
+milliseconds (checking the data file, writing one batch, appending its records), never
+while computing or verifying, so waiting ``LOCK_TIMEOUT`` seconds for it means
+something is wrong (e.g. a stale lock file that ``filelock`` left on a filesystem
+without ``flock``): ``filelock.Timeout`` is raised, naming the lock file.
 
 **Reading.** Before anything maps ``embeddings.npy``, its header (shape, dtype) and its
 size are checked against each other: numpy's ``r+`` memory map would silently extend
@@ -77,6 +81,7 @@ from ._atomic import replace_atomically, write_bytes_atomically
 
 FORMAT_VERSION = 2
 KEY_BYTES = 20
+LOCK_TIMEOUT = 600.0
 _DATA, _KEYS, _LOG, _LOCK = "embeddings.npy", "keys.npy", "commits.log", "lock"
 _DTYPE = np.dtype(np.float16)
 _HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
@@ -199,7 +204,7 @@ class EmbeddingCache:
         self.shape = (self.n_rows, *(int(size) for size in row_shape))
         self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * _DTYPE.itemsize
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._lock = FileLock(self.folder / _LOCK)
+        self._lock = FileLock(self.folder / _LOCK, timeout=LOCK_TIMEOUT)
         self._forget_records()
         with self._lock:
             if not (self.settings_folder / "settings.json").exists():

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 import warnings
 
 import numpy as np
@@ -353,3 +354,26 @@ def test_two_embedder_processes_share_one_cache(tiny_backbone, tmp_path):
         warnings.simplefilter("error", RuntimeWarning)
         cached = _embedder(tiny_backbone, embedding_cache=tmp_path / "cache").transform(paths)
     np.testing.assert_allclose(cached, reference, rtol=2e-3, atol=2e-3)
+
+
+def test_a_writer_waits_for_the_lock_then_names_it(tmp_path, monkeypatch):
+    from filelock import FileLock, Timeout
+
+    from qpm_sklearn import _cache
+
+    cache = _open(tmp_path)
+    monkeypatch.setattr(_cache, "LOCK_TIMEOUT", 0.2)
+    with FileLock(cache.folder / "lock", thread_local=False):  # another writer, stuck inside
+        errors = []
+        thread = threading.Thread(target=lambda: _store_or_record(tmp_path, errors))
+        thread.start()
+        thread.join(10)
+    assert len(errors) == 1 and isinstance(errors[0], Timeout) and "lock" in str(errors[0])
+    assert len(_open(tmp_path).missing()) == N  # nothing was written
+
+
+def _store_or_record(tmp_path, errors):
+    try:
+        _open(tmp_path).store([0], _truth([0]))
+    except Exception as exc:  # noqa: BLE001 - the test inspects it
+        errors.append(exc)
