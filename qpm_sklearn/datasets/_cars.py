@@ -60,7 +60,7 @@ def _read_annotations(path: Path, what: str) -> tuple[list[str], np.ndarray]:
 def load_stanford_cars(root) -> Bunch:
     """Load Stanford Cars (196 classes) with the official devkit split.
 
-    Reads the layout of the DINO-QPM code (SPEC 9.2) with :func:`scipy.io.loadmat`::
+    Reads the layout of the DINO-QPM code (docs/datasets.md) with :func:`scipy.io.loadmat`::
 
         StanfordCars/
           car_devkit/cars_train_annos.mat        struct array 'annotations' (fname, class 1..196, bbox_*)

@@ -201,8 +201,8 @@ def load_masks(mask_paths, size=None):
         metrics of :mod:`qpm_sklearn.metrics` resize themselves. Otherwise every mask is
         squash-resized like the images (no aspect-ratio preservation) to ``size`` (an int means a
         square) with :func:`qpm_sklearn.metrics.resize_masks` (bilinear, no antialiasing: the
-        ``cv2.resize`` default the DINO-QPM code applies, SPEC 6.6 / 9.1) and binarised with
-        ``> 0``; pass the patch grid ``(h, w)`` to get exactly the masks SPEC 9.1 evaluates.
+        ``cv2.resize`` default the DINO-QPM code applies, docs/method.md#plausibility) and binarised with
+        ``> 0``; pass the patch grid ``(h, w)`` to get exactly the masks the paper evaluates.
 
     Returns
     -------
