@@ -207,6 +207,8 @@ def load_estimator(cls, path):
         meta = _read_meta(contents.pop(_META, None), cls)
         estimator = _estimator_from_params(cls, meta["params"])
         fitted = _check_fitted_state(estimator, contents, meta["values"])
+    except RecursionError:
+        raise ValueError(f"{str(path)!r} is not a valid {cls.__name__} model file: its JSON is nested too deeply") from None
     except _Defect as defect:
         raise ValueError(f"{str(path)!r} is not a valid {cls.__name__} model file: {defect}") from None
     vars(estimator).update(fitted)

@@ -149,6 +149,7 @@ META_DEFECTS = [
     ("estimator", lambda meta: meta.update(estimator="Pipeline"), "holds a 'Pipeline'"),
     ("extra-meta-key", lambda meta: meta.update(code="print()"), "must have the keys"),
     ("params-not-dict", lambda meta: meta.update(params=[1, 2]), r"\['params'\] must be a JSON object"),
+    ("history-rows-not-dicts", _set("values", "history_", [[1], [2]]), "history_ must be a list of dicts"),
 ]
 
 
@@ -206,6 +207,16 @@ def test_crafted_arrays_are_refused_with_one_value_error(tmp_path, saved, edit, 
     with pytest.raises(ValueError, match=message) as error:
         QPMClassifier.load(crafted)
     assert "crafted.npz" in str(error.value)
+
+
+def test_json_nested_beyond_the_recursion_limit_is_a_value_error(tmp_path, saved):
+    _, _, path = saved
+    contents = _contents(path)
+    text = str(contents["__meta__.json"])
+    deep = text.replace('"history_": ', '"history_": ' + "[" * 100_000 + "]" * 100_000 + ", \"x\": ", 1)
+    crafted = _write(tmp_path / "deep.npz", dict(contents, **{"__meta__.json": np.array(deep)}))
+    with pytest.raises(ValueError, match="deep.npz.*nested too deeply"):
+        QPMClassifier.load(crafted)
 
 
 def test_damaged_files_are_refused_with_one_value_error(tmp_path, saved):
