@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 if TYPE_CHECKING:  # optional dependencies, imported where used
     import pandas
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # optional dependencies, imported where used
 _PER_SAMPLE = ("prediction", "proba", "logit", "intercept", "features", "contributions", "weights", "maps")
 
 
-def evidence_map(weights, maps) -> np.ndarray:
+def evidence_map(weights: ArrayLike, maps: ArrayLike) -> np.ndarray:
     """Class evidence on the grid, ``Σ_k weights[..., k] · maps[..., k, :, :]`` (SPEC 6.6's GradCAM).
 
     The one implementation behind :meth:`Explanation.evidence_map`, the plausibility metric
