@@ -137,7 +137,7 @@ META_DEFECTS = [
     ("unknown-param", _set("params", "colour", 1), r"unknown \['colour'\]"),
     ("missing-param", _drop("params", "dropout"), r"missing \['dropout'\]"),
     ("budget", _set("params", "n_per_class", 9), "n_per_class=9 must not exceed"),
-    ("bad-solver-option", _set("params", "solver_options", {"__dict__": {"nope": 1}}), "unknown option"),
+    ("bad-solver-option", _set("params", "solver_options", {"__dict__": {"nope": 1}}), "invalid parameters.*nope"),
     ("bad-tag", _set("params", "random_state", {"__numpy__": "O", "value": 1}), "not a valid numpy scalar"),
     ("n_features_in-string", _set("values", "n_features_in_", "8"), "n_features_in_ must be a positive int"),
     ("history-not-list", _set("values", "history_", {"__dict__": {}}), "history_ must be a list"),
