@@ -377,3 +377,27 @@ def _store_or_record(tmp_path, errors):
         _open(tmp_path).store([0], _truth([0]))
     except Exception as exc:  # noqa: BLE001 - the test inspects it
         errors.append(exc)
+
+
+def test_a_writer_killed_mid_run_leaves_only_verified_rows(tmp_path):
+    import time
+
+    n = 3000
+    script = _WRITER.format(tests=os.path.join(ROOT, "tests"), folder=str(tmp_path / "cache"))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen([sys.executable, "-c", script, "0", str(n), "1", str(n)], env=env)
+    log = None
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        log = next((tmp_path / "cache").glob("*/*/commits.log"), None)
+        if log is not None and log.stat().st_size > 2000:  # some blocks committed, more under way
+            break
+        time.sleep(0.05)
+    process.kill()  # SIGKILL: no cleanup of any kind
+    process.wait()
+    assert log is not None
+    cache = EmbeddingCache(tmp_path / "cache", SETTINGS, _keys(n), ROW_SHAPE)
+    assert 0 < len(cache.missing()) < n
+    computer = Computer(cache, batch=500)
+    np.testing.assert_array_equal(cache.fill(computer), _truth(np.arange(n)))
+    assert len(computer.rows) < n  # the committed rows were kept
