@@ -1,35 +1,44 @@
 """Benchmark of the QPM feature-selection solvers on simulated dense features.
 
-Instances: medium ones (where HiGHS proves optimality) and CUB-size ones (512 candidate
-features, 200 classes, 50 selected, 5 per class). A, R and the penalty are built from simulated
+Instances: medium ones (where HiGHS proves optimality), CUB size (512 candidate features,
+200 classes, 50 selected, 5 per class; with the penalty of either redundancy rule and without
+one) and two ImageNet-scale ones
+(1024 x 500 -> 100 x 5, 2048 x 1000 -> 200 x 5). A, R and the penalty are built from simulated
 pooled features exactly as the classifier builds them from real ones. For every instance the
-default solver (OSQP relaxation + local search) and the exact MILP (HiGHS, under a time limit)
-report objective, upper bound, gap and seconds. Results go to benchmarks/results/selection.json.
+default solver and the exact MILP (HiGHS through ``solver="exact"``) run under the same time
+limit, each in its own process, and report objective, upper bound, gap, CPU and wall seconds and
+the process's peak resident memory. The JSON (with the machine name) goes to ``--out``.
 
-    python benchmarks/selection.py                 # full run (a few minutes)
-    python benchmarks/selection.py --quick         # medium instances only, short limits
+    python benchmarks/selection.py --out benchmarks/results   # everything (about 15 min on 2 cores)
+    python benchmarks/selection.py --quick                    # medium instances only, short limits
 
-Timings depend on contention: the development machine has 2 cores shared by several people.
+CPU seconds are reported besides wall seconds because the development machine has 2 cores
+shared by several people: wall time includes their load (recorded as the load average).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
+import resource
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
-import osqp
-import scipy
 
 from qpm_sklearn.selection import feature_class_correlation, feature_similarity, redundancy_penalty, solve_selection
 
-RESULTS = Path(__file__).resolve().parent / "results" / "selection.json"
+MEDIUM = [((64, 20, 12, 3), seed) for seed in (0, 1, 2)] + [((96, 30, 16, 3), 1), ((128, 40, 20, 4), 1)]
+CUB = (512, 200, 50, 5)
+LARGE = [(1024, 500, 100, 5), (2048, 1000, 200, 5)]
+MEMORY_LIMIT = 8 * 2**30  # per solver process: HiGHS on the largest MILP must not take the machine down
 
 
 def simulated_features(n_features, n_classes, images_per_class, seed, latent=64, groups=20):
@@ -49,62 +58,103 @@ def simulated_features(n_features, n_classes, images_per_class, seed, latent=64,
     return features, y
 
 
-def build_instance(n_features, n_classes, n_selected, seed, images_per_class=30):
+def build_instance(n_features, n_classes, n_selected, seed, images_per_class=30, rule="consistent"):
     features, y = simulated_features(n_features, n_classes, images_per_class, seed)
     start = time.perf_counter()
     A = feature_class_correlation(features, y)
     R = feature_similarity(A)
-    penalty, tau = redundancy_penalty(R, n_selected)
+    penalty, tau = redundancy_penalty(R, n_selected, rule=rule)
     return A, penalty, {"tau": tau, "penalised_pair_fraction": float((penalty > 0).mean()),
                         "matrices_seconds": time.perf_counter() - start}
 
 
-def run(spec, seed, exact_time_limit, with_penalty=True):
+def solve_in_this_process(path, n_selected, n_per_class, solver, time_limit, seed):
+    """One solve (child-process side): its result, CPU / wall seconds and peak memory, as a dict."""
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    data = np.load(path)
+    penalty = data["penalty"] if "penalty" in data else None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the MILP's "no solution in time" fallback
+        result = solve_selection(data["A"], n_selected=n_selected, n_per_class=n_per_class, penalty=penalty,
+                                 solver=solver, time_limit=time_limit, random_state=seed)
+    return {**result.as_dict(), "time_limit": time_limit,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def solve_in_child(path, spec, solver, time_limit, seed):
+    """Run :func:`solve_in_this_process` in a fresh process, so that its peak memory is its own."""
+    command = [sys.executable, __file__, "--child", json.dumps([str(path), spec[2], spec[3], solver, time_limit, seed])]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"failed": done.stderr.strip().splitlines()[-1:] or [f"exit {done.returncode}"]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run(spec, seed, time_limit, folder, *, with_penalty=True, exact=True, rule="consistent"):
     n_features, n_classes, n_selected, n_per_class = spec
-    A, penalty, info = build_instance(n_features, n_classes, n_selected, seed)
-    penalty = penalty if with_penalty else None
-    row = {"n_features": n_features, "n_classes": n_classes, "n_selected": n_selected,
-           "n_per_class": n_per_class, "seed": seed, "penalty": with_penalty, **info}
-    budgets = {"n_selected": n_selected, "n_per_class": n_per_class, "penalty": penalty}
-    default = solve_selection(A, **budgets, random_state=seed)
-    row["default"] = default.as_dict()
-    if exact_time_limit:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            exact = solve_selection(A, **budgets, solver="exact", time_limit=exact_time_limit)
-        row["exact"] = {**exact.as_dict(), "time_limit": exact_time_limit}
-        if exact.status == "optimal":
-            row["default_vs_exact_optimum"] = (exact.objective - default.objective) / abs(exact.objective)
-        row["best_known_bound"] = min(default.upper_bound, exact.upper_bound)
-        row["default_gap_to_best_known_bound"] = (row["best_known_bound"] - default.objective) / abs(default.objective)
+    A, penalty, info = build_instance(n_features, n_classes, n_selected, seed, rule=rule)
+    path = Path(folder) / f"instance-{n_features}-{n_classes}-{seed}-{int(with_penalty)}-{rule}.npz"
+    np.savez(path, A=A, **({"penalty": penalty} if with_penalty else {}))
+    row = {"n_features": n_features, "n_classes": n_classes, "n_selected": n_selected, "n_per_class": n_per_class,
+           "seed": seed, "penalty": with_penalty, "redundancy": rule, **info, "load_average": os.getloadavg()[0]}
+    row["default"] = solve_in_child(path, spec, "osqp", time_limit, seed)
+    if exact:
+        row["exact"] = solve_in_child(path, spec, "exact", time_limit, seed)
+        if row["exact"].get("status") == "optimal" and "objective" in row["default"]:
+            row["default_vs_exact_optimum"] = (row["exact"]["objective"] - row["default"]["objective"]) / abs(
+                row["exact"]["objective"])
     print(json.dumps(row), flush=True)
     return row
 
 
+def growth_exponent(rows):
+    """Slope of log(default CPU seconds) against log(N * C) over the CUB-size and larger rows."""
+    points = [(math.log(r["n_features"] * r["n_classes"]), math.log(r["default"]["cpu_seconds"])) for r in rows
+              if r["penalty"] and r["redundancy"] == "consistent" and r["seed"] == 0 and r["n_features"] >= CUB[0]
+              and "cpu_seconds" in r["default"]]
+    if len(points) < 2:
+        return None
+    x, y = np.array(points).T
+    return float(np.polyfit(x, y, 1)[0])
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="medium instances only, short exact limits")
-    parser.add_argument("--exact-time-limit", type=float, default=180.0, help="seconds for the CUB-size MILP")
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    parser.add_argument("--quick", action="store_true", help="medium instances only, 30 s limits")
+    parser.add_argument("--time-limit", type=float, default=60.0,
+                        help="seconds for each solver on each instance (the same for both)")
+    parser.add_argument("--out", type=Path, default=Path("."), help="folder for selection-<machine>.json")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    medium = [((64, 20, 12, 3), s) for s in (0, 1, 2)] + [((96, 30, 16, 3), 1), ((128, 40, 20, 4), 1)]
-    cub = [((512, 200, 50, 5), s) for s in (0, 1)]
-    rows = [run(spec, seed, 120.0) for spec, seed in (medium[:3] if args.quick else medium)]
-    if not args.quick:
-        rows += [run(spec, seed, args.exact_time_limit if seed == 0 else 0) for spec, seed in cub]
-        rows.append(run(cub[0][0], 0, 0, with_penalty=False))
+    if args.child:
+        print(json.dumps(solve_in_this_process(*json.loads(args.child))))
+        return
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from speed import cpu_name, slug  # the shared machine naming (imports torch: parent process only)
+
+    limit = 30.0 if args.quick else args.time_limit
+    with tempfile.TemporaryDirectory() as folder:
+        rows = [run(spec, seed, limit, folder) for spec, seed in (MEDIUM[:3] if args.quick else MEDIUM)]
+        if not args.quick:
+            rows += [run(CUB, 0, limit, folder), run(CUB, 1, limit, folder, exact=False),
+                     run(CUB, 0, limit, folder, rule="paper"),  # the classifier's default rule
+                     run(CUB, 0, limit, folder, with_penalty=False, exact=False)]
+            rows += [run(spec, 0, limit, folder) for spec in LARGE]
+    machine = cpu_name()
     result = {
         "benchmark": "selection",
-        "device": "cpu",
-        "platform": {"machine": platform.machine(), "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                     "python": sys.version.split()[0], "numpy": np.__version__, "scipy": scipy.__version__,
-                     "osqp": osqp.__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-        "note": "2 CPU cores shared with other developers while running; timings include contention.",
+        "machine": machine,
+        "platform": {"machine": platform.machine(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
+                     "numpy": np.__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
+        "note": "2 CPU cores shared with other developers while running (load_average per row); CPU seconds "
+                "are the process's own, wall seconds include the contention.",
+        "growth_exponent_cpu_vs_NC": growth_exponent(rows),
         "rows": rows,
     }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2))
-    print(f"wrote {args.output}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    output = args.out / f"selection-{slug(machine)}.json"
+    output.write_text(json.dumps(result, indent=2))
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -11,32 +11,40 @@ For a fixed selection ``S`` the best assignment without the no-duplicate rule is
 top-k of ``A`` over ``S``; duplicates are repaired exactly (:func:`_assign`). The default solver
 relaxes the problem (concave by a diagonal shift, which is exact on binary points), solves the
 relaxation with OSQP, rounds it and improves the rounding by swap local search and a seeded
-tabu search. The upper bound it reports is certified from the relaxation's solution (a
-tangent-plane / Lagrangian argument, :func:`_certified_bound`), so it is valid whatever accuracy
-OSQP reached; with non-negative penalties the LP bound without the penalty (HiGHS) is used when
-it is smaller. ``solver="exact"`` solves the linearised MILP with HiGHS (``scipy.optimize.milp``).
+tabu search. The upper bound it reports is the smaller of two certified ones: the tangent plane
+at the relaxation's solution (:func:`_certified_bound`, valid whatever accuracy OSQP reached) and
+a Lagrangian bound over clique covers of the penalty graph (:func:`_clique_bound`), which sees
+the penalty the relaxation misses at fractional points. ``solver="exact"`` solves the linearised
+MILP with HiGHS (``scipy.optimize.milp``).
 """
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import math
+import sys
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import osqp
 import scipy.sparse as sp
-from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, linprog, milp
+from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp
 from sklearn.utils import check_random_state
 from threadpoolctl import threadpool_limits
 
-from ._utils import logger, progress
+from ._utils import check_finite_array, logger, progress
+from ._utils import check_int as _check_int
 
 __all__ = [
     "SelectionResult",
+    "assignment_scale",
+    "check_selection_budget",
+    "check_solver_options",
     "feature_class_correlation",
     "feature_similarity",
     "redundancy_penalty",
@@ -67,9 +75,17 @@ class SelectionResult:
     seconds : float
         Wall-clock time of the solve.
     status : str
-        ``"optimal"`` (proven), ``"feasible"`` (heuristic solution with the bound above),
-        ``"time_limit"`` (stopped by ``time_limit``; still feasible) or ``"time_limit_heuristic"``
-        (the MILP found no solution in time; the default method's solution is returned).
+        ``"optimal"`` (proven), ``"feasible"`` (default solver's solution with the bound above),
+        ``"time_limit"`` (stopped by ``time_limit``; still feasible, with the bound reached by
+        then) or ``"time_limit_heuristic"`` (the MILP found no solution in time; the default
+        method's solution is returned).
+    bound_method : str
+        What proved ``upper_bound``: ``"clique"`` (Lagrangian bound over clique covers of the
+        penalty, :func:`_clique_bound`), ``"relaxation"`` (tangent plane at the OSQP
+        relaxation, :func:`_certified_bound`), ``"milp"`` (HiGHS's dual bound) or
+        ``"objective"`` (the solution is proven optimal by the bound meeting it).
+    cpu_seconds : float
+        Processor time of the solve (this process), next to the wall-clock ``seconds``.
     """
 
     selected: np.ndarray
@@ -79,6 +95,8 @@ class SelectionResult:
     gap: float
     seconds: float
     status: str
+    bound_method: str = "relaxation"
+    cpu_seconds: float = float("nan")
 
     def as_dict(self) -> dict:
         """The scalar numbers as plain Python types (for ``selection_info_`` and JSON)."""
@@ -87,7 +105,9 @@ class SelectionResult:
             "upper_bound": float(self.upper_bound),
             "gap": float(self.gap),
             "seconds": float(self.seconds),
+            "cpu_seconds": float(self.cpu_seconds),
             "status": str(self.status),
+            "bound_method": str(self.bound_method),
         }
 
 
@@ -97,15 +117,14 @@ class SelectionResult:
 
 
 def _finite_matrix(value, name, *, ndim=2) -> np.ndarray:
-    array = np.asarray(value, dtype=np.float64)
-    if array.ndim != ndim or 0 in array.shape:
+    """A finite, non-empty float64 array of ``ndim`` dimensions (the shared validator, plus size)."""
+    array = check_finite_array(value, name, ndim=ndim)
+    if 0 in array.shape:
         raise ValueError(f"{name} must be a non-empty {ndim}-D array; got shape {array.shape}.")
-    if not np.all(np.isfinite(array)):
-        raise ValueError(f"{name} must contain only finite values; got NaN or inf.")
     return array
 
 
-def feature_class_correlation(F, y) -> np.ndarray:
+def feature_class_correlation(F, y, sample_weight=None) -> np.ndarray:
     """Pearson correlation of every feature with every class indicator (SPEC 5.2).
 
     ``A[j, c]`` is the correlation between ``F[:, j]`` and ``1[y == c]`` (population standard
@@ -117,6 +136,9 @@ def feature_class_correlation(F, y) -> np.ndarray:
         Pooled feature values of the training images.
     y : array-like of shape (n_samples,)
         Labels; the classes are ``np.unique(y)`` in sorted order.
+    sample_weight : array-like of shape (n_samples,), default=None
+        Non-negative weights: means, covariances and standard deviations are then
+        weighted (a weight of 2 is the sample counted twice).
 
     Returns
     -------
@@ -137,10 +159,17 @@ def feature_class_correlation(F, y) -> np.ndarray:
         raise ValueError(f"y must have shape ({F.shape[0]},) to match F; got shape {y.shape}.")
     _, codes = np.unique(y, return_inverse=True)
     onehot = np.eye(codes.max() + 1)[codes]
-    F_centred = F - F.mean(0)
-    Y_centred = onehot - onehot.mean(0)
-    covariance = F_centred.T @ Y_centred / F.shape[0]
-    scale = np.maximum(np.outer(F.std(0), onehot.std(0)), 1e-10)
+    if sample_weight is None:
+        share = np.full(F.shape[0], 1.0 / F.shape[0])
+    else:
+        share = _finite_matrix(sample_weight, "sample_weight", ndim=1)
+        if share.shape != (F.shape[0],) or (share < 0).any() or share.sum() <= 0:
+            raise ValueError(f"sample_weight must be {F.shape[0]} non-negative values with a positive sum.")
+        share = share / share.sum()
+    F_centred = F - share @ F
+    Y_centred = onehot - share @ onehot
+    covariance = (F_centred * share[:, None]).T @ Y_centred
+    scale = np.maximum(np.outer(np.sqrt(share @ F_centred**2), np.sqrt(share @ Y_centred**2)), 1e-10)
     A = covariance / scale
     peak = np.abs(A).max()
     return A / peak if peak > 0 else A
@@ -201,20 +230,24 @@ def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
     """The authors' clique-size estimate with early stop (SPEC 5.7 step 4).
 
     For every node of degree ``>= target`` (ascending ids) a clique is grown inside its
-    neighbours of degree ``>= target`` by repeatedly taking the candidate of highest degree
-    (lowest id on ties) and keeping only its neighbours whose degree reaches the best size found
-    by earlier starts; returns as soon as a size ``>= target`` is seen, else the best size.
+    neighbours of degree ``>= target`` by repeatedly taking the candidate of highest degree and
+    keeping only its neighbours whose degree reaches the best size found by earlier starts;
+    returns as soon as a size ``>= target`` is seen, else the best size. Candidates are Python
+    sets built in ascending id order and ties go to the first in set order, exactly as the
+    authors' networkx-based code breaks them.
     """
-    degree = compatible.sum(1)
-    rich = degree >= target
+    degree = compatible.sum(1).tolist()
+    neighbours = [np.flatnonzero(row).tolist() for row in compatible]
     best = 0
-    for start in np.flatnonzero(rich):
-        candidates = compatible[start] & rich
+    for start, start_degree in enumerate(degree):
+        if start_degree < target:
+            continue
+        candidates = {v for v in neighbours[start] if degree[v] >= target}
         size = 1
-        while candidates.any():
-            node = int(np.argmax(np.where(candidates, degree, -1)))
-            candidates[node] = False
-            candidates &= compatible[node] & (degree >= best)
+        while candidates:
+            node = max(candidates, key=degree.__getitem__)
+            candidates.remove(node)
+            candidates = candidates & {v for v in neighbours[node] if degree[v] >= best}
             size += 1
         best = max(best, size)
         if best >= target:
@@ -222,52 +255,31 @@ def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
     return best
 
 
-def _ramsey_r2(adjacency: np.ndarray, nodes: np.ndarray) -> tuple[list, list]:
-    """A clique and an independent set of the induced graph on ``nodes`` (Ramsey R(2) recursion).
-
-    The first node is split off; the recursion runs on its neighbours and on its non-neighbours,
-    the node joins the first result's clique and the second result's independent set, and the
-    larger of each pair is kept (the neighbours' one on ties). Iterative, so any size works.
-    """
-    pending = [(nodes, False)]
-    results: list[tuple[list, list]] = []
-    while pending:
-        group, expanded = pending.pop()
-        if not expanded:
-            if group.size == 0:
-                results.append(([], []))
-                continue
-            rest = group[1:]
-            linked = adjacency[group[0], rest]
-            pending += [(group, True), (rest[~linked], False), (rest[linked], False)]
-            continue
-        clique_2, iset_2 = results.pop()
-        clique_1, iset_1 = results.pop()
-        clique_1, iset_2 = clique_1 + [int(group[0])], iset_2 + [int(group[0])]
-        results.append(
-            (clique_1 if len(clique_1) >= len(clique_2) else clique_2, iset_1 if len(iset_1) >= len(iset_2) else iset_2)
-        )
-    return results[0]
-
-
-def _clique_by_removal(compatible: np.ndarray, target: int) -> list:
+def _clique_by_removal(compatible: np.ndarray, target: int) -> set:
     """The authors' approximate maximum clique with early stop (SPEC 5.7 step 5).
 
-    Independent sets of the complement graph (cliques of ``compatible``) found by repeatedly
-    removing the complement's Ramsey clique; stops once one has ``target`` nodes (checked after
-    each removal, as the authors do) and returns the first largest.
+    Independent sets of the complement graph (cliques of ``compatible``), found by networkx's
+    ``ramsey_R2`` and repeated removal of the complement's Ramsey clique; stops once one has
+    ``target`` nodes and returns the first largest. networkx itself, not a re-implementation:
+    which node its recursion splits off first follows its graph views' node order, and only the
+    same library reproduces the authors' tau*. ``ramsey_R2`` recurses about once per node, so
+    the recursion limit is raised for the call (and restored).
     """
-    conflict = ~compatible
-    np.fill_diagonal(conflict, False)
-    remaining = np.arange(len(compatible))
-    clique, best = _ramsey_r2(conflict, remaining)
-    while remaining.size:
-        remaining = np.setdiff1d(remaining, clique)
-        clique, iset = _ramsey_r2(conflict, remaining)
-        if len(iset) > len(best):
-            best = iset
-        if len(best) >= target:
-            break
+    import networkx as nx
+    from networkx.algorithms.approximation import ramsey_R2
+
+    conflict = nx.complement(nx.from_numpy_array(compatible))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 10 * len(compatible) + 1000))
+    try:
+        clique, best = ramsey_R2(conflict)
+        while conflict and len(best) < target:
+            conflict.remove_nodes_from(clique)
+            clique, iset = ramsey_R2(conflict)
+            if len(iset) > len(best):
+                best = iset
+    finally:
+        sys.setrecursionlimit(limit)
     return best
 
 
@@ -450,13 +462,6 @@ def redundancy_penalty(R, n_selected, rule="consistent") -> tuple[np.ndarray, fl
 # --------------------------------------------------------------------------------------------
 
 
-def _check_int(value, name, low, high):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}.")
-    if not low <= value <= high:
-        raise ValueError(f"{name} must be in [{low}, {high}]; got {value}.")
-
-
 @dataclass
 class _Problem:
     """The instance in the solvers' terms: ``W = alpha * A`` and ``Q`` = symmetric penalty."""
@@ -467,10 +472,27 @@ class _Problem:
     m: int
     k: int
 
-    @property
+    @functools.cached_property
     def scale(self) -> float:
         """Magnitude used for relative tolerances."""
         return 1.0 + np.abs(self.W).max() * self.W.shape[1] + np.abs(self.Q).max() * self.m**2
+
+    @functools.cached_property
+    def order(self) -> np.ndarray:
+        """(C, N): every class's features by decreasing weight (ties: lower id first)."""
+        return np.ascontiguousarray(np.argsort(-self.W, axis=0, kind="stable").T)
+
+    @functools.cached_property
+    def position(self) -> np.ndarray:
+        """(C, N): position of every feature in its class's :attr:`order` (the inverse)."""
+        position = np.empty(self.order.shape, dtype=np.intp)
+        np.put_along_axis(position, self.order, np.arange(self.order.shape[1])[None, :], axis=1)
+        return position
+
+    @functools.cached_property
+    def sorted_weight(self) -> np.ndarray:
+        """(C, N): every class's weights in :attr:`order`."""
+        return np.take_along_axis(self.W.T, self.order, axis=1)
 
     def pair_penalty(self, S: np.ndarray) -> float:
         return 0.5 * float(self.Q[np.ix_(S, S)].sum())
@@ -481,12 +503,7 @@ def _build_problem(A, n_selected, n_per_class, penalty, bias) -> _Problem:
     n_features, n_classes = A.shape
     _check_int(n_selected, "n_selected", 1, n_features)
     _check_int(n_per_class, "n_per_class", 1, n_selected)
-    if math.comb(n_selected, n_per_class) < n_classes:
-        raise ValueError(
-            f"n_selected={n_selected} features allow only {math.comb(n_selected, n_per_class)} distinct "
-            f"sets of n_per_class={n_per_class}, fewer than the {n_classes} classes that each need "
-            "their own set; increase n_selected or change n_per_class."
-        )
+    check_selection_budget(n_selected, n_per_class, n_classes)
     Q = np.zeros((n_features, n_features))
     if penalty is not None:
         penalty = _finite_matrix(penalty, "penalty")
@@ -500,11 +517,48 @@ def _build_problem(A, n_selected, n_per_class, penalty, bias) -> _Problem:
         bias = _finite_matrix(bias, "bias", ndim=1)
         if bias.shape != (n_features,):
             raise ValueError(f"bias must have shape ({n_features},); got {bias.shape}.")
-    alpha = 1000.0 / (n_per_class * n_classes)
-    return _Problem(W=alpha * A, Q=Q, bias=bias, m=n_selected, k=n_per_class)
+    return _Problem(W=assignment_scale(n_per_class, n_classes) * A, Q=Q, bias=bias, m=n_selected, k=n_per_class)
 
 
-def selection_objective(A, selected, assignment, *, penalty=None, bias=None) -> float:
+def assignment_scale(n_per_class, n_classes) -> float:
+    """The factor alpha = 1000 / (n_per_class * n_classes) of the assignment term (SPEC 5.6).
+
+    Examples
+    --------
+    >>> assignment_scale(5, 200)
+    1.0
+    """
+    _check_int(n_per_class, "n_per_class", 1, 10**12)
+    _check_int(n_classes, "n_classes", 1, 10**12)
+    return 1000.0 / (n_per_class * n_classes)
+
+
+def check_selection_budget(n_selected, n_per_class, n_classes) -> None:
+    """Raise ValueError unless ``n_selected`` features give every class its own set.
+
+    Every class needs a different set of ``n_per_class`` features, so
+    ``comb(n_selected, n_per_class)`` must be at least ``n_classes``.
+
+    Examples
+    --------
+    >>> check_selection_budget(50, 5, 200)
+    >>> check_selection_budget(3, 1, 4)
+    Traceback (most recent call last):
+    ...
+    ValueError: n_selected=3 features allow only 3 distinct sets of n_per_class=1, fewer than the 4 classes that each need their own set; increase n_selected or change n_per_class.
+    """
+    for value, name in ((n_selected, "n_selected"), (n_per_class, "n_per_class"), (n_classes, "n_classes")):
+        _check_int(value, name, 1, 10**12)
+    distinct = math.comb(n_selected, n_per_class)
+    if distinct < n_classes:
+        raise ValueError(
+            f"n_selected={n_selected} features allow only {distinct} distinct sets of "
+            f"n_per_class={n_per_class}, fewer than the {n_classes} classes that each need their own set; "
+            "increase n_selected or change n_per_class."
+        )
+
+
+def selection_objective(A, selected, assignment, *, penalty=None, bias=None, n_per_class=None) -> float:
     """Objective of a selection by the DESIGN.md formula (no feasibility check).
 
     Parameters
@@ -516,6 +570,9 @@ def selection_objective(A, selected, assignment, *, penalty=None, bias=None) -> 
     penalty : array-like of shape (n_features, n_features), optional
         Only the entries ``i < j`` count.
     bias : array-like of shape (n_features,), optional
+    n_per_class : int, optional
+        The k of ``alpha = 1000 / (k * C)``. Default: the number of ones per row, which must
+        then be the same in every row.
 
     Examples
     --------
@@ -526,8 +583,15 @@ def selection_objective(A, selected, assignment, *, penalty=None, bias=None) -> 
     selected = np.asarray(selected, dtype=np.intp)
     assignment = np.asarray(assignment, dtype=np.float64)
     n_classes = A.shape[1]
-    n_per_class = assignment.sum() / n_classes
-    value = 1000.0 / (n_per_class * n_classes) * float((A[selected].T * assignment).sum())
+    if n_per_class is None:
+        per_row = np.unique(assignment.sum(1))
+        if per_row.size != 1 or per_row[0] != int(per_row[0]) or per_row[0] < 1:
+            raise ValueError(
+                "assignment rows must all hold the same positive number of ones to infer n_per_class; "
+                f"got row sums {sorted(per_row.tolist())}. Pass n_per_class."
+            )
+        n_per_class = int(per_row[0])
+    value = assignment_scale(n_per_class, n_classes) * float((A[selected].T * assignment).sum())
     if penalty is not None:
         block = np.asarray(penalty, dtype=np.float64)[np.ix_(selected, selected)]
         order = np.argsort(selected)
@@ -654,32 +718,92 @@ def _evaluate(problem: _Problem, S: np.ndarray) -> tuple[float, float, np.ndarra
 # --------------------------------------------------------------------------------------------
 
 
-def _swap_gains(problem: _Problem, S: np.ndarray) -> np.ndarray:
+def _class_leaders(rank_S: np.ndarray, k: int) -> np.ndarray:
+    """Per class, the columns of S holding its k + 1 best features, best first (all when m == k)."""
+    m = rank_S.shape[1]
+    if k == m:
+        return np.broadcast_to(np.arange(m), rank_S.shape)
+    first = np.argpartition(rank_S, k, axis=1)[:, : k + 1]
+    return np.take_along_axis(first, np.argsort(np.take_along_axis(rank_S, first, 1), axis=1), 1)
+
+
+def _swap_gains(problem: _Problem, S: np.ndarray, rank_S=None, leaders=None) -> np.ndarray:
     """Change of the duplicate-free objective for every swap: ``gains[j, i]`` for S[i] -> j.
 
     Per class c, with v_k / v_k1 the k-th / (k+1)-th largest weight over S: removing a top-k
     member i lets v_k1 in (so the new threshold is v_k1), removing another leaves v_k; an added
-    j then gains max(0, W[j, c] - threshold). Summed over classes this is one matrix product.
-    Rows of features already in S are -inf.
+    j then gains max(0, W[j, c] - threshold). Only features ranked above the (k+1)-th of S in
+    class c can gain there, so the sums run over those entries of the precomputed per-class
+    order (a few dozen per class), not over all of W. Rows of features already in S are -inf.
+    ``rank_S`` (positions of S in every class's order) and ``leaders`` (:func:`_class_leaders`)
+    are computed unless given (:class:`_SwapState` keeps them up to date).
     """
-    W, k, m = problem.W, problem.k, problem.m
-    WS = W[S]
-    order = np.argsort(-WS, axis=0, kind="stable")
-    top = np.zeros(WS.shape)
-    np.put_along_axis(top, order[:k], 1.0, axis=0)
-    columns = np.arange(W.shape[1])
-    v_k = WS[order[k - 1], columns]
-    # With m == k every feature is in the top-k, so any added feature must enter: a threshold
-    # below every weight makes the formula give exactly W[j] - W[i].
-    v_k1 = WS[order[k], columns] if k < m else W.min(0) - 1.0
-    loss = (top * (v_k1 - WS)).sum(1)  # (m,) removing S[i]
-    over_k = np.maximum(W - v_k, 0.0)
-    gains = over_k.sum(1)[:, None] + (np.maximum(W - v_k1, 0.0) - over_k) @ top.T + loss[None, :]
-    penalty_to_S = problem.Q[:, S].sum(1)
-    gains += penalty_to_S[S][None, :] - penalty_to_S[:, None] + problem.Q[:, S]
-    gains += problem.bias[:, None] - problem.bias[S][None, :]
+    k, m = problem.k, problem.m
+    n_classes, n_features = problem.order.shape
+    classes = np.arange(n_classes)
+    if rank_S is None:
+        rank_S = problem.position[:, S]
+        leaders = _class_leaders(rank_S, k)
+    if k < m:
+        top = leaders[:, :k]
+        length = rank_S[classes, leaders[:, k]]  # features ranked above the (k+1)-th of S
+        v_k1 = problem.sorted_weight[classes, length]
+    else:
+        # With m == k every feature is in the top-k, so any added feature must enter: a threshold
+        # below every weight makes the formula give exactly W[j] - W[i].
+        top = leaders
+        length = np.full(n_classes, n_features)
+        v_k1 = problem.sorted_weight[:, -1] - 1.0
+    top_weight = problem.sorted_weight[classes[:, None], np.take_along_axis(rank_S, top, 1)]
+    v_k = top_weight.min(1)
+    loss = np.bincount(top.ravel(), weights=(v_k1[:, None] - top_weight).ravel(), minlength=m)  # removing S[i]
+    entry_class = np.repeat(classes, length)
+    flat = np.arange(entry_class.size) + np.repeat(classes * n_features - (np.cumsum(length) - length), length)
+    entry_feature = problem.order.ravel()[flat]
+    weight = problem.sorted_weight.ravel()[flat]
+    over_k = np.maximum(weight - v_k[entry_class], 0.0)
+    change = np.maximum(weight - v_k1[entry_class], 0.0) - over_k  # extra gain when i left the top-k
+    pairs = (entry_feature[:, None] * m + top[entry_class]).ravel()
+    gains = np.bincount(pairs, weights=np.repeat(change, top.shape[1]), minlength=n_features * m)
+    gains = gains.reshape(n_features, m)
+    penalty_S = problem.Q[S]  # rows (contiguous); Q is symmetric
+    penalty_to_S = penalty_S.sum(0)
+    added = np.bincount(entry_feature, weights=over_k, minlength=n_features) - penalty_to_S + problem.bias
+    gains += added[:, None]  # terms of the added feature j alone
+    gains += loss + penalty_to_S[S] - problem.bias[S]  # terms of the removed S[i] alone
+    gains += penalty_S.T  # the pair (j, S[i]) is no longer penalised
     gains[S] = -np.inf
     return gains
+
+
+class _SwapState:
+    """A selection kept in place (column i of the swap gains is ``S[i]``), updated swap by swap.
+
+    Keeps the positions of S in every class's order and every class's leaders
+    (:func:`_class_leaders`); a swap recomputes the leaders only of the classes it touches
+    (those whose leaders lose the removed feature or that the added one enters).
+    """
+
+    def __init__(self, problem: _Problem, S: np.ndarray):
+        self.problem = problem
+        self.S = np.array(S, dtype=np.intp)
+        self.rank_S = problem.position[:, self.S]
+        self.leaders = np.array(_class_leaders(self.rank_S, problem.k))
+
+    def gains(self) -> np.ndarray:
+        return _swap_gains(self.problem, self.S, self.rank_S, self.leaders)
+
+    def swap(self, i: int, j: int) -> None:
+        """Replace S[i] by feature j."""
+        k, position = self.problem.k, self.problem.position
+        touched = None
+        if k < self.S.size:
+            last = self.rank_S[np.arange(len(self.rank_S)), self.leaders[:, k]]
+            touched = (position[:, j] < last) | (self.leaders == i).any(1)
+        self.S[i] = j
+        self.rank_S[:, i] = position[:, j]
+        if touched is not None and touched.any():
+            self.leaders[touched] = _class_leaders(self.rank_S[touched], k)
 
 
 class _LocalSearch:
@@ -726,7 +850,7 @@ class _LocalSearch:
                 return S, value
 
 
-def _tabu_search(search: _LocalSearch, S, value, n_iterations, rng, *, weights, verbose=False):
+def _tabu_search(search: _LocalSearch, S, value, n_iterations, rng, *, weights, bound=math.inf, verbose=0):
     """Tabu search over swaps from the local optimum S; returns the best selection seen.
 
     Every iteration applies the best swap by the duplicate-free objective, improving or not,
@@ -734,7 +858,8 @@ def _tabu_search(search: _LocalSearch, S, value, n_iterations, rng, *, weights, 
     leave, for a tenure drawn from ``rng``. The best selection by the true objective is kept.
     After ``patience`` iterations without a new best, the search
     restarts from the best selection with a few random swaps (drawn by relaxed value,
-    ``weights``). The best selection finally gets a last local search.
+    ``weights``). The best selection finally gets a last local search. Every new best is
+    reported with the certified ``bound`` at verbose >= 1.
     """
     problem = search.problem
     n_features, m = problem.W.shape[0], problem.m
@@ -744,34 +869,39 @@ def _tabu_search(search: _LocalSearch, S, value, n_iterations, rng, *, weights, 
     patience = max(50, n_iterations // 5)
     tabu_until = np.zeros(n_features, dtype=np.int64)
     best, best_value = S, value
-    current, last_improvement = S, 0
-    _, current_free = search.evaluate(current)
+    current, last_improvement = _SwapState(problem, S), 0
+    _, current_free = search.evaluate(S)
     tolerance = 1e-10 * problem.scale
-    for iteration in progress(range(1, n_iterations + 1), verbose=verbose, desc="selection search"):
+    bar = progress(range(1, n_iterations + 1), verbose=verbose, desc="selection search")
+    for iteration in bar:
         if time.perf_counter() > search.deadline:
             search.timed_out = True
             break
         if iteration - last_improvement > patience:
-            current, last_improvement = _perturb(best, weights, rng), iteration
+            restart = _perturb(best, weights, rng)
+            current, last_improvement = _SwapState(problem, restart), iteration
             tabu_until[:] = 0
-            _, current_free = search.evaluate(current)
-        candidates = current_free + _swap_gains(problem, current)
-        allowed = (tabu_until[:, None] < iteration) & (tabu_until[current][None, :] < iteration)
+            _, current_free = search.evaluate(restart)
+        candidates = current_free + current.gains()
+        allowed = (tabu_until[:, None] < iteration) & (tabu_until[current.S][None, :] < iteration)
         if np.isfinite(candidates[allowed]).any():
             candidates = np.where(allowed, candidates, -np.inf)
         top = candidates.max()
         ties = np.flatnonzero(candidates.ravel() >= top - 1e-12 * (1.0 + abs(top)))
         move = int(ties[rng.randint(ties.size)])
         j, i = divmod(move, m)
-        tabu_until[current[i]] = iteration + tenure + rng.randint(tenure + 1)
+        tabu_until[current.S[i]] = iteration + tenure + rng.randint(tenure + 1)
         tabu_until[j] = iteration + tenure // 2
-        current, current_free = np.sort(np.concatenate([np.delete(current, i), [j]])), candidates.flat[move]
+        current.swap(i, j)
+        current_free = candidates.flat[move]
         # The duplicate-free value bounds the true one: only a selection it puts above the best
         # can be a new best, and only then is the (costlier) true value needed.
         if current_free > best_value + tolerance:
-            current_value, current_free = search.evaluate(current)
+            selection = np.sort(current.S)
+            current_value, current_free = search.evaluate(selection)
             if current_value > best_value + tolerance:
-                best, best_value, last_improvement = current, current_value, iteration
+                best, best_value, last_improvement = selection, current_value, iteration
+                _log_progress(verbose, f"tabu move {iteration}", best_value, bound, bar)
     return search.run(best)
 
 
@@ -916,7 +1046,9 @@ def _relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verbose, 
         P = sp.block_diag([curvature, sp.csc_matrix((n_other, n_other))], format="csc")
         q = -relaxed.gain
         q[:n_features] -= 0.5 * shift
-        settings = dict(verbose=verbose, eps_abs=eps, eps_rel=eps, max_iter=max_iter, polishing=True)
+        # No polishing: it costs another factorisation per solve, and the point only seeds the
+        # rounding and the bounds, which are certified at whatever point OSQP returns.
+        settings = dict(verbose=verbose, eps_abs=eps, eps_rel=eps, max_iter=max_iter, polishing=False)
         if time_limit is not None:
             remaining = time_limit - (time.perf_counter() - start)
             if remaining <= 0:
@@ -949,40 +1081,146 @@ def _relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verbose, 
     return s, info
 
 
-def _penalty_free_bound(problem: _Problem, candidates_per_class: int, time_limit=None) -> float:
-    """Bound from the LP relaxation without the (non-negative) penalty, solved by HiGHS.
-
-    Valid when every penalty is >= 0 (the penalty term is then <= 0). Certified like
-    :func:`_certified_bound`: the LP's class duals u give k sum u + the m best coefficients of
-    bias + sum_c max(0, W[:, c] - u_c), an upper bound for every feasible point.
-    """
-    n_features, n_classes = problem.W.shape
-    ranking = np.argsort(-problem.W, axis=0, kind="stable")
-    relaxed = _PrunedRelaxation.build(problem, np.full(n_classes, min(n_features, candidates_per_class)), ranking)
-    n_var = relaxed.gain.size
-    rows = relaxed.matrix[: -n_var]
-    equal = relaxed.lower[: -n_var] == relaxed.upper[: -n_var]
-    result = linprog(
-        -relaxed.gain,
-        A_ub=rows[~equal], b_ub=relaxed.upper[: -n_var][~equal],
-        A_eq=rows[equal], b_eq=relaxed.upper[: -n_var][equal],
-        bounds=np.column_stack([relaxed.lower[-n_var:], relaxed.upper[-n_var:]]),
-        method="highs",
-        options={} if time_limit is None else {"time_limit": time_limit},
-    )
-    if result.status != 0:
-        return math.inf
-    class_position = np.cumsum(equal)[relaxed.class_rows] - 1  # rows of the class totals among A_eq
-    u = -result.eqlin.marginals[class_position]
-    candidates = [u, _class_thresholds(problem.W, np.clip(result.x[:n_features], 0, 1), problem.k)]
-    return min(_dual_bound(problem, u_c) for u_c in candidates)
-
-
 def _dual_bound(problem: _Problem, u: np.ndarray, slope=0.0, constant=0.0) -> float:
     """Maximum over {0 <= s <= 1, sum s = m} of the linear over-estimator
     k sum u + constant + (bias + slope + sum_c max(0, W[:, c] - u_c))'s: its m largest coefficients."""
     coefficients = problem.bias + slope + np.maximum(problem.W - u, 0.0).sum(1)
     return problem.k * float(u.sum()) + constant + float(np.partition(coefficients, -problem.m)[-problem.m :].sum())
+
+
+def _conflict_cliques(Q: np.ndarray, value: np.ndarray) -> list[np.ndarray]:
+    """A partition of the features into cliques of the graph of positive penalties.
+
+    Greedy by decreasing ``value``: the most valuable feature not yet placed starts a clique,
+    which then repeatedly takes the most valuable unplaced feature penalised with all its members
+    (so the valuable, mutually redundant features end up together).
+    """
+    conflict = Q > 0
+    free = np.ones(len(Q), dtype=bool)
+    cliques = []
+    for start in np.argsort(-value, kind="stable"):
+        if not free[start]:
+            continue
+        clique, free[start] = [start], False
+        candidates = conflict[start] & free
+        while candidates.any():
+            node = int(np.argmax(np.where(candidates, value, -np.inf)))
+            clique.append(node)
+            free[node] = False
+            candidates &= conflict[node]
+        cliques.append(np.array(clique))
+    return cliques
+
+
+@dataclass
+class _CliqueCover:
+    """Features grouped by the cliques of :func:`_conflict_cliques`, with the penalty they force.
+
+    ``members`` lists the features clique by clique (``owner`` says whose block an entry is in);
+    ``penalty_step[r]`` at the r-th entry of a block is ``L(r + 1) - L(r)``, where ``L(n)`` is the
+    sum of the ``n (n - 1) / 2`` smallest penalties inside that clique: any ``n`` members of a
+    clique pay at least ``L(n)`` among themselves, and the steps of ``L`` do not decrease.
+    """
+
+    members: np.ndarray
+    owner: np.ndarray
+    penalty_step: np.ndarray
+
+    @classmethod
+    def build(cls, Q: np.ndarray, value: np.ndarray) -> "_CliqueCover":
+        cliques = _conflict_cliques(Q, value)
+        steps = []
+        for clique in cliques:
+            pairs = np.sort(Q[np.ix_(clique, clique)][np.triu_indices(clique.size, 1)])
+            smallest = np.concatenate([[0.0], np.cumsum(pairs)])  # sums of the l smallest pairs
+            ranks = np.arange(clique.size)
+            steps.append(np.diff(smallest[ranks * (ranks + 1) // 2], prepend=0.0))
+        return cls(members=np.concatenate(cliques), owner=np.repeat(np.arange(len(cliques)), list(map(len, cliques))),
+                   penalty_step=np.concatenate(steps))
+
+    def best(self, value: np.ndarray, m: int) -> tuple[float, np.ndarray]:
+        """max over |S| = m of value(S) - sum over cliques of L(|S & clique|), and a maximiser.
+
+        Every clique's term is concave in how many of its members are taken (its sorted values
+        decrease, its steps of L do not), so the best S takes the m largest increments
+        ``value - penalty_step`` once every block is sorted by decreasing value.
+        """
+        order = np.lexsort((-value[self.members], self.owner))  # blocks stay in place
+        increments = value[self.members[order]] - self.penalty_step
+        chosen = np.argpartition(-increments, m - 1)[:m]
+        return float(increments[chosen].sum()), self.members[order[chosen]]
+
+
+def _clique_covers(Q: np.ndarray, value: np.ndarray, n_covers: int) -> list[_CliqueCover]:
+    """Clique partitions covering disjoint sets of the positive penalties.
+
+    Each partition is built on the positive penalties that the earlier ones leave outside their
+    cliques, so that more of the penalty is seen; every penalty belongs to at most one of them.
+    """
+    remaining = np.maximum(Q, 0.0)
+    covers = []
+    for _ in range(n_covers):
+        if not remaining.any():
+            break
+        cover = _CliqueCover.build(remaining, value)
+        covers.append(cover)
+        for clique in np.split(cover.members, np.flatnonzero(np.diff(cover.owner)) + 1):
+            remaining[np.ix_(clique, clique)] = 0.0
+    return covers or [_CliqueCover.build(remaining, value)]
+
+
+def _clique_bound(problem: _Problem, u: np.ndarray, lower: float, *, deadline: float, n_covers: int = 4,
+                  n_rounds: int = 600, patience: int = 20) -> float:
+    """Upper bound on the optimum that sees the penalty, improved over class thresholds u.
+
+    Proof. Take any feasible (S, E) and any thresholds u. Class c's assignment satisfies
+    sum_{f in T_c} W[f, c] <= k u_c + sum_{f in S} max(0, W[f, c] - u_c) (LP duality for
+    max{W.e : 0 <= e <= 1_S, sum e = k}), so the objective is at most
+    k sum(u) + a(S) - P(S) with a = bias + sum_c max(0, W[:, c] - u_c) and P(S) the sum of the
+    penalties of the pairs of S. The negative penalties pay at most half of, summed over i in S,
+    the m - 1 largest |negative penalties| of row i (every pair is counted from both ends); that
+    amount is added to a_i. The positive penalties are at least the sum over the covers t of
+    P_t(S), the penalties inside the cliques of cover t (the covers hold disjoint pairs, see
+    :func:`_clique_covers`), and n members of one clique pay at least L(n), the sum of the
+    n (n - 1) / 2 smallest penalties inside it. For any split a = sum_t a_t,
+    max_S [a(S) - sum_t P_t(S)] <= sum_t max_S [a_t(S) - sum_cliques L(|S & K|)], and each term is
+    computed exactly by :meth:`_CliqueCover.best`. So every value evaluated is a valid bound,
+    whatever u, split and covers; u and the split are improved by subgradient steps (Polyak
+    step towards the best known objective ``lower``, halved after ``patience`` rounds without
+    progress), and the smallest value seen is returned. Without penalty every clique is a single
+    feature and this is the Lagrangian (= LP) bound of the assignment relaxation.
+    """
+    W, Q, k, m = problem.W, problem.Q, problem.k, problem.m
+    reward = np.zeros(len(Q))
+    if m > 1 and (Q < 0).any():
+        reward = 0.5 * np.partition(np.maximum(-Q, 0.0), -(m - 1), axis=1)[:, -(m - 1):].sum(1)
+    covers = _clique_covers(Q, problem.bias + reward + np.maximum(W - u, 0.0).sum(1), n_covers)
+    split = np.zeros((len(covers), len(Q)))  # rows sum to zero: a_t = a / T + split[t]
+    tolerance = 1e-12 * problem.scale
+    best, step, stalled = math.inf, 1.0, 0
+    for _ in range(n_rounds):
+        value = problem.bias + reward + np.maximum(W - u, 0.0).sum(1)
+        bound, chosen = k * float(u.sum()), np.zeros(split.shape)
+        direction_u = np.full(u.shape, float(k))
+        for t, cover in enumerate(covers):
+            inner, S = cover.best(value / len(covers) + split[t], m)
+            bound += inner
+            chosen[t, S] = 1.0
+            direction_u -= (W[S] > u).sum(0) / len(covers)
+        if bound < best - tolerance:
+            best, stalled = bound, 0
+        else:
+            stalled += 1
+            if stalled >= patience:
+                step, stalled = 0.5 * step, 0
+        direction_split = chosen - chosen.mean(0)
+        norm = float(direction_u @ direction_u + (direction_split**2).sum())
+        if norm == 0 or best - lower <= tolerance or step < 1e-3 or time.perf_counter() > deadline:
+            break
+        length = step * (bound - lower) / norm
+        u = u - length * direction_u
+        split -= length * direction_split
+    return best
 
 
 def _relaxed_warm_start(s, W, edge_feature, edge_class, k):
@@ -1012,7 +1250,8 @@ def _solve_milp(problem: _Problem, *, time_limit, mip_rel_gap, verbose):
     pair (c1, c2) continuous z_f <= min(E[f,c1] + E[f,c2], 2 - E[f,c1] - E[f,c2]) with
     sum z >= 2 (z_f reaches 1 only where exactly one class uses f, so the columns differ).
     Pairs found duplicated are constrained and the MILP solved again, until no duplicates
-    remain. Returns (S or None, upper bound, proven optimal, timed out).
+    remain. Returns (S or None, upper bound, proven optimal); not proven means stopped by the
+    time limit.
     """
     W, Q, k, m = problem.W, problem.Q, problem.k, problem.m
     n_features, n_classes = W.shape
@@ -1076,16 +1315,16 @@ def _solve_milp(problem: _Problem, *, time_limit, mip_rel_gap, verbose):
         if dual_bound is not None and np.isfinite(dual_bound):
             upper_bound = min(upper_bound, -float(dual_bound))  # a relaxation: valid for the full problem
         if result.x is None:
-            return None, upper_bound, False, True
+            return None, upper_bound, False
         S = np.flatnonzero(result.x[:n_features] > 0.5)
         if result.status != 0:
-            return S, upper_bound, False, True
+            return S, upper_bound, False
         E = result.x[n_features : n_features + n_edges].reshape(n_features, n_classes) > 0.5
         groups: dict[bytes, list[int]] = {}
         for c in range(n_classes):
             groups.setdefault(E[:, c].tobytes(), []).append(c)
         if len(groups) == n_classes:
-            return S, upper_bound, True, False
+            return S, upper_bound, True
         for group in groups.values():
             class_pairs.update(itertools.combinations(group, 2))
             involved.update(group if len(group) > 1 else [])
@@ -1097,6 +1336,81 @@ def _solve_milp(problem: _Problem, *, time_limit, mip_rel_gap, verbose):
 # --------------------------------------------------------------------------------------------
 # Public solver
 # --------------------------------------------------------------------------------------------
+
+
+_SOLVER_OPTIONS = {
+    "osqp": ("algebra", "eps", "max_iter", "candidates_per_class", "n_iterations"),
+    "exact": ("mip_rel_gap",),
+}
+_COMMON_OPTIONS = ("solver", "time_limit")
+_ESTIMATOR_ARGUMENTS = ("A", "n_selected", "n_per_class", "penalty", "bias", "random_state", "verbose")
+
+
+def _check_option(name: str, value):
+    """One solver option's value, validated (ValueError / TypeError naming it otherwise)."""
+    if name == "solver":
+        if value not in _SOLVER_OPTIONS:
+            raise ValueError(f"solver must be one of {tuple(_SOLVER_OPTIONS)}; got {value!r}.")
+    elif name == "time_limit":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))
+                                  or not value > 0 or not math.isfinite(value)):
+            raise ValueError(f"time_limit must be None or a positive number of seconds; got {value!r}.")
+    elif name == "algebra":
+        if value not in _OSQP_ALGEBRAS:
+            raise ValueError(f"algebra must be one of {_OSQP_ALGEBRAS}; got {value!r}.")
+    elif name in ("eps", "mip_rel_gap"):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not 0 <= value < 1:
+            raise ValueError(f"{name} must be a number in [0, 1); got {value!r}.")
+        if name == "eps" and value == 0:
+            raise ValueError("eps must be a positive OSQP tolerance; got 0.")
+    elif name == "candidates_per_class" and value is None:
+        pass
+    else:  # max_iter, candidates_per_class, n_iterations
+        _check_int(value, name, 0 if name == "n_iterations" else 1, 10**9)
+    return value
+
+
+def check_solver_options(options) -> dict:
+    """Validate ``solver_options`` (the extra keywords of :func:`solve_selection`); return a dict.
+
+    Callable before any training. Keys: ``solver`` and ``time_limit`` for both solvers;
+    ``algebra``, ``eps``, ``max_iter``, ``candidates_per_class``, ``n_iterations`` for
+    ``solver="osqp"`` (the default); ``mip_rel_gap`` for ``solver="exact"``. An unknown key, a key
+    of the other solver, a key the estimator sets itself (``random_state``, ``verbose``, the
+    budgets, ...) or a bad value raises ValueError naming the key and the valid ones.
+
+    Examples
+    --------
+    >>> check_solver_options({"time_limit": 10, "n_iterations": 500})
+    {'time_limit': 10, 'n_iterations': 500}
+    >>> check_solver_options({"solver": "exact", "n_iterations": 5})
+    Traceback (most recent call last):
+    ...
+    ValueError: solver option 'n_iterations' belongs to solver='osqp', not solver='exact'; valid options for solver='exact': solver, time_limit, mip_rel_gap.
+    """
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise TypeError(f"solver_options must be a dict or None; got {type(options).__name__}.")
+    options = dict(options)
+    solver = _check_option("solver", options.get("solver", "osqp"))
+    valid = _COMMON_OPTIONS + _SOLVER_OPTIONS[solver]
+    for key, value in options.items():
+        if key in _ESTIMATOR_ARGUMENTS:
+            raise ValueError(f"solver_options may not set {key!r}: the estimator passes it itself.")
+        if key not in valid:
+            owner = next((name for name, keys in _SOLVER_OPTIONS.items() if key in keys), None)
+            where = f"belongs to solver={owner!r}, not solver={solver!r}" if owner else "is unknown"
+            raise ValueError(f"solver option {key!r} {where}; valid options for solver={solver!r}: {', '.join(valid)}.")
+        _check_option(key, value)
+    return options
+
+
+def _check_verbose(verbose) -> int:
+    """``verbose`` as an int level: 0 quiet, 1 progress, 2 also the OSQP / HiGHS logs."""
+    if isinstance(verbose, (bool, np.bool_)):
+        return int(verbose)
+    return _check_int(verbose, "verbose", 0, 10**9)
 
 
 def solve_selection(
@@ -1127,8 +1441,11 @@ def solve_selection(
     on binary points), the continuous relaxation is solved by OSQP on pruned candidate edges,
     its solution is rounded and improved by swap local search, then by ``n_iterations`` moves
     of a tabu search over swaps (seeded tenures, tie-breaks and restarts). Every constraint
-    holds exactly. The upper bound is certified from the relaxation (valid however accurately
-    OSQP solved it), or from the penalty-free LP when that is smaller.
+    holds exactly. The upper bound is the smaller of two certified ones: the tangent plane at
+    the relaxation (valid however accurately OSQP solved it) and a Lagrangian bound over clique
+    covers of the penalty that sees the penalty (:func:`_clique_bound`); ``bound_method`` says
+    which. It is computed before the tabu search, so a ``time_limit`` that stops the search
+    still returns the best selection so far with its certified gap.
     ``solver="exact"``: the linearised MILP solved by HiGHS (``scipy.optimize.milp``), the
     no-duplicate rule added lazily; a proven optimum when it finishes within ``time_limit``.
 
@@ -1143,13 +1460,16 @@ def solve_selection(
     bias : array-like of shape (n_features,), optional
         Per-feature reward. Default: none.
     time_limit : float, optional
-        Seconds for the whole solve. Without it the result depends only on the inputs and
-        ``random_state``; with it, on the machine's speed as well.
+        Seconds for the whole solve (anytime: the best selection found by then is returned, with
+        its certified bound; ``status="time_limit"``). At least one round of every stage runs, so
+        a tiny limit is exceeded by that much. Without it the result depends only on the inputs
+        and ``random_state``; with it, on the machine's speed as well.
     random_state : int, RandomState instance or None
         Seeds the tabu search (tenures, tie-breaks, restarts).
     solver : {"osqp", "exact"}
-    verbose : bool
-        Solver output and a progress bar.
+    verbose : int or bool
+        0 / False: quiet. 1 / True: progress (objective, bound, gap) through the ``qpm_sklearn``
+        logger and a progress bar. 2 or more: also the OSQP / HiGHS logs.
     algebra : {"builtin", "mkl", "cuda"}
         OSQP linear-algebra backend, always passed explicitly; one that does not load here is
         replaced by ``"builtin"`` with a RuntimeWarning.
@@ -1179,41 +1499,43 @@ def solve_selection(
     >>> bool(result.upper_bound >= result.objective)
     True
     """
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     problem = _build_problem(A, n_selected, n_per_class, penalty, bias)
-    if solver not in ("osqp", "exact"):
-        raise ValueError(f"solver must be 'osqp' or 'exact'; got {solver!r}.")
-    if time_limit is not None and not (isinstance(time_limit, (int, float)) and time_limit > 0):
-        raise ValueError(f"time_limit must be None or a positive number of seconds; got {time_limit!r}.")
-    _check_int(n_iterations, "n_iterations", 0, 10**9)
+    check_solver_options({"solver": solver, "time_limit": time_limit, "algebra": algebra, "eps": eps,
+                          "max_iter": max_iter, "candidates_per_class": candidates_per_class,
+                          "n_iterations": n_iterations} if solver == "osqp" else
+                         {"solver": solver, "time_limit": time_limit, "mip_rel_gap": mip_rel_gap})
+    verbose = _check_verbose(verbose)
     candidates_per_class = 12 * n_per_class + 4 if candidates_per_class is None else candidates_per_class
-    _check_int(candidates_per_class, "candidates_per_class", 1, 10**9)
     deadline = math.inf if time_limit is None else start + time_limit
     default_options = dict(algebra=algebra, eps=eps, max_iter=max_iter, candidates_per_class=candidates_per_class,
                            n_iterations=n_iterations, random_state=random_state, verbose=verbose)
     if solver == "exact":
-        S, upper_bound, proven, timed_out = _solve_milp(
-            problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap, verbose=verbose
-        )
-        status = "optimal" if proven else "time_limit" if timed_out else "feasible"
+        S, upper_bound, proven = _solve_milp(problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap,
+                                             verbose=verbose >= 2)
+        status, bound_method = ("optimal" if proven else "time_limit"), "milp"
         if S is None:
             warnings.warn(
                 "The MILP found no solution within time_limit; returning the default method's solution.",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            S, default_bound, _ = _solve_default(problem, deadline=math.inf, **default_options)
-            upper_bound, status = min(upper_bound, default_bound), "time_limit_heuristic"
+            S, default_bound, default_method, _ = _solve_default(problem, deadline=math.inf, **default_options)
+            if default_bound < upper_bound:
+                upper_bound, bound_method = default_bound, default_method
+            status = "time_limit_heuristic"
     else:
-        S, upper_bound, timed_out = _solve_default(problem, deadline=deadline, **default_options)
+        S, upper_bound, bound_method, timed_out = _solve_default(problem, deadline=deadline, **default_options)
         status = "time_limit" if timed_out else "feasible"
 
     S = np.sort(S)
     objective, _, assignment = _evaluate(problem, S)
-    upper_bound = max(upper_bound, objective)
-    gap = (upper_bound - objective) / max(abs(objective), 1e-12) if upper_bound > objective else 0.0
+    if upper_bound <= objective:  # the bound meets the objective: proven optimal
+        upper_bound, bound_method = objective, "objective" if bound_method != "milp" else bound_method
+    gap = (upper_bound - objective) / max(abs(objective), 1e-12)
     if status == "feasible" and gap <= 1e-9:
         status = "optimal"
+    _log_progress(verbose, "done", objective, upper_bound)
     return SelectionResult(
         selected=S.astype(np.intp),
         assignment=assignment.astype(np.uint8),
@@ -1222,31 +1544,48 @@ def solve_selection(
         gap=float(gap),
         seconds=time.perf_counter() - start,
         status=status,
+        bound_method=bound_method,
+        cpu_seconds=time.process_time() - cpu_start,
     )
+
+
+def _log_progress(verbose: int, stage: str, objective: float, bound: float, bar=None) -> None:
+    """Progress (objective, bound, gap) at verbose >= 1: the logger, and the progress bar's postfix."""
+    if not verbose:
+        return
+    gap = (bound - objective) / max(abs(objective), 1e-12)
+    logger.info("selection %s: objective %.6g, bound %.6g, gap %.2f%%", stage, objective, bound, 100 * gap)
+    if bar is not None and hasattr(bar, "set_postfix"):
+        bar.set_postfix(objective=f"{objective:.6g}", bound=f"{bound:.6g}", gap=f"{100 * gap:.2f}%")
 
 
 def _solve_default(problem, *, deadline, algebra, eps, max_iter, candidates_per_class, n_iterations,
                    random_state, verbose):
-    """Relaxation (OSQP), rounding, local and tabu search; returns (S, upper bound, timed out)."""
+    """Relaxation (OSQP), rounding, local search, certified bounds, tabu search.
+
+    Returns (S, upper bound, bound method, timed out).
+    """
     algebra = _osqp_algebra(algebra)
     shift = _concave_shift(problem.Q)
     # Any shift >= the smallest one is exact on binary points; a floor makes the relaxation
     # strongly concave, which OSQP solves in few iterations (an LP would take it thousands).
     # The bound below is certified with the smallest shift, at whatever point OSQP returns.
     solve_shift = max(shift, 0.5 * float(np.abs(problem.W).max()))
-    remaining = None if deadline == math.inf else max(deadline - time.perf_counter(), 1e-3)
+    # Under a time limit the relaxation gets at most half of it, so that the search gets the rest.
+    remaining = None if deadline == math.inf else max(0.5 * (deadline - time.perf_counter()), 1e-3)
     s, _ = _relaxation(problem, shift=solve_shift, algebra=algebra, eps=eps, max_iter=max_iter,
-                       time_limit=remaining, verbose=verbose, candidates_per_class=candidates_per_class)
-    upper_bound = _certified_bound(problem, s, shift)
-    if np.all(problem.Q >= 0) and time.perf_counter() < deadline:
-        remaining = None if deadline == math.inf else deadline - time.perf_counter()
-        upper_bound = min(upper_bound, _penalty_free_bound(problem, candidates_per_class, remaining))
+                       time_limit=remaining, verbose=verbose >= 2, candidates_per_class=candidates_per_class)
+    upper_bound, bound_method = _certified_bound(problem, s, shift), "relaxation"
     with threadpool_limits(limits=1, user_api="blas"):  # small products: threads only contend
         search = _LocalSearch(problem, deadline)
         S, value = search.run(_round(problem, s))
+        clique = _clique_bound(problem, _class_thresholds(problem.W, s, problem.k), value, deadline=deadline)
+        if clique < upper_bound:
+            upper_bound, bound_method = clique, "clique"
+        _log_progress(verbose, "local search", value, upper_bound)
         S, _ = _tabu_search(search, S, value, n_iterations, check_random_state(random_state),
-                            weights=s + 1.0 / s.size, verbose=verbose)
-    return S, upper_bound, search.timed_out
+                            weights=s + 1.0 / s.size, bound=upper_bound, verbose=verbose)
+    return S, upper_bound, bound_method, search.timed_out
 
 
 def _round(problem: _Problem, s: np.ndarray) -> np.ndarray:

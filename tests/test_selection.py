@@ -154,6 +154,18 @@ def test_swap_gains_equal_recomputed_objective_changes(m, k):
             assert gains[j, i] == pytest.approx(value - base, abs=1e-9)
 
 
+@pytest.mark.parametrize("m,k", [(6, 2), (3, 3), (4, 3)])
+def test_swap_state_updates_match_a_fresh_computation(m, k):
+    rng = np.random.default_rng(5)
+    A, penalty, _ = random_instance(rng, 14, min(5, math.comb(m, k)), m, k, ties=True)
+    problem = selection._build_problem(A, m, k, penalty, None)
+    state = selection._SwapState(problem, np.sort(rng.choice(14, size=m, replace=False)))
+    for _ in range(40):
+        outside = np.setdiff1d(np.arange(14), state.S)
+        state.swap(int(rng.integers(m)), int(rng.choice(outside)))
+        np.testing.assert_allclose(state.gains(), selection._swap_gains(problem, state.S.copy()), atol=1e-12)
+
+
 @pytest.mark.parametrize("seed", range(6))
 def test_assign_is_the_best_distinct_assignment(seed):
     rng = np.random.default_rng(seed)
@@ -180,8 +192,69 @@ def test_certified_bound_holds_at_any_point(signed):
     for _ in range(20):
         s = rng.random(7)
         assert selection._certified_bound(problem, s, shift) >= optimum - 1e-9
-    if not signed:
-        assert selection._penalty_free_bound(problem, 3) >= optimum - 1e-9
+        u = rng.normal(size=3) * 100  # any thresholds, any target: every value is a bound
+        bound = selection._clique_bound(problem, u, optimum - rng.random() * 50, deadline=math.inf, n_rounds=30)
+        assert bound >= optimum - 1e-9
+
+
+def brute_force_cover_value(cover, value, m):
+    """max over |S| = m of value(S) - sum over cliques of L(|S & clique|), by enumeration."""
+    blocks = np.split(cover.members, np.flatnonzero(np.diff(cover.owner)) + 1)
+    steps = np.split(cover.penalty_step, np.flatnonzero(np.diff(cover.owner)) + 1)
+    best = -np.inf
+    for S in itertools.combinations(range(value.size), m):
+        total = value[list(S)].sum()
+        for block, step in zip(blocks, steps):
+            total -= step[: np.isin(block, S).sum()].sum()
+        best = max(best, total)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clique_cover_best_is_exact_and_its_penalty_a_lower_bound(seed):
+    rng = np.random.default_rng(300 + seed)
+    n, m = 9, 4
+    Q = np.triu(np.where(rng.random((n, n)) < 0.5, rng.random((n, n)), 0.0), 1)
+    Q = Q + Q.T
+    value = rng.normal(size=n) * 3
+    cover = selection._CliqueCover.build(Q, value)
+    blocks = np.split(cover.members, np.flatnonzero(np.diff(cover.owner)) + 1)
+    assert sorted(cover.members.tolist()) == list(range(n))  # a partition
+    for block in blocks:  # of cliques of the positive-penalty graph
+        inside = Q[np.ix_(block, block)] + np.eye(block.size)
+        assert np.all(inside > 0)
+    inner, S = cover.best(value, m)
+    assert inner == pytest.approx(brute_force_cover_value(cover, value, m), abs=1e-9)
+    for T in itertools.combinations(range(n), m):  # the clique terms never exceed the true penalty
+        forced = sum(step[: np.isin(block, T).sum()].sum()
+                     for block, step in zip(blocks, np.split(cover.penalty_step, np.flatnonzero(np.diff(cover.owner)) + 1)))
+        assert forced <= 0.5 * Q[np.ix_(T, T)].sum() + 1e-12
+
+
+BOUND_CASES = [
+    # (n_features, n_classes, m, k, penalty_scale, with_bias, signed_penalty)
+    (8, 4, 4, 2, 1.0, False, False),
+    (8, 5, 4, 2, 30.0, True, False),
+    (7, 3, 5, 3, 1.0, True, True),
+    (9, 6, 5, 2, 3.0, False, False),
+]
+
+
+@pytest.mark.parametrize("case", BOUND_CASES)
+@pytest.mark.parametrize("seed", range(3))
+def test_reported_bound_is_valid_against_brute_force(case, seed):
+    n_features, n_classes, m, k, scale, with_bias, signed = case
+    rng = np.random.default_rng(400 + seed)
+    A, penalty, bias = random_instance(rng, n_features, n_classes, m, k, penalty_scale=scale,
+                                       with_bias=with_bias, signed_penalty=signed)
+    optimum = brute_force(A, m, k, penalty, bias)
+    problem = selection._build_problem(A, m, k, penalty, bias)
+    u = selection._class_thresholds(problem.W, np.full(n_features, m / n_features), k)
+    assert selection._clique_bound(problem, u, optimum, deadline=math.inf) >= optimum - 1e-9
+    result = solve_selection(A, n_selected=m, n_per_class=k, penalty=penalty, bias=bias, random_state=seed)
+    assert result.upper_bound >= optimum - 1e-9
+    assert result.bound_method in {"clique", "relaxation", "objective"}
+    assert result.gap == pytest.approx((result.upper_bound - result.objective) / abs(result.objective))
 
 
 # ------------------------------------------------------------------------------------------
@@ -291,9 +364,9 @@ def test_same_random_state_same_result_and_plain_dict():
     np.testing.assert_array_equal(first.selected, second.selected)
     np.testing.assert_array_equal(first.assignment, second.assignment)
     info = first.as_dict()
-    assert set(info) == {"objective", "upper_bound", "gap", "seconds", "status"}
-    assert all(type(info[key]) is float for key in ("objective", "upper_bound", "gap", "seconds"))
-    assert type(info["status"]) is str
+    assert set(info) == {"objective", "upper_bound", "gap", "seconds", "cpu_seconds", "status", "bound_method"}
+    assert all(type(info[key]) is float for key in ("objective", "upper_bound", "gap", "seconds", "cpu_seconds"))
+    assert type(info["status"]) is str and type(info["bound_method"]) is str
     assert info["upper_bound"] >= info["objective"] and info["gap"] >= 0
 
 
@@ -344,3 +417,73 @@ def test_unavailable_osqp_algebra_warns_and_uses_builtin():
     with pytest.warns(RuntimeWarning, match="algebra 'cuda'"):
         result = solve_selection(A, n_selected=4, n_per_class=2, algebra="cuda", random_state=0)
     assert_feasible(result, 8, 3, 4, 2)
+
+
+# ------------------------------------------------------------------------------------------
+# Shared helpers (the classifier validates with them before training)
+# ------------------------------------------------------------------------------------------
+
+
+def test_assignment_scale_is_the_objective_factor():
+    assert selection.assignment_scale(5, 200) == 1.0
+    assert selection.assignment_scale(5, 196) == pytest.approx(1000 / 980)
+    A = np.array([[1.0, 0.0], [0.5, 2.0], [0.0, 1.0]])
+    # rows with different counts: k cannot be inferred, it must be given
+    with pytest.raises(ValueError, match="Pass n_per_class"):
+        selection_objective(A, [0, 1, 2], [[1, 1, 0], [0, 1, 0]])
+    value = selection_objective(A, [0, 1, 2], [[1, 1, 0], [0, 1, 0]], n_per_class=2)
+    assert value == pytest.approx(1000 / (2 * 2) * (1.0 + 0.5 + 2.0))
+
+
+def test_check_selection_budget_is_the_distinct_sets_rule():
+    selection.check_selection_budget(5, 2, 10)  # comb(5, 2) = 10 sets: enough
+    with pytest.raises(ValueError, match=r"n_selected=5 features allow only 10 distinct sets of n_per_class=2, "
+                                         r"fewer than the 11 classes"):
+        selection.check_selection_budget(5, 2, 11)
+    with pytest.raises(ValueError, match="allow only 10 distinct sets"):  # the solver raises the same error
+        solve_selection(np.zeros((6, 11)), n_selected=5, n_per_class=2)
+
+
+@pytest.mark.parametrize(
+    "options,error,match",
+    [
+        ({"n_iteration": 5}, ValueError, r"'n_iteration' is unknown; valid options for solver='osqp': solver, "
+                                         r"time_limit, algebra, eps, max_iter, candidates_per_class, n_iterations"),
+        ({"solver": "exact", "eps": 1e-3}, ValueError, r"'eps' belongs to solver='osqp', not solver='exact'"),
+        ({"mip_rel_gap": 1e-3}, ValueError, r"'mip_rel_gap' belongs to solver='exact', not solver='osqp'"),
+        ({"random_state": 0}, ValueError, "may not set 'random_state'"),
+        ({"solver": "gurobi"}, ValueError, "solver must be one of"),
+        ({"time_limit": -1}, ValueError, "time_limit must be None or a positive"),
+        ({"n_iterations": 2.5}, TypeError, "n_iterations must be an int"),
+        ({"eps": 0}, ValueError, "eps must be a positive"),
+        ([("eps", 1e-3)], TypeError, "solver_options must be a dict"),
+    ],
+)
+def test_check_solver_options_rejects_what_cannot_apply(options, error, match):
+    with pytest.raises(error, match=match):
+        selection.check_solver_options(options)
+
+
+def test_check_solver_options_passes_valid_options_to_the_solver():
+    assert selection.check_solver_options(None) == {}
+    options = selection.check_solver_options({"solver": "osqp", "time_limit": 5.0, "n_iterations": 20, "eps": 1e-3})
+    A = np.random.default_rng(15).normal(size=(10, 4))
+    result = solve_selection(A, n_selected=5, n_per_class=2, random_state=0, **options)
+    assert_feasible(result, 10, 4, 5, 2)
+    assert selection.check_solver_options({"solver": "exact", "mip_rel_gap": 0.0}) == {"solver": "exact",
+                                                                                       "mip_rel_gap": 0.0}
+
+
+def test_verbose_levels(caplog, capfd):
+    A, penalty, _ = random_instance(np.random.default_rng(16), 20, 6, 6, 2)
+    with caplog.at_level("INFO", logger="qpm_sklearn"):
+        result = solve_selection(A, n_selected=6, n_per_class=2, penalty=penalty, random_state=0, verbose=1)
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("objective" in text and "bound" in text and "gap" in text for text in messages)
+    assert "OSQP" not in capfd.readouterr().out  # solver logs only from level 2
+    # OSQP accepts only a 0/1 flag: level 2 used to crash it; now it logs
+    again = solve_selection(A, n_selected=6, n_per_class=2, penalty=penalty, random_state=0, verbose=2)
+    assert "OSQP" in capfd.readouterr().out
+    np.testing.assert_array_equal(again.selected, result.selected)
+    with pytest.raises(ValueError, match="verbose must be in"):
+        solve_selection(A, n_selected=6, n_per_class=2, verbose=-1)
