@@ -16,10 +16,12 @@ import torch
 from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
     _check_feature_names,
+    _check_sample_weight,
     _get_feature_names,
     check_array,
     check_is_fitted,
@@ -70,7 +72,7 @@ _FINGERPRINT_BLOCK = 32 * 2**20
 PARAMETER_GROUPS = {
     "dense": (
         "n_features", "hidden_size", "n_layers", "dense_epochs", "dense_batch_size", "dense_lr",
-        "dense_weight_decay", "dropout", "dense_diversity",
+        "dense_weight_decay", "dropout", "dense_diversity", "class_weight",
     ),
     "sparse": (
         "n_selected", "n_per_class", "sparse_epochs", "sparse_batch_size", "sparse_lr", "sparse_weight_decay",
@@ -151,7 +153,7 @@ def tokens_fingerprint(tokens: np.ndarray) -> str:
     return summary.hexdigest()
 
 
-def _fit_dense_stage(tokens, fingerprint, y, grid, n_classes, settings, seed, device, verbose=False):
+def _fit_dense_stage(tokens, fingerprint, y, sample_weight, grid, n_classes, settings, seed, device, verbose=False):
     """Train the token-wise MLP with a dense linear head (stage 1) and describe the training set.
 
     A module-level function of plain arguments so that ``joblib.Memory`` can
@@ -188,6 +190,7 @@ def _fit_dense_stage(tokens, fingerprint, y, grid, n_classes, settings, seed, de
         seed=seed,
         verbose=verbose,
         desc="dense",
+        sample_weight=sample_weight,
         check_input=False,
     )
     features = forward_in_batches(
@@ -201,7 +204,7 @@ def _fit_dense_stage(tokens, fingerprint, y, grid, n_classes, settings, seed, de
     }
 
 
-def _cached_dense_stage(memory, tokens, y, grid, n_classes, settings, seed, device, verbose):
+def _cached_dense_stage(memory, tokens, y, sample_weight, grid, n_classes, settings, seed, device, verbose):
     """:func:`_fit_dense_stage` through ``memory``; concurrent fits of one key compute it once.
 
     With a cache location, a file lock per key (beside the cache) makes a second process
@@ -212,13 +215,13 @@ def _cached_dense_stage(memory, tokens, y, grid, n_classes, settings, seed, devi
     fingerprint = tokens_fingerprint(tokens) if location is not None else None
     staged = tokens_on_device(tokens, device, check_input=False)  # once per fit, for both stages
     cached = memory.cache(_fit_dense_stage, ignore=["tokens", "verbose"])
-    args = (staged, fingerprint, y, grid, n_classes, settings, seed, str(device), verbose)
+    args = (staged, fingerprint, y, sample_weight, grid, n_classes, settings, seed, str(device), verbose)
     if location is None:
         return cached(*args), staged
     from filelock import FileLock
     from joblib import hash as joblib_hash
 
-    key = joblib_hash((fingerprint, y, grid, n_classes, settings, seed, str(device)))
+    key = joblib_hash((fingerprint, y, sample_weight, grid, n_classes, settings, seed, str(device)))
     lock_dir = Path(location) / "qpm_sklearn_locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_dir / f"dense-{key}.lock")):
@@ -226,10 +229,11 @@ def _cached_dense_stage(memory, tokens, y, grid, n_classes, settings, seed, devi
 
 
 def _qpm_head(
-    features, y_codes, n_classes, *, n_selected, n_per_class, redundancy, solver_options, seed, verbose
+    features, y_codes, n_classes, *, n_selected, n_per_class, redundancy, solver_options, seed, verbose,
+    sample_weight=None,
 ):
     """The DINO-QPM head from the dense training features (stage 2): A, R, penalty, quadratic program."""
-    A = feature_class_correlation(features, y_codes)
+    A = feature_class_correlation(features, y_codes, sample_weight=sample_weight)
     penalty, tau = redundancy_penalty(feature_similarity(A), n_selected, rule=redundancy)
     result = solve_selection(
         A,
@@ -241,12 +245,17 @@ def _qpm_head(
         **solver_options,
     )
     selected = np.asarray(result.selected, dtype=np.int64)
+    if sample_weight is None:  # population std (SPEC 2.4)
+        mean, std = features.mean(axis=0, dtype=np.float64), features.std(axis=0, dtype=np.float64)
+    else:  # weighted mean and population std: a weight of 2 is the sample counted twice
+        mean = np.average(features, axis=0, weights=sample_weight)
+        std = np.sqrt(np.average((features - mean) ** 2, axis=0, weights=sample_weight))
     return HeadRecord(
         selected=selected,
         weight=np.asarray(result.assignment, dtype=np.float32),
         bias=np.zeros(n_classes, dtype=np.float32),
-        mean=features.mean(axis=0, dtype=np.float64)[selected],
-        std=features.std(axis=0, dtype=np.float64)[selected],  # population std (SPEC 2.4)
+        mean=mean[selected],
+        std=std[selected],
         info=dict(result.as_dict(), tau=float(tau), redundancy=redundancy, method="qpm"),
     )
 
@@ -268,7 +277,7 @@ def _dense_network(mlp_state, head_state) -> QPMNetwork:
 
 
 def _fit_sparse_stage(tokens, y_codes, grid, n_classes, mlp_state, head, settings, *, split_seed, seed, device,
-                      verbose=False):  # fmt: skip
+                      sample_weight=None, verbose=False):  # fmt: skip
     """Fine-tune the MLP under the sparse head (stage 3), beside :func:`_fit_dense_stage`.
 
     DINO-QPM trains with frozen head and statistics, CE + diversity + the two L1
@@ -329,6 +338,7 @@ def _fit_sparse_stage(tokens, y_codes, grid, n_classes, mlp_state, head, setting
             seed=seed + round_index,
             verbose=verbose,
             desc="sparse",
+            sample_weight=sample_weight,
             check_input=False,
         )
         history += [dict(row, round=round_index) for row in rows]
@@ -401,6 +411,10 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
     solver_options : dict, default=None
         Extra keyword arguments for :func:`qpm_sklearn.selection.solve_selection`
         (``time_limit``, ``solver``, ``algebra``, ...).
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes in both stages' losses and in the selection's
+        statistics, as in scikit-learn (``"balanced"``: ``n / (n_classes * count)``);
+        multiplied with ``fit``'s ``sample_weight``. ``selection="qpm"`` only.
     device : str or torch.device, default=None
         Where to train and predict; None picks CUDA, then MPS, then the CPU.
     memory : str, joblib.Memory or None, default=None
@@ -481,6 +495,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         "selection": [StrOptions({"qpm", "sldd", "qsenn"})],
         "redundancy": [StrOptions({"consistent", "paper"})],
         "solver_options": [dict, None],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
         "device": [str, torch.device, None],
         "memory": [None, str, HasMethods(["cache"])],
         "random_state": ["random_state"],
@@ -510,6 +525,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         selection="qpm",
         redundancy="paper",
         solver_options=None,
+        class_weight=None,
         device=None,
         memory=None,
         random_state=None,
@@ -536,6 +552,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         self.selection = selection
         self.redundancy = redundancy
         self.solver_options = solver_options
+        self.class_weight = class_weight
         self.device = device
         self.memory = memory
         self.random_state = random_state
@@ -568,13 +585,27 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
             return {}
         return check_solver_options(self.solver_options)
 
+    def _sample_weight(self, sample_weight, tokens, y):
+        """The effective sample weights (``sample_weight`` times ``class_weight``), or None for unweighted."""
+        if sample_weight is None and self.class_weight is None:
+            return None
+        if self.selection != "qpm":
+            raise ValueError(
+                f"sample_weight and class_weight are supported with selection='qpm' only; got "
+                f"selection={self.selection!r} (its elastic-net solvers are unweighted)."
+            )
+        weights = _check_sample_weight(sample_weight, tokens, dtype=np.float64, ensure_non_negative=True)
+        if self.class_weight is not None:
+            weights = weights * compute_sample_weight(self.class_weight, y)
+        return weights
+
     def _group_settings(self, group: str) -> dict:
         """The parameters of one group of :data:`PARAMETER_GROUPS`, from ``get_params``."""
         params = self.get_params(deep=False)
         return {name: params[name] for name in PARAMETER_GROUPS[group]}
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Fit the dense stage, select features and fine-tune the sparse stage.
 
         All or nothing: every option is checked before training starts, the work
@@ -588,6 +619,10 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
             Patch embeddings (e.g. from :class:`Dinov2Embedder`).
         y : array-like of shape (n,)
             Class labels of any type.
+        sample_weight : array-like of shape (n,), default=None
+            Non-negative weight of every sample in both stages' losses and in the
+            selection's statistics (feature-class correlations, standardisation):
+            a weight of 2 counts as the sample twice. ``selection="qpm"`` only.
 
         Returns
         -------
@@ -615,6 +650,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         self._check_budgets(n_classes)
         solver_options = self._solver_options()
         y_codes = y_codes.astype(np.int64)
+        sample_weight = self._sample_weight(sample_weight, tokens, y)
         device = resolve_device(self.device)
         memory = check_memory(self.memory)
         if getattr(memory, "location", None) is not None and self.random_state is None:
@@ -628,12 +664,14 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         dense_seed, selection_seed, sparse_seed = (torch_seed(rng) for _ in range(3))
 
         dense, staged = _cached_dense_stage(
-            memory, tokens, y_codes, grid, n_classes, self._group_settings("dense"), dense_seed, device, self.verbose
+            memory, tokens, y_codes, sample_weight, grid, n_classes, self._group_settings("dense"), dense_seed, device,
+            self.verbose,
         )
         if self.selection == "qpm":
             head = _qpm_head(
                 dense["features"], y_codes, n_classes, n_selected=self.n_selected, n_per_class=self.n_per_class,
                 redundancy=self.redundancy, solver_options=solver_options, seed=selection_seed, verbose=self.verbose,
+                sample_weight=sample_weight,
             )  # fmt: skip
         else:
             head = sparse_head(
@@ -642,7 +680,8 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
             )  # fmt: skip
         sparse_mlp_state, head, sparse_history = _fit_sparse_stage(
             staged, y_codes, grid, n_classes, dense["mlp"], head, self._group_settings("sparse"),
-            split_seed=selection_seed, seed=sparse_seed, device=device, verbose=self.verbose,
+            split_seed=selection_seed, seed=sparse_seed, device=device, sample_weight=sample_weight,
+            verbose=self.verbose,
         )  # fmt: skip
 
         # The one place fitted state is written: a single dict update, after all the work.

@@ -30,7 +30,7 @@ from ._device import (
     upload,
     wait_upload,
 )
-from ._utils import check_class_codes, logger, progress
+from ._utils import check_class_codes, check_finite_array, logger, progress
 
 __all__ = [
     "diversity_loss",
@@ -55,13 +55,14 @@ _SERIAL_REDUCTION = 32768
 _ROW_WIDTH = 256
 
 
-def diversity_loss(logits, maps, features, head_weight, beta):
+def diversity_loss(logits, maps, features, head_weight, beta, sample_weight=None):
     """Feature diversity loss ``L_div`` of SPEC 3.2.
 
     ``-beta/B * sum_b sum_p max_n w[b,n] * s[b,n] * softmax_p(maps[b,n])[p]`` with
     ``w`` the L2-normalised absolute head row of the predicted class (argmax of
     ``logits``, no gradient through it) and ``s`` the feature vector scaled by its
-    own maximum.
+    own maximum. With ``sample_weight`` ``v`` the mean over samples is weighted:
+    ``-beta/sum(v) * sum_b v[b] * ...``.
 
     Parameters
     ----------
@@ -71,29 +72,39 @@ def diversity_loss(logits, maps, features, head_weight, beta):
         Post-dropout feature vector fed to the head.
     head_weight : Tensor of shape (C, K)
     beta : float
+    sample_weight : Tensor of shape (B,), default=None
 
     Returns
     -------
     loss : scalar Tensor
     """
-    batch = logits.shape[0]
     predicted = logits.detach().argmax(1)  # (B,)
     rows = head_weight[predicted].abs()  # (B, K)
     weights = rows / (torch.linalg.vector_norm(rows, dim=1, keepdim=True) + 1e-5)  # (B, K)
     scaled = features / features.amax(1, keepdim=True).clamp(min=1e-6)  # (B, K)
     spatial = maps.flatten(2).softmax(-1)  # (B, K, h*w)
     weighted = (weights * scaled).unsqueeze(-1) * spatial  # (B, K, h*w)
-    return -beta / batch * thread_stable_sum(weighted.amax(1))
+    per_sample = weighted.amax(1)  # (B, h*w)
+    if sample_weight is None:
+        return -beta / logits.shape[0] * thread_stable_sum(per_sample)
+    return -beta / sample_weight.sum() * thread_stable_sum(per_sample * sample_weight[:, None])
 
 
-def l1_maps(maps):
-    """L1-FM of SPEC 3.3: mean absolute value over all map entries."""
-    return thread_stable_sum(maps.abs()) / maps.numel()
+def l1_maps(maps, sample_weight=None):
+    """L1-FM of SPEC 3.3: mean absolute value over all map entries (samples weighted by ``sample_weight``)."""
+    return _weighted_mean_abs(maps, sample_weight)
 
 
-def l1_features(features):
-    """L1-FV of SPEC 3.4 (``norm_with_max=False``): mean absolute feature value."""
-    return thread_stable_sum(features.abs()) / features.numel()
+def l1_features(features, sample_weight=None):
+    """L1-FV of SPEC 3.4 (``norm_with_max=False``): mean absolute feature value (samples weighted)."""
+    return _weighted_mean_abs(features, sample_weight)
+
+
+def _weighted_mean_abs(values, sample_weight):
+    if sample_weight is None:
+        return thread_stable_sum(values.abs()) / values.numel()
+    per_sample = values.abs().reshape(len(values), -1) * sample_weight[:, None]
+    return thread_stable_sum(per_sample) / (sample_weight.sum() * per_sample.shape[1])
 
 
 def thread_stable_sum(values: torch.Tensor) -> torch.Tensor:
@@ -172,6 +183,7 @@ def train_network(
     desc="",
     resident=None,
     cuda_graphs=None,
+    sample_weight=None,
     check_input=True,
 ):
     """Train the parameters of ``network`` that require grad; one stage of QPM.
@@ -218,9 +230,12 @@ def train_network(
         CUDA only: replay full-size steps from a CUDA graph (None = yes on CUDA
         with resident tokens). False forces the plain eager loop; both give the
         same result up to floating-point rounding.
+    sample_weight : array-like of shape (n,), default=None
+        Non-negative weight of every sample in every loss term (a weight of 2 counts
+        like the sample twice in its batch) and in the epoch means of ``history``.
     check_input : bool, default=True
-        False skips the checks of ``tokens``, ``grid`` and ``y`` (scikit-learn's
-        ``check_input`` convention: the estimator validated them once in ``fit``).
+        False skips the checks of ``tokens``, ``grid``, ``y`` and ``sample_weight``
+        (scikit-learn's ``check_input`` convention: the estimator validated them once in ``fit``).
 
     Returns
     -------
@@ -237,6 +252,10 @@ def train_network(
     labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     if check_input:
         labels = check_class_codes(labels, n_samples, n_classes)
+        if sample_weight is not None:
+            sample_weight = check_finite_array(sample_weight, "sample_weight", ndim=1)
+            if sample_weight.shape != (n_samples,) or (sample_weight < 0).any():
+                raise ValueError(f"sample_weight must be {n_samples} non-negative values; got shape {sample_weight.shape}.")
     if n_samples * n_tokens < 2:
         raise ValueError(
             "tokens: training needs at least 2 token rows (BatchNorm statistics); "
@@ -250,7 +269,7 @@ def train_network(
     params = [p for p in network.parameters() if p.requires_grad]
     if not params:
         raise ValueError("network has no parameter with requires_grad=True: nothing to train.")
-    batches = _TokenBatches(tokens, labels, device, batch_size, resident)
+    batches = _TokenBatches(tokens, labels, device, batch_size, resident, sample_weight)
     steps_per_epoch = len(batches.bounds)
     if epochs < 1:
         network.eval()
@@ -272,17 +291,20 @@ def train_network(
             else:
                 group["lr"] = float(schedule[step])
 
-    totals = torch.zeros(len(_TERMS), device=device)
+    totals = torch.zeros(len(_TERMS) + 1, device=device)  # weighted sums of the terms, then the weight
     weights = dict(beta=float(diversity), maps_weight=float(l1_maps), features_weight=float(l1_features))
 
-    def train_step(x, y_batch):
+    def train_step(x, y_batch, w_batch):
         optimizer.zero_grad(set_to_none=True)
         with autocast(device):
             logits, maps, features = network(x, grid)
-        loss, terms = _loss_terms(logits, maps, features, network.head.weight, y_batch, **weights)
+        loss, terms = _loss_terms(logits, maps, features, network.head.weight, y_batch, w_batch, **weights)
         loss.backward()
         optimizer.step()
-        totals.add_(terms * x.shape[0])
+        # Python scalars and views only: this step may be captured into a CUDA graph.
+        batch_weight = x.shape[0] if w_batch is None else w_batch.sum()
+        totals[:-1].add_(terms * batch_weight)
+        totals[-1:].add_(batch_weight)
 
     use_graphs = on_cuda and batches.resident and cuda_graphs is not False
     graph = _GraphedStep(train_step, batches) if use_graphs else None
@@ -304,7 +326,7 @@ def train_network(
                 step += 1
             sums = totals.cpu().numpy().astype(np.float64)  # the one synchronisation per epoch
             row = dict(epoch=epoch + 1)
-            row.update({name: float(value / batches.n_used) for name, value in zip(_TERMS, sums)})
+            row.update({name: float(value / sums[-1]) for name, value in zip(_TERMS, sums[:-1])})
             row.update(lr=float(schedule[step - 1]), seconds=time.perf_counter() - start)
             if not all(math.isfinite(row[name]) for name in _TERMS):
                 raise FloatingPointError(
@@ -374,15 +396,18 @@ def forward_in_batches(network, tokens, *, grid, batch_size, device, return_maps
     return outputs
 
 
-def _loss_terms(logits, maps, features, head_weight, y_batch, *, beta, maps_weight, features_weight):
-    """Total loss and the detached (5,) vector of its terms (order of ``_TERMS``)."""
-    ce = F.cross_entropy(logits, y_batch)
+def _loss_terms(logits, maps, features, head_weight, y_batch, w_batch, *, beta, maps_weight, features_weight):
+    """Total loss and the detached (5,) vector of its terms (order of ``_TERMS``); ``w_batch`` weights samples."""
+    if w_batch is None:
+        ce = F.cross_entropy(logits, y_batch)
+    else:
+        ce = (F.cross_entropy(logits, y_batch, reduction="none") * w_batch).sum() / w_batch.sum()
     if beta > 0:
-        div = diversity_loss(logits, maps, features, head_weight, beta)
+        div = diversity_loss(logits, maps, features, head_weight, beta, w_batch)
     else:
         div = torch.zeros((), device=logits.device)
     # The L1 terms are cheap: always computed, so the history reports them.
-    l1m, l1f = l1_maps(maps), l1_features(features)
+    l1m, l1f = l1_maps(maps, w_batch), l1_features(features, w_batch)
     loss = ce + div + maps_weight * l1m + features_weight * l1f
     return loss, torch.stack([loss, ce, div, l1m, l1f]).detach()
 
@@ -394,15 +419,15 @@ class _TokenBatches:
     (the final batch dropped when it holds a single sample of several).
     """
 
-    def __init__(self, tokens, labels, device, batch_size, resident):
+    def __init__(self, tokens, labels, device, batch_size, resident, sample_weight=None):
         n_samples = len(labels)
         self.device = device
         self.batch_size = batch_size
         self.bounds = [slice(start, min(start + batch_size, n_samples)) for start in range(0, n_samples, batch_size)]
         if n_samples > 1 and self.bounds[-1].stop - self.bounds[-1].start == 1:
             self.bounds.pop()
-        self.n_used = sum(b.stop - b.start for b in self.bounds)
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
+        self.weights = None if sample_weight is None else torch.as_tensor(sample_weight, dtype=torch.float32).to(device)
         self.dtype = compute_dtype(device)
         self.resident = _decide_resident(tokens, device, resident, self.dtype)
         if self.resident:
@@ -414,7 +439,10 @@ class _TokenBatches:
     def gather(self, indices):
         """Batch of the resident tokens at ``indices`` (a device LongTensor)."""
         x = self.tokens.index_select(0, indices).to(self.dtype)
-        return x, self.labels.index_select(0, indices)
+        return x, self.labels.index_select(0, indices), self._weights(indices)
+
+    def _weights(self, indices):
+        return None if self.weights is None else self.weights.index_select(0, indices)
 
     def get(self, order, index):
         """The ``index``-th batch of the epoch whose permutation is ``order``."""
@@ -423,7 +451,7 @@ class _TokenBatches:
             return self.gather(indices)
         if index == 0:
             self._stream = _HostStream(self.host, order.cpu().numpy(), self.bounds, self.device, self.dtype)
-        return self._stream.next(), self.labels.index_select(0, indices)
+        return self._stream.next(), self.labels.index_select(0, indices), self._weights(indices)
 
 
 class _HostStream:

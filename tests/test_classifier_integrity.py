@@ -140,7 +140,7 @@ def test_every_parameter_is_in_exactly_one_group():
 
 
 DENSE_CHANGES = dict(n_features=10, hidden_size=12, n_layers=1, dense_epochs=3, dense_batch_size=6, dense_lr=2e-3,
-                     dense_weight_decay=1e-3, dropout=0.1, dense_diversity=0.3)  # fmt: skip
+                     dense_weight_decay=1e-3, dropout=0.1, dense_diversity=0.3, class_weight="balanced")  # fmt: skip
 
 
 def test_changing_any_dense_parameter_misses_the_cache(tmp_path, count_stages):
@@ -270,3 +270,41 @@ def test_tokens_fingerprint_is_a_content_hash(monkeypatch):
     assert tokens_fingerprint(changed) != key
     assert tokens_fingerprint(tokens.reshape(50, 6, 4)) != key, "the shape is part of the key"
     assert tokens_fingerprint(tokens.view(np.int32)) != key, "the dtype is part of the key"
+
+
+# ------------------------------------------------------------------------- sample weights
+def test_weight_two_equals_a_duplicated_row_in_the_selection_statistics():
+    rng = np.random.RandomState(0)
+    features = rng.gamma(2.0, size=(30, 12))
+    y = np.arange(30) % 3
+    features[np.arange(30), y] += 2.0
+    weight = np.ones(30)
+    weight[[1, 4, 7, 8]] = 2.0
+    duplicated = np.r_[np.arange(30), [1, 4, 7, 8]]
+    options = dict(n_selected=5, n_per_class=2, redundancy="paper", solver_options={}, seed=0, verbose=0)
+    weighted = classifier._qpm_head(features, y, 3, sample_weight=weight, **options)
+    reference = classifier._qpm_head(features[duplicated], y[duplicated], 3, **options)
+    np.testing.assert_array_equal(weighted.selected, reference.selected)
+    np.testing.assert_array_equal(weighted.weight, reference.weight)
+    np.testing.assert_allclose(weighted.mean, reference.mean, rtol=1e-12)
+    np.testing.assert_allclose(weighted.std, reference.std, rtol=1e-12)
+    unweighted = classifier._qpm_head(features, y, 3, **options)
+    assert not np.allclose(unweighted.mean, reference.mean), "the check must be able to fail"
+
+
+def test_sample_and_class_weights_in_fit():
+    X, y = data()
+    weight = np.where(y == 0, 3.0, 1.0)
+    clf = QPMClassifier(**TINY).fit(X, y, sample_weight=weight)
+    assert clf.predict_proba(X).shape == (len(X), 3)
+    unweighted = QPMClassifier(**TINY).fit(X, y)
+    assert not np.array_equal(clf.dense_mlp_state_["layers.0.weight"], unweighted.dense_mlp_state_["layers.0.weight"])
+    ones = QPMClassifier(**TINY).fit(X, y, sample_weight=np.ones(len(y)))
+    np.testing.assert_allclose(ones.predict_proba(X), unweighted.predict_proba(X), rtol=1e-4, atol=1e-5)
+    uneven = np.r_[np.arange(24), np.flatnonzero(y == 0)]  # class 0 twice as frequent
+    balanced = QPMClassifier(**TINY, class_weight="balanced").fit(X[uneven], y[uneven])
+    assert balanced.predict(X).shape == (len(X),)
+    with pytest.raises(ValueError, match="(?i)negative"):
+        QPMClassifier(**TINY).fit(X, y, sample_weight=-weight)
+    with pytest.raises(ValueError, match="selection='qpm' only"):
+        QPMClassifier(**dict(TINY, n_per_class=1), selection="sldd").fit(X, y, sample_weight=weight)

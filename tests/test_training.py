@@ -297,3 +297,23 @@ def test_thread_stable_sum_is_the_sum():
     expected = values.double().sum().item()
     assert thread_stable_sum(values).item() == pytest.approx(expected, rel=1e-5, abs=1e-2)
     assert thread_stable_sum(torch.ones(5)).item() == 5.0
+
+
+def test_weight_two_equals_a_duplicated_sample_in_every_loss_term():
+    from qpm_sklearn.training import _loss_terms
+
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 3, generator=generator)
+    maps = torch.rand(6, 4, 2, 2, generator=generator)
+    features = maps.mean((2, 3))
+    head_weight = torch.randn(3, 4, generator=generator)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    weight = torch.tensor([1.0, 2.0, 1.0, 1.0, 2.0, 1.0])
+    duplicated = torch.tensor([0, 1, 1, 2, 3, 4, 4, 5])
+    options = dict(beta=0.5, maps_weight=2.0, features_weight=3.0)
+    _, weighted = _loss_terms(logits, maps, features, head_weight, y, weight, **options)
+    _, reference = _loss_terms(logits[duplicated], maps[duplicated], features[duplicated], head_weight,
+                               y[duplicated], None, **options)  # fmt: skip
+    np.testing.assert_allclose(weighted.numpy(), reference.numpy(), rtol=1e-6)
+    _, unweighted = _loss_terms(logits, maps, features, head_weight, y, None, **options)
+    assert not np.allclose(unweighted.numpy(), reference.numpy())
