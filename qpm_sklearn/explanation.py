@@ -86,7 +86,7 @@ def upsample_maps(maps: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     return up.reshape(*lead, out_h, out_w).numpy()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)  # the default repr would print every array
 class Explanation:
     """Why each sample got its prediction: a sum of a few named, localised features.
 
@@ -162,6 +162,11 @@ class Explanation:
 
     def __len__(self) -> int:
         return len(self.prediction)
+
+    def __repr__(self) -> str:
+        n, k = np.shape(self.features)
+        h, w = np.shape(self.maps)[-2:]
+        return f"Explanation({n} samples, {k} features each, {h}x{w} maps, {len(self.classes)} classes)"
 
     def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> Explanation:
         """The explanation of the samples ``index`` selects (the sample axis is kept)."""

@@ -57,6 +57,10 @@ def test_indexing_keeps_the_sample_axis():
     _assert_samples(parts[3], e, [3])
 
 
+def test_repr_is_short():
+    assert repr(_explanation()[1:3]) == "Explanation(2 samples, 3 features each, 3x4 maps, 4 classes)"
+
+
 @pytest.mark.parametrize("index", [5, -6])
 def test_index_out_of_range(index):
     with pytest.raises(IndexError, match="out of range"):
