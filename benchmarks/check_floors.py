@@ -23,6 +23,7 @@ import configparser
 import json
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -117,8 +118,13 @@ def check(python: str, venv: Path, torch_index_url: str | None, log: list[dict])
             return {"status": "failed", "step": "install torch", "pins": pins}
     if run([*pip, "install", *pins], log).returncode:
         return {"status": "failed", "step": "install floors", "pins": pins}
-    if run([*pip, "install", "--no-deps", str(ROOT)], log, cwd=tempfile.gettempdir()).returncode:
-        return {"status": "failed", "step": "install package", "pins": pins}
+    # Built from a copy: setuptools writes build/ and egg-info beside the sources it builds.
+    with tempfile.TemporaryDirectory(prefix="qpm_floors_source_") as scratch:
+        source = Path(scratch) / "source"
+        artefacts = shutil.ignore_patterns(".git", "build", "_build", "generated", "*.egg-info", "__pycache__")
+        shutil.copytree(ROOT, source, ignore=artefacts)
+        if run([*pip, "install", "--no-deps", str(source)], log, cwd=scratch).returncode:
+            return {"status": "failed", "step": "install package", "pins": pins}
     consistent = run([*pip, "check"], log).returncode == 0
     versions = run([*pip, "freeze", "--exclude", "qpm_sklearn"], log).stdout.split()
     interpreter = run([str(venv / "bin" / "python"), "--version"], log).stdout.strip()
