@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .explanation import evidence_map, upsample_maps
+from .explanation import estimator_feature_names, evidence_map, upsample_maps
 
 __all__ = ["plot_explanation", "plot_class_comparison", "plot_assignment"]
 
@@ -102,7 +102,8 @@ def plot_explanation(explanation, index=0, image=None, class_names=None, feature
     class_names : sequence or dict, default=None
         Names in ``explanation.classes`` order, or a mapping label -> name.
     feature_names : sequence or dict, default=None
-        Names indexed by adapter channel id, or a mapping id -> name.
+        Names indexed by adapter channel id, or a mapping id -> name; by default the
+        explanation's own ``feature_names`` (the classifier's).
     true_label : label, default=None
         The sample's true class, if known: shown in the title.
 
@@ -115,6 +116,8 @@ def plot_explanation(explanation, index=0, image=None, class_names=None, feature
     >>> fig = plot_explanation(clf.explain(X[:1]), true_label=y[0])  # doctest: +SKIP
     >>> fig.savefig("explanation.png")  # doctest: +SKIP
     """
+    if feature_names is None:
+        feature_names = explanation.feature_names
     n = len(explanation.prediction)
     if not isinstance(index, (int, np.integer)) or not -n <= index < n:
         raise ValueError(f"index must be an integer in [{-n}, {n}); got {index!r}.")
@@ -179,7 +182,7 @@ def plot_class_comparison(estimator, a, b, X=None, images=None, class_names=None
     images : sequence of 2 images, default=None
         The examples' images, under the maps (a blank canvas when omitted).
     class_names, feature_names : sequence or dict, default=None
-        As in :func:`plot_explanation`.
+        As in :func:`plot_explanation`; feature names default to the estimator's ``feature_names``.
 
     Returns
     -------
@@ -189,6 +192,8 @@ def plot_class_comparison(estimator, a, b, X=None, images=None, class_names=None
     --------
     >>> fig = plot_class_comparison(clf, 0, 1, X=X[[i_0, i_1]])  # doctest: +SKIP
     """
+    if feature_names is None:
+        feature_names = estimator_feature_names(estimator)
     comparison = estimator.compare_classes(a, b)
     groups = [("shared", comparison["shared"]), ("only_a", comparison["only_a"]), ("only_b", comparison["only_b"])]
     columns = [(int(f), group) for group, ids in groups for f in np.asarray(ids)]
@@ -250,7 +255,7 @@ def plot_assignment(estimator, class_names=None, feature_names=None):
     ----------
     estimator : fitted QPMClassifier
     class_names, feature_names : sequence or dict, default=None
-        As in :func:`plot_explanation`.
+        As in :func:`plot_explanation`; feature names default to the estimator's ``feature_names``.
 
     Returns
     -------
@@ -260,6 +265,8 @@ def plot_assignment(estimator, class_names=None, feature_names=None):
     --------
     >>> plot_assignment(clf).savefig("assignment.png")  # doctest: +SKIP
     """
+    if feature_names is None:
+        feature_names = estimator_feature_names(estimator)
     assignment = np.asarray(estimator.assignment_)
     selected = np.asarray(estimator.selected_features_)
     classes = np.asarray(estimator.classes_)

@@ -203,3 +203,16 @@ def test_upsample_maps_is_half_pixel_bilinear_then_min_max():
     for bad in (0, (4,), (4, 0), 2.5, "8", (2, 3, 4)):
         with pytest.raises(ValueError, match="size must be a positive int"):
             upsample_maps(grid, bad)
+
+
+def test_figures_use_the_explanations_feature_names():
+    pytest.importorskip("matplotlib")
+    from qpm_sklearn.plotting import plot_explanation
+
+    e = _explanation()
+    named = int(e.features[0, 0])
+    e = _explanation(feature_names={named: "red crown"})
+    titles = [ax.get_title() for ax in plot_explanation(e, index=0).axes]
+    assert any(title.startswith("red crown\n") for title in titles)
+    titles = [ax.get_title() for ax in plot_explanation(e, index=0, feature_names={}).axes]  # explicit names win
+    assert not any("red crown" in title for title in titles)
