@@ -16,7 +16,6 @@ import torch
 from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
-from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
@@ -72,7 +71,7 @@ _FINGERPRINT_BLOCK = 32 * 2**20
 PARAMETER_GROUPS = {
     "dense": (
         "n_features", "hidden_size", "n_layers", "dense_epochs", "dense_batch_size", "dense_lr",
-        "dense_weight_decay", "dropout", "dense_diversity", "class_weight",
+        "dense_weight_decay", "dropout", "dense_diversity",
     ),
     "sparse": (
         "n_selected", "n_per_class", "sparse_epochs", "sparse_batch_size", "sparse_lr", "sparse_weight_decay",
@@ -411,10 +410,6 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
     solver_options : dict, default=None
         Extra keyword arguments for :func:`qpm_sklearn.selection.solve_selection`
         (``time_limit``, ``solver``, ``algebra``, ...).
-    class_weight : dict, "balanced" or None, default=None
-        Weights of the classes in both stages' losses and in the selection's
-        statistics, as in scikit-learn (``"balanced"``: ``n / (n_classes * count)``);
-        multiplied with ``fit``'s ``sample_weight``. ``selection="qpm"`` only.
     device : str or torch.device, default=None
         Where to train and predict; None picks CUDA, then MPS, then the CPU.
     memory : str, joblib.Memory or None, default=None
@@ -495,7 +490,6 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         "selection": [StrOptions({"qpm", "sldd", "qsenn"})],
         "redundancy": [StrOptions({"consistent", "paper"})],
         "solver_options": [dict, None],
-        "class_weight": [dict, StrOptions({"balanced"}), None],
         "device": [str, torch.device, None],
         "memory": [None, str, HasMethods(["cache"])],
         "random_state": ["random_state"],
@@ -525,7 +519,6 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         selection="qpm",
         redundancy="paper",
         solver_options=None,
-        class_weight=None,
         device=None,
         memory=None,
         random_state=None,
@@ -552,7 +545,6 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         self.selection = selection
         self.redundancy = redundancy
         self.solver_options = solver_options
-        self.class_weight = class_weight
         self.device = device
         self.memory = memory
         self.random_state = random_state
@@ -585,19 +577,16 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
             return {}
         return check_solver_options(self.solver_options)
 
-    def _sample_weight(self, sample_weight, tokens, y):
-        """The effective sample weights (``sample_weight`` times ``class_weight``), or None for unweighted."""
-        if sample_weight is None and self.class_weight is None:
+    def _sample_weight(self, sample_weight, tokens):
+        """``sample_weight`` validated (float64, non-negative, not all zero), or None for unweighted."""
+        if sample_weight is None:
             return None
         if self.selection != "qpm":
             raise ValueError(
-                f"sample_weight and class_weight are supported with selection='qpm' only; got "
-                f"selection={self.selection!r} (its elastic-net solvers are unweighted)."
+                f"sample_weight is supported with selection='qpm' only; got selection={self.selection!r} "
+                "(its elastic-net solvers are unweighted)."
             )
-        weights = _check_sample_weight(sample_weight, tokens, dtype=np.float64, ensure_non_negative=True)
-        if self.class_weight is not None:
-            weights = weights * compute_sample_weight(self.class_weight, y)
-        return weights
+        return _check_sample_weight(sample_weight, tokens, dtype=np.float64, ensure_non_negative=True)
 
     def _group_settings(self, group: str) -> dict:
         """The parameters of one group of :data:`PARAMETER_GROUPS`, from ``get_params``."""
@@ -650,7 +639,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         self._check_budgets(n_classes)
         solver_options = self._solver_options()
         y_codes = y_codes.astype(np.int64)
-        sample_weight = self._sample_weight(sample_weight, tokens, y)
+        sample_weight = self._sample_weight(sample_weight, tokens)
         device = resolve_device(self.device)
         memory = check_memory(self.memory)
         if getattr(memory, "location", None) is not None and self.random_state is None:

@@ -37,7 +37,12 @@ def fitted():
 
 
 def test_sklearn_estimator_checks():
-    results = check_estimator(QPMClassifier(**SMALL, random_state=0), on_fail=None, on_skip=None)
+    # Minibatch training draws its batches from the rows: weighting a row cannot reproduce
+    # repeating it exactly (as for scikit-learn's own stochastic solvers).
+    expected = {"check_sample_weight_equivalence_on_dense_data": "stochastic minibatch training"}
+    results = check_estimator(
+        QPMClassifier(**SMALL, random_state=0), on_fail=None, on_skip=None, expected_failed_checks=expected
+    )
     failures = [f"{r['check_name']}: {r['exception']!r}" for r in results if r["status"] == "failed"]
     assert failures == [], "scikit-learn estimator checks failed:\n" + "\n".join(failures)
     passed = [r for r in results if r["status"] == "passed"]

@@ -140,7 +140,7 @@ def test_every_parameter_is_in_exactly_one_group():
 
 
 DENSE_CHANGES = dict(n_features=10, hidden_size=12, n_layers=1, dense_epochs=3, dense_batch_size=6, dense_lr=2e-3,
-                     dense_weight_decay=1e-3, dropout=0.1, dense_diversity=0.3, class_weight="balanced")  # fmt: skip
+                     dense_weight_decay=1e-3, dropout=0.1, dense_diversity=0.3)  # fmt: skip
 
 
 def test_changing_any_dense_parameter_misses_the_cache(tmp_path, count_stages):
@@ -292,7 +292,7 @@ def test_weight_two_equals_a_duplicated_row_in_the_selection_statistics():
     assert not np.allclose(unweighted.mean, reference.mean), "the check must be able to fail"
 
 
-def test_sample_and_class_weights_in_fit():
+def test_sample_weights_in_fit():
     X, y = data()
     weight = np.where(y == 0, 3.0, 1.0)
     clf = QPMClassifier(**TINY).fit(X, y, sample_weight=weight)
@@ -301,9 +301,6 @@ def test_sample_and_class_weights_in_fit():
     assert not np.array_equal(clf.dense_mlp_state_["layers.0.weight"], unweighted.dense_mlp_state_["layers.0.weight"])
     ones = QPMClassifier(**TINY).fit(X, y, sample_weight=np.ones(len(y)))
     np.testing.assert_allclose(ones.predict_proba(X), unweighted.predict_proba(X), rtol=1e-4, atol=1e-5)
-    uneven = np.r_[np.arange(24), np.flatnonzero(y == 0)]  # class 0 twice as frequent
-    balanced = QPMClassifier(**TINY, class_weight="balanced").fit(X[uneven], y[uneven])
-    assert balanced.predict(X).shape == (len(X),)
     with pytest.raises(ValueError, match="(?i)negative"):
         QPMClassifier(**TINY).fit(X, y, sample_weight=-weight)
     with pytest.raises(ValueError, match="selection='qpm' only"):
