@@ -387,9 +387,10 @@ def redundancy_penalty(R, n_selected, rule="consistent") -> tuple[np.ndarray, fl
         clique removal. The penalised set is still ``R >= tau*`` on the R scale, so pairs with
         ``tau*/2 <= R < tau*`` count as incompatible in the search but are not penalised, and
         when ``tau*`` exceeds ``max R`` nothing is. Penalty ``(R - m) / max(R - m)`` with ``m``
-        the smallest non-zero entry of ``R`` (the diagonal counts in the maximum). Ties inside
-        the clique heuristics go to the lowest feature id (networkx's follow set order there, so
-        a tie can move tau* by one step); where the authors' code fails (first estimate already
+        the smallest non-zero entry of ``R`` (the diagonal counts in the maximum). The clique
+        heuristics break ties and order nodes as the authors' code does (Python sets, networkx's
+        ``ramsey_R2``; networkx comes with torch), which makes this rule slow: about a minute at
+        512 features on a 2-core CPU. Where the authors' code fails (first estimate already
         too small, a level beyond the largest value, ``n_selected < 2``), SPEC 5.7 is followed:
         the ascent starts at step 0, a level beyond the values is ``inf``, and an ascent that
         finds no clique in its 100 steps gives ``inf``.
