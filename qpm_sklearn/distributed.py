@@ -4,7 +4,7 @@ Requires the optional extra ``pip install "qpm_sklearn[distributed]"`` (Dask's
 ``distributed``). Scheduling, retries, data transfer and worker restarts are Dask's;
 this module only cuts the collection into shards, keeps one backbone per worker process
 and writes every shard into the embedding cache (:mod:`qpm_sklearn._cache`) that a
-single-process ``Dinov2Embedder(cache_dir=...).transform`` uses, so the result is the
+single-process ``Dinov2Embedder(embedding_cache=...).transform`` uses, so the result is the
 same memory map. Searches over :class:`~qpm_sklearn.QPMClassifier` need nothing from
 here: run them under ``joblib.parallel_config(backend="dask")`` (see docs/distributed.md).
 """
@@ -46,8 +46,8 @@ def embed(embedder, images, *, client, cache_dir, shard_size=None, retries=2, ve
 
     Parameters
     ----------
-    embedder : Dinov2Embedder
-        Its parameters decide the numbers; its own ``cache_dir``, ``output_dtype`` and
+    embedder : PatchEmbedder or Dinov2Embedder
+        Its parameters decide the numbers; its own ``embedding_cache``, ``output_dtype`` and
         ``verbose`` are ignored on the workers. Every worker must resolve the same device
         type and compute dtype (the cache is keyed by them); a worker that does not
         fails its shard with an error saying so.
@@ -57,7 +57,8 @@ def embed(embedder, images, *, client, cache_dir, shard_size=None, retries=2, ve
     client : distributed.Client
         The cluster to run on.
     cache_dir : str or path-like
-        The embedding cache, on a filesystem shared by the workers and this process.
+        The embedding cache (what ``embedding_cache`` names on the embedder), on a
+        filesystem shared by the workers and this process.
     shard_size : int, default=None
         Images per task; None means ``8 * embedder.batch_size``. When it is a multiple
         of ``embedder.batch_size``, every forward pass sees the same images as in a
@@ -71,7 +72,7 @@ def embed(embedder, images, *, client, cache_dir, shard_size=None, retries=2, ve
     Returns
     -------
     embeddings : ndarray
-        What ``embedder.set_params(cache_dir=cache_dir).transform(images)`` returns when
+        What ``embedder.set_params(embedding_cache=cache_dir).transform(images)`` returns when
         run on a worker: the read-only float16 memory map of the cache entry when
         ``embedder.output_dtype="float16"``, a float32 array read from it otherwise.
 
@@ -92,7 +93,7 @@ def embed(embedder, images, *, client, cache_dir, shard_size=None, retries=2, ve
     >>> folder = save_random_backbone(tempfile.mkdtemp(), "tiny")  # offline stand-in for a hub id
     >>> images = np.random.default_rng(0).integers(0, 256, (6, 40, 50, 3), dtype=np.uint8)
     >>> embedder = Dinov2Embedder(model=str(folder), image_size=56, device="cpu", batch_size=2)
-    >>> with LocalCluster(n_workers=1, processes=False, dashboard_address=None) as cluster, Client(cluster) as client:
+    >>> with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
     ...     embed(embedder, images, client=client, cache_dir=tempfile.mkdtemp(), shard_size=2).shape
     (6, 4, 4, 32)
     """

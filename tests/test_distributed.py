@@ -33,7 +33,7 @@ BATCH, SHARD, N_IMAGES = 2, 4, 12  # three shards of two batches each
 @pytest.fixture(scope="module")
 def client():
     with distributed.LocalCluster(
-        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, host="127.0.0.1"
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=":0", host="127.0.0.1"
     ) as cluster, distributed.Client(cluster) as client:  # fmt: skip
         client.run(_import_torch_and_transformers)  # both workers at once, not one after the other
         yield client
@@ -176,7 +176,7 @@ def fail_on_image(name):
 
 
 def test_interrupted_run_resumes_without_recomputing_finished_shards(
-    client, tiny_backbone, image_files, reference, tmp_path
+    client, tiny_backbone, image_files, reference, tmp_path, capfd
 ):
     log, cache_dir = str(tmp_path / "log"), tmp_path / "c"
     wrap = fail_on_image("05.png")  # in the second shard
@@ -185,7 +185,11 @@ def test_interrupted_run_resumes_without_recomputing_finished_shards(
             embed(_embedder(tiny_backbone), image_files, client=client, cache_dir=cache_dir, shard_size=SHARD, retries=1)
     assert sorted(_lines(log)) == ["4", "4"]  # the other two shards finished and were kept
     with patched(client, "qpm_sklearn.embedding.Dinov2Embedder", "transform", count_transforms, log):
-        result = embed(_embedder(tiny_backbone), image_files, client=client, cache_dir=cache_dir, shard_size=SHARD)
+        capfd.readouterr()
+        result = embed(
+            _embedder(tiny_backbone), image_files, client=client, cache_dir=cache_dir, shard_size=SHARD, verbose=True
+        )
+    assert "Embedding shards" in capfd.readouterr().err  # the driver's progress bar
     assert sorted(_lines(log)) == ["4", "4", "4"]  # only the failed shard ran again
     np.testing.assert_array_equal(result, reference)
 
