@@ -1517,11 +1517,13 @@ def solve_selection(
         status, bound_method = ("optimal" if proven else "time_limit"), "milp"
         if S is None:
             warnings.warn(
-                "The MILP found no solution within time_limit; returning the default method's solution.",
+                "The MILP found no solution within time_limit; returning the default method's solution "
+                "(within the same time_limit).",
                 RuntimeWarning,
                 stacklevel=2,
             )
-            S, default_bound, default_method, _ = _solve_default(problem, deadline=math.inf, **default_options)
+            # The fallback keeps to the same time_limit: each of its stages runs at least once.
+            S, default_bound, default_method, _ = _solve_default(problem, deadline=deadline, **default_options)
             if default_bound < upper_bound:
                 upper_bound, bound_method = default_bound, default_method
             status = "time_limit_heuristic"

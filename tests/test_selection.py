@@ -379,6 +379,11 @@ def test_time_limit_still_returns_a_feasible_selection():
     assert_feasible(result, 60, 15, 12, 3)
     assert result.status == "time_limit"
     assert result.upper_bound >= result.objective
+    # anytime: the best selection so far comes with its certified gap
+    assert result.bound_method in {"clique", "relaxation", "objective"}
+    assert result.gap == pytest.approx((result.upper_bound - result.objective) / abs(result.objective))
+    full = solve_selection(A, n_selected=12, n_per_class=3, penalty=penalty, random_state=0)
+    assert full.status in {"feasible", "optimal"} and full.objective >= result.objective - 1e-9
 
 
 @pytest.mark.parametrize(
@@ -487,3 +492,18 @@ def test_verbose_levels(caplog, capfd):
     np.testing.assert_array_equal(again.selected, result.selected)
     with pytest.raises(ValueError, match="verbose must be in"):
         solve_selection(A, n_selected=6, n_per_class=2, verbose=-1)
+
+
+def test_exact_solver_under_a_tiny_time_limit_returns_a_feasible_selection():
+    rng = np.random.default_rng(17)
+    A, penalty, _ = random_instance(rng, 40, 12, 10, 3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = solve_selection(A, n_selected=10, n_per_class=3, penalty=penalty, solver="exact", time_limit=1e-3,
+                                 random_state=0)
+    assert_feasible(result, 40, 12, 10, 3)
+    assert result.status in {"time_limit", "time_limit_heuristic"}
+    assert result.upper_bound >= result.objective
+    if result.status == "time_limit_heuristic":
+        assert any("no solution within time_limit" in str(w.message) for w in caught)
+        assert result.bound_method in {"milp", "clique", "relaxation"}
