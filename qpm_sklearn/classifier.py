@@ -71,7 +71,8 @@ _FINGERPRINT_BLOCK = 32 * 2**20
 PARAMETER_GROUPS = {
     "dense": (
         "n_features", "hidden_size", "n_layers", "dense_epochs", "dense_batch_size", "dense_lr",
-        "dense_weight_decay", "dropout", "dense_diversity",
+        "dense_weight_decay", "dropout", "dense_diversity", "early_stopping", "validation_fraction",
+        "n_iter_no_change",
     ),
     "sparse": (
         "n_selected", "n_per_class", "sparse_epochs", "sparse_batch_size", "sparse_lr", "sparse_weight_decay",
@@ -175,10 +176,15 @@ def _fit_dense_stage(tokens, fingerprint, y, sample_weight, grid, n_classes, set
         )
     )
     init_parameters(network.to_empty(device="cpu"), torch_generator(seed))
+    train_tokens, train_y, train_weight, stopping = tokens, y, sample_weight, None
+    if settings["early_stopping"]:
+        train_rows, stopping = _EarlyStopping.split(tokens, y, sample_weight, grid, settings, seed, device)
+        train_tokens, train_y = _take(tokens, train_rows), y[train_rows]
+        train_weight = None if sample_weight is None else sample_weight[train_rows]
     history = train_network(
         network,
-        tokens,
-        y,
+        train_tokens,
+        train_y,
         grid=grid,
         epochs=settings["dense_epochs"],
         batch_size=settings["dense_batch_size"],
@@ -189,9 +195,12 @@ def _fit_dense_stage(tokens, fingerprint, y, sample_weight, grid, n_classes, set
         seed=seed,
         verbose=verbose,
         desc="dense",
-        sample_weight=sample_weight,
+        sample_weight=train_weight,
+        epoch_callback=stopping,
         check_input=False,
     )
+    if stopping is not None:
+        stopping.restore_best(network)
     features = forward_in_batches(
         network, tokens, grid=grid, batch_size=_INFERENCE_BATCH_SIZE, device=device, check_input=False
     )["features"]
@@ -201,6 +210,66 @@ def _fit_dense_stage(tokens, fingerprint, y, sample_weight, grid, n_classes, set
         "features": features,
         "history": history,
     }
+
+
+def _take(tokens, rows):
+    """Rows of staged tokens (a device tensor or a host array)."""
+    if isinstance(tokens, torch.Tensor):
+        return tokens.index_select(0, torch.as_tensor(rows, device=tokens.device))
+    return tokens[rows]
+
+
+class _EarlyStopping:
+    """Epoch callback of the dense stage: validation accuracy, patience, best weights kept.
+
+    Stops when the accuracy on the held-out rows has not risen above its best for
+    ``n_iter_no_change`` epochs; :meth:`restore_best` then loads the weights of the best
+    epoch (as scikit-learn's MLP does). Each epoch's history row gets ``validation_score``.
+    """
+
+    def __init__(self, tokens, y, weight, grid, patience, device):
+        self.tokens, self.y, self.weight, self.grid = tokens, y, weight, grid
+        self.patience, self.device = patience, device
+        self.best_score, self.best_state, self.waited = -np.inf, None, 0
+
+    @classmethod
+    def split(cls, tokens, y, sample_weight, grid, settings, seed, device):
+        """The training rows and the callback holding the stratified, seeded validation rows."""
+        from sklearn.model_selection import train_test_split
+
+        try:
+            train_rows, validation_rows = train_test_split(
+                np.arange(len(y)), test_size=settings["validation_fraction"], stratify=y, random_state=seed
+            )
+        except ValueError as exc:
+            raise ValueError(
+                f"early_stopping: validation_fraction={settings['validation_fraction']} of {len(y)} samples cannot "
+                f"hold out every class ({exc}); raise validation_fraction or turn early_stopping off."
+            ) from exc
+        train_rows, validation_rows = np.sort(train_rows), np.sort(validation_rows)
+        weight = None if sample_weight is None else sample_weight[validation_rows]
+        callback = cls(_take(tokens, validation_rows), y[validation_rows], weight, grid,
+                       settings["n_iter_no_change"], device)  # fmt: skip
+        return train_rows, callback
+
+    def __call__(self, network, row) -> bool:
+        logits = forward_in_batches(
+            network, self.tokens, grid=self.grid, batch_size=_INFERENCE_BATCH_SIZE, device=self.device,
+            check_input=False,
+        )["logits"]  # fmt: skip
+        score = float(np.average(np.argmax(logits, axis=1) == self.y, weights=self.weight))
+        row["validation_score"] = score
+        if score > self.best_score:
+            self.best_score, self.waited = score, 0
+            self.best_state = (network_state(network.mlp), network_state(network.head))
+        else:
+            self.waited += 1
+        return self.waited >= self.patience
+
+    def restore_best(self, network):
+        load_network_state(network.mlp, self.best_state[0])
+        load_network_state(network.head, self.best_state[1])
+        network.to(self.device)
 
 
 def _cached_dense_stage(memory, tokens, y, sample_weight, grid, n_classes, settings, seed, device, verbose):
@@ -381,6 +450,15 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         AdamW settings of each stage (cosine learning-rate schedule).
     dropout : float, default=0.2
         Dropout on the pooled features before the dense head.
+    early_stopping : bool, default=False
+        Hold out ``validation_fraction`` of the training samples (stratified, seeded)
+        during the dense stage, stop it when their accuracy has not improved for
+        ``n_iter_no_change`` epochs, and keep the weights of its best epoch. The
+        selection and the sparse stage then use all samples.
+    validation_fraction : float, default=0.1
+        Share of the samples held out when ``early_stopping``.
+    n_iter_no_change : int, default=10
+        Epochs without improvement before the dense stage stops.
     dense_diversity : float, default=0.5
     sparse_diversity : float, default=1.0
         Weight β of the feature-diversity loss in each stage.
@@ -484,6 +562,9 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         "sparse_weight_decay": [StrictInterval(Real, 0, None, closed="left")],
         "dropout": [StrictInterval(Real, 0, 1, closed="left")],
         "dense_diversity": [StrictInterval(Real, 0, None, closed="left")],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [StrictInterval(Real, 0, 1, closed="neither")],
+        "n_iter_no_change": [StrictInterval(Integral, 1, None, closed="left")],
         "sparse_diversity": [StrictInterval(Real, 0, None, closed="left")],
         "l1_maps": [StrictInterval(Real, 0, None, closed="left")],
         "l1_features": [StrictInterval(Real, 0, None, closed="left")],
@@ -513,6 +594,9 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         sparse_weight_decay=8e-4,
         dropout=0.2,
         dense_diversity=0.5,
+        early_stopping=False,
+        validation_fraction=0.1,
+        n_iter_no_change=10,
         sparse_diversity=1.0,
         l1_maps=5.0,
         l1_features=1.0,
@@ -539,6 +623,9 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         self.sparse_weight_decay = sparse_weight_decay
         self.dropout = dropout
         self.dense_diversity = dense_diversity
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
         self.sparse_diversity = sparse_diversity
         self.l1_maps = l1_maps
         self.l1_features = l1_features

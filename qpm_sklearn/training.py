@@ -184,6 +184,7 @@ def train_network(
     resident=None,
     cuda_graphs=None,
     sample_weight=None,
+    epoch_callback=None,
     check_input=True,
 ):
     """Train the parameters of ``network`` that require grad; one stage of QPM.
@@ -233,6 +234,10 @@ def train_network(
     sample_weight : array-like of shape (n,), default=None
         Non-negative weight of every sample in every loss term (a weight of 2 counts
         like the sample twice in its batch) and in the epoch means of ``history``.
+    epoch_callback : callable, default=None
+        Called as ``epoch_callback(network, row)`` after every epoch (the network in
+        training mode, ``row`` the epoch's history row, which it may extend); training
+        stops after the epoch when it returns True (early stopping).
     check_input : bool, default=True
         False skips the checks of ``tokens``, ``grid``, ``y`` and ``sample_weight``
         (scikit-learn's ``check_input`` convention: the estimator validated them once in ``fit``).
@@ -333,10 +338,13 @@ def train_network(
                     f"training diverged at epoch {epoch + 1} ({desc or 'train_network'}): loss {row['loss']}; "
                     "try a smaller learning rate."
                 )
+            stop = epoch_callback is not None and epoch_callback(network, row)
             history.append(row)
             logger.debug("%s epoch %d: %s", desc, epoch + 1, row)
             if verbose and hasattr(epoch_bar, "set_postfix"):
                 epoch_bar.set_postfix(loss=f"{row['loss']:.4f}", ce=f"{row['ce']:.4f}")
+            if stop:
+                break
     network.eval()
     return history
 

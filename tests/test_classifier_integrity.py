@@ -140,7 +140,8 @@ def test_every_parameter_is_in_exactly_one_group():
 
 
 DENSE_CHANGES = dict(n_features=10, hidden_size=12, n_layers=1, dense_epochs=3, dense_batch_size=6, dense_lr=2e-3,
-                     dense_weight_decay=1e-3, dropout=0.1, dense_diversity=0.3)  # fmt: skip
+                     dense_weight_decay=1e-3, dropout=0.1, dense_diversity=0.3, early_stopping=True,
+                     validation_fraction=0.2, n_iter_no_change=3)  # fmt: skip
 
 
 def test_changing_any_dense_parameter_misses_the_cache(tmp_path, count_stages):
@@ -305,3 +306,30 @@ def test_sample_weights_in_fit():
         QPMClassifier(**TINY).fit(X, y, sample_weight=-weight)
     with pytest.raises(ValueError, match="selection='qpm' only"):
         QPMClassifier(**dict(TINY, n_per_class=1), selection="sldd").fit(X, y, sample_weight=weight)
+
+
+# ------------------------------------------------------------------------- early stopping
+def test_early_stopping_stops_the_dense_stage_and_keeps_its_best_epoch():
+    X, y = data(n=48)
+    y = np.random.RandomState(1).permutation(y)  # nothing to learn: validation accuracy stalls
+    clf = QPMClassifier(**dict(TINY, dense_epochs=40), early_stopping=True, n_iter_no_change=2,
+                        validation_fraction=0.25).fit(X, y)  # fmt: skip
+    dense = [row for row in clf.history_ if row["stage"] == "dense"]
+    assert len(dense) < 40, "the dense stage should have stopped early"
+    scores = [row["validation_score"] for row in dense]
+    best = int(np.argmax(scores))
+    assert len(dense) == best + 1 + 2, "stops n_iter_no_change epochs after the best one"
+    # the kept weights are the best epoch's: its validation accuracy is the best score
+    rows = np.sort(__import__("sklearn.model_selection", fromlist=["x"]).train_test_split(
+        np.arange(48), test_size=0.25, stratify=y, random_state=_dense_seed(0))[1])  # fmt: skip
+    accuracy = np.mean(clf.predict(X[rows], stage="dense") == y[rows])
+    assert accuracy == pytest.approx(max(scores))
+    assert not any("validation_score" in row for row in QPMClassifier(**TINY).fit(X, y).history_)
+
+
+def _dense_seed(random_state):
+    from sklearn.utils import check_random_state
+
+    from qpm_sklearn._device import torch_seed
+
+    return torch_seed(check_random_state(random_state))
