@@ -1,4 +1,5 @@
-"""The two redundancy rules of ``redundancy_penalty`` against hand-worked cases (SPEC 5.6, 5.7, 13.5)."""
+"""Fidelity to the authors' procedure: the two redundancy rules against hand-worked cases (SPEC 5.6, 5.7,
+13.5), and the documented top-k tie rule of ``explain`` (docs/explanations.md)."""
 
 import math
 
@@ -92,3 +93,33 @@ def test_rule_is_validated():
     with pytest.raises(ValueError, match="rule must be one of"):
         redundancy_penalty(SIX, 3, rule="authors")
 
+
+def _fit_tiny(**params):
+    from qpm_sklearn import QPMClassifier
+
+    rng = np.random.RandomState(0)
+    y = np.repeat(np.arange(3), 12)
+    X = rng.normal(size=(36, 2, 2, 6)).astype(np.float32)
+    X[:, 0, 0, :3] += 2.0 * np.eye(3)[y]
+    settings = dict(n_features=10, n_selected=6, n_per_class=2, hidden_size=16, n_layers=2, dense_epochs=2,
+                    sparse_epochs=1, random_state=0)  # fmt: skip
+    return QPMClassifier(**{**settings, **params}).fit(X, y), X
+
+
+def test_classifier_passes_the_rule_and_records_it():
+    clf, X = _fit_tiny(redundancy="paper")
+    assert clf.selection_info_["redundancy"] == "paper"
+    assert clf.get_params()["redundancy"] == "paper"
+    with pytest.raises(ValueError, match="redundancy"):
+        _fit_tiny(redundancy="2R")
+
+
+def test_explain_orders_tied_contributions_by_feature_id():
+    clf, X = _fit_tiny(n_per_class=3)
+    # Standardising by the sample's own pooled values makes every contribution 0: a 3-way tie.
+    clf.feature_mean_ = clf.pooled_features(X[:1])[0].astype(np.float32)
+    explanation = clf.explain(X[:1])
+    np.testing.assert_array_equal(explanation.contributions, 0.0)
+    # Hand answer: the predicted class's features in ascending channel id.
+    expected = np.sort(clf.class_features(explanation.prediction[0]))
+    np.testing.assert_array_equal(explanation.features[0], expected)
