@@ -186,11 +186,7 @@ def _fit_dense_stage(tokens, fingerprint, y, sample_weight, grid, n_classes, set
         train_tokens,
         train_y,
         grid=grid,
-        epochs=settings["dense_epochs"],
-        batch_size=settings["dense_batch_size"],
-        lr=settings["dense_lr"],
-        weight_decay=settings["dense_weight_decay"],
-        diversity=settings["dense_diversity"],
+        **_stage_options(settings, "dense"),
         device=device,
         seed=seed,
         verbose=verbose,
@@ -210,6 +206,11 @@ def _fit_dense_stage(tokens, fingerprint, y, sample_weight, grid, n_classes, set
         "features": features,
         "history": history,
     }
+
+
+def _stage_options(settings, stage):
+    """``train_network``'s options of one stage from its parameter group (``epochs`` is ``{stage}_epochs`` ...)."""
+    return {option: settings[f"{stage}_{option}"] for option in ("epochs", "batch_size", "lr", "weight_decay", "diversity")}
 
 
 def _take(tokens, rows):
@@ -395,11 +396,7 @@ def _fit_sparse_stage(tokens, y_codes, grid, n_classes, mlp_state, head, setting
             tokens,
             y_codes,
             grid=grid,
-            epochs=settings["sparse_epochs"],
-            batch_size=settings["sparse_batch_size"],
-            lr=settings["sparse_lr"],
-            weight_decay=settings["sparse_weight_decay"],
-            diversity=settings["sparse_diversity"],
+            **_stage_options(settings, "sparse"),
             l1_maps=0.0 if baseline else settings["l1_maps"],
             l1_features=0.0 if baseline else settings["l1_features"],
             device=device,
