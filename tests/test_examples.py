@@ -1,6 +1,7 @@
 """The examples run end to end offline (they are the README's main command)."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,8 @@ def test_quickstart_offline_on_digits(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "UNTRAINED" in out, "the output must say plainly that no pretrained weights were used"
     assert "class -> features" in out
+    # the explained image's true class is shown, and whether the model got it right
+    assert re.search(r"first test image: true \d, predicted \d \((correct|MISCLASSIFIED)\)", out)
     # ten digit classes: chance is 0.1; even random ViT features separate digits well
     assert result["dense_accuracy"] > 0.5 and result["sparse_accuracy"] > 0.5
     assert (tmp_path / "explanation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
