@@ -11,7 +11,8 @@ and one array per fitted array attribute, ``<attribute>::<key>`` for the network
 strings, string class labels a unicode array (so a loaded ``classes_`` of strings has
 a numpy ``str`` dtype, its labels equal to the fitted ones). Values JSON cannot hold exactly are
 tagged -- ``{"__numpy__": "<i8", "value": 3}`` for a numpy scalar, ``{"__tuple__": [...]}``,
-``{"__dict__": {...}}`` for a dict, ``{"__random_state__": [...]}`` for a RandomState's
+``{"__dict__": [[key, value], ...]}`` for a dict (keys of any such type, e.g. the
+class labels of a ``class_weight``), ``{"__random_state__": [...]}`` for a RandomState's
 state, ``{"__torch_device__": "cuda:0"}`` -- so parameters round-trip exactly.
 
 ``memory`` is the one parameter not stored: a cache location belongs to a machine, not
@@ -84,11 +85,11 @@ def _encode(value, name: str):
         return {"__tuple__": [_encode(item, name) for item in value]}
     if isinstance(value, list):
         return [_encode(item, name) for item in value]
-    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
-        return {"__dict__": {key: _encode(item, f"{name}[{key!r}]") for key, item in value.items()}}
+    if isinstance(value, dict):
+        return {"__dict__": [[_encode(key, name), _encode(item, f"{name}[{key!r}]")] for key, item in value.items()]}
     raise TypeError(
         f"save() cannot store {name}={value!r} (a {type(value).__name__}) in a model file without pickle; "
-        "use numbers, strings, lists, tuples, dicts with string keys, numpy scalars or a RandomState."
+        "use numbers, strings, lists, tuples, dicts, numpy scalars or a RandomState."
     )
 
 
@@ -109,8 +110,14 @@ def _decode(value, name: str):
             raise _Defect(f"{name} is not a valid numpy scalar: {_short(value)}") from None
     if set(value) == {"__tuple__"} and isinstance(value["__tuple__"], list):
         return tuple(_decode(item, name) for item in value["__tuple__"])
-    if set(value) == {"__dict__"} and isinstance(value["__dict__"], dict):
-        return {key: _decode(item, f"{name}[{key!r}]") for key, item in value["__dict__"].items()}
+    if set(value) == {"__dict__"} and isinstance(value["__dict__"], list):
+        items = value["__dict__"]
+        if not all(isinstance(item, list) and len(item) == 2 for item in items):
+            raise _Defect(f"{name} is not a stored dict: {_short(value)}")
+        keys = [_decode(key, name) for key, _ in items]
+        if not all(isinstance(key, (str, int, float, bool, np.generic, tuple)) or key is None for key in keys):
+            raise _Defect(f"{name} has a dict key that is not hashable: {_short(value)}")
+        return {key: _decode(item, f"{name}[{key!r}]") for key, (_, item) in zip(keys, items)}
     if set(value) == {"__torch_device__"} and isinstance(value["__torch_device__"], str):
         import torch
 
