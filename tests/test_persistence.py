@@ -276,3 +276,13 @@ def test_save_refuses_what_it_cannot_store_exactly(tmp_path, saved):
     extra.new_attribute_ = 1
     with pytest.raises(TypeError, match="new_attribute_"):
         extra.save(tmp_path / "extra")
+
+
+def test_stored_values_round_trip_exactly_through_json():
+    from qpm_sklearn.persistence import _decode, _encode
+
+    value = {0: 1.0, np.int64(2): (1, "a", None), "x": {"y": [True, np.float32(2.5), float("inf")]}, 1.5: np.str_("s")}
+    back = _decode(json.loads(json.dumps(_encode(value, "value"))), "value")
+    assert back == value
+    assert [type(key) for key in back] == [type(key) for key in value]
+    assert type(back["x"]["y"][1]) is np.float32 and type(back[np.int64(2)]) is tuple and type(back[1.5]) is np.str_
