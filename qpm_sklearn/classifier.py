@@ -976,7 +976,12 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def load(cls, path):
-        """Load a model written by :meth:`save`; refuses files of another format version."""
+        """Load a model written by :meth:`save`, checked as ``fit`` checks its inputs.
+
+        Any defect of the file (another format version, invalid parameters, a missing,
+        extra or misshapen array) raises one ``ValueError`` naming the file; see
+        :mod:`qpm_sklearn.persistence`.
+        """
         return load_estimator(cls, path)
 
     def __sklearn_tags__(self):
