@@ -18,7 +18,6 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from dense_cache_key import best_seconds  # noqa: E402
 from speed import cpu_name  # noqa: E402
 
 from qpm_sklearn._cache import EmbeddingCache  # noqa: E402
@@ -46,15 +46,6 @@ def build(folder: Path, gigabytes: float) -> EmbeddingCache:
     return cache
 
 
-def best_of(repeats: int, function) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gigabytes", type=float, default=1.0, help="size of the cache to build (default 1)")
@@ -66,8 +57,8 @@ def main():
         cache = build(Path(folder), args.gigabytes)
         data_bytes = cache.n_rows * int(np.prod(ROW_SHAPE)) * 2
         cache.result()  # warm the page cache
-        verify = best_of(args.repeats, cache.result)
-        plain = best_of(args.repeats, lambda: _read(cache.folder / "embeddings.npy"))
+        verify = best_seconds(cache.result, args.repeats)
+        plain = best_seconds(lambda: _read(cache.folder / "embeddings.npy"), args.repeats)
     gb = data_bytes / 1e9
     result = {
         "cpu": cpu_name(),
