@@ -1,4 +1,4 @@
-"""Speed of the ``memory=`` cache key of QPMClassifier's dense stage (issue 16 item 2), one JSON file.
+"""Speed of the ``memory=`` cache key of QPMClassifier's dense stage, one JSON file.
 
 The key used to be ``joblib.hash`` of the whole token array on every fit; it is now
 :func:`qpm_sklearn.classifier.tokens_fingerprint` (SHA-256 of the array's bytes in parallel blocks, with shape and

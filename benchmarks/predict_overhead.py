@@ -1,4 +1,4 @@
-"""Per-call overhead of ``QPMClassifier.predict`` / ``explain`` on a small batch (issue 14).
+"""Per-call overhead of ``QPMClassifier.predict`` / ``explain`` on a small batch.
 
 A model with the default 11M-parameter MLP (768-d tokens, 4 x 2048 hidden, 512 features) is fitted
 briefly on random tokens; then ``predict`` and ``explain`` of 4 samples of one token each are timed

@@ -223,7 +223,8 @@ def _train_split(n_samples, val_fraction, random_state):
     return np.sort(order[n_val:])
 
 
-def _check_features(features, y):
+def _features_and_codes(features, y):
+    """``features`` as a finite float64 (n, K) array and ``y`` as int64 class codes of length n."""
     F = check_finite_array(features, "features", ndim=2)
     return F, check_class_codes(y, F.shape[0])
 
@@ -286,7 +287,7 @@ def sldd_head(
         ``mean``/``std`` (n_selected,) training statistics of the selected features, ``info``.
     """
     start = time.perf_counter()
-    F, y = _check_features(features, y)
+    F, y = _features_and_codes(features, y)
     n_classes = int(y.max()) + 1 if n_classes is None else int(n_classes)
     train = _train_split(len(y), val_fraction, random_state)
     selected = group_elastic_net_selection(
@@ -331,7 +332,7 @@ def qsenn_refit(
         ``weight`` (C, n_selected) in ``{−a, 0, a}``, ``bias`` (C,), ``mean``/``std``, ``info``.
     """
     start = time.perf_counter()
-    F, y = _check_features(features, y)
+    F, y = _features_and_codes(features, y)
     n_classes = int(y.max()) + 1 if n_classes is None else int(n_classes)
     train = _train_split(len(y), val_fraction, random_state)
     options = {"verbose": verbose, **(path_options or {})}
@@ -363,7 +364,7 @@ def qsenn_head(
     Parameters and returned keys as in :func:`sldd_head`.
     """
     start = time.perf_counter()
-    F, y = _check_features(features, y)
+    F, y = _features_and_codes(features, y)
     n_classes = int(y.max()) + 1 if n_classes is None else int(n_classes)
     if not isinstance(random_state, (int, np.integer)):  # one split for the selection and the refit
         random_state = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))

@@ -490,7 +490,11 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
     memory : str, joblib.Memory or None, default=None
         Caches the dense stage, so that fits that differ only in the selection
         or the sparse stage (a search over ``n_selected``/``n_per_class``)
-        train it once. Reuse needs an int ``random_state``.
+        train it once. Reuse needs an int ``random_state`` (a warning says so
+        otherwise). The key is a content hash of the tokens plus the ``dense``
+        parameters of ``qpm_sklearn.classifier.PARAMETER_GROUPS``; fits of one key running at the same
+        time (threads, processes sharing the folder) wait for each other, so the
+        stage is computed once.
     random_state : int, RandomState instance or None, default=None
         Seeds initialisation, shuffling, dropout and the solver (through seeded
         generators: torch's global random state is left as it was).

@@ -159,17 +159,19 @@ def feature_class_correlation(F, y, sample_weight=None) -> np.ndarray:
         raise ValueError(f"y must have shape ({F.shape[0]},) to match F; got shape {y.shape}.")
     _, codes = np.unique(y, return_inverse=True)
     onehot = np.eye(codes.max() + 1)[codes]
-    if sample_weight is None:
-        share = np.full(F.shape[0], 1.0 / F.shape[0])
-    else:
-        share = _finite_matrix(sample_weight, "sample_weight", ndim=1)
-        if share.shape != (F.shape[0],) or (share < 0).any() or share.sum() <= 0:
+    weights = None
+    if sample_weight is not None:
+        weights = _finite_matrix(sample_weight, "sample_weight", ndim=1)
+        if weights.shape != (F.shape[0],) or (weights < 0).any() or weights.sum() <= 0:
             raise ValueError(f"sample_weight must be {F.shape[0]} non-negative values with a positive sum.")
-        share = share / share.sum()
-    F_centred = F - share @ F
-    Y_centred = onehot - share @ onehot
-    covariance = (F_centred * share[:, None]).T @ Y_centred
-    scale = np.maximum(np.outer(np.sqrt(share @ F_centred**2), np.sqrt(share @ Y_centred**2)), 1e-10)
+    # np.average: the plain mean without weights, and exact for a constant column either way
+    F_centred = F - np.average(F, axis=0, weights=weights)
+    Y_centred = onehot - np.average(onehot, axis=0, weights=weights)
+    row_weights = np.ones(F.shape[0]) if weights is None else weights
+    covariance = (F_centred * row_weights[:, None]).T @ Y_centred / row_weights.sum()
+    std_F = np.sqrt(np.average(F_centred**2, axis=0, weights=weights))
+    std_Y = np.sqrt(np.average(Y_centred**2, axis=0, weights=weights))
+    scale = np.maximum(np.outer(std_F, std_Y), 1e-10)
     A = covariance / scale
     peak = np.abs(A).max()
     return A / peak if peak > 0 else A

@@ -333,3 +333,15 @@ def _dense_seed(random_state):
     from qpm_sklearn._device import torch_seed
 
     return torch_seed(check_random_state(random_state))
+
+
+def test_fit_validates_the_tokens_once(monkeypatch):
+    import qpm_sklearn.training as training
+
+    X, y = data()
+    checks = []
+    original_check_array, original_counts = classifier.check_array, training._token_counts
+    monkeypatch.setattr(classifier, "check_array", lambda *a, **k: checks.append("X") or original_check_array(*a, **k))
+    monkeypatch.setattr(training, "_token_counts", lambda *a: checks.append("tokens") or original_counts(*a))
+    QPMClassifier(**dict(TINY, dense_epochs=1, sparse_epochs=1)).fit(X, y)
+    assert checks == ["X"], "the internals run with check_input=False"
