@@ -28,6 +28,7 @@ from sklearn.utils.validation import (
     column_or_1d,
 )
 
+from ._doc_links import DocLinkMixin
 from ._device import as_numpy, resolve_device, torch_generator, torch_seed
 from ._utils import StrictInterval
 from .adapter import (
@@ -43,7 +44,7 @@ from .adapter import (
     standardise,
 )
 from .baselines import HeadRecord, qsenn_refit, sparse_head
-from .explanation import Explanation
+from .explanation import Explanation, class_summary, estimator_feature_names
 from .persistence import load_estimator, save_estimator
 from .selection import (
     check_selection_budget,
@@ -78,7 +79,7 @@ PARAMETER_GROUPS = {
         "n_selected", "n_per_class", "sparse_epochs", "sparse_batch_size", "sparse_lr", "sparse_weight_decay",
         "sparse_diversity", "l1_maps", "l1_features", "selection", "redundancy", "solver_options",
     ),
-    "runtime": ("device", "memory", "random_state", "verbose"),
+    "runtime": ("device", "memory", "random_state", "verbose", "feature_names"),
 }  # fmt: skip
 
 
@@ -413,7 +414,7 @@ def _fit_sparse_stage(tokens, y_codes, grid, n_classes, mlp_state, head, setting
     return mlp_state, head, history
 
 
-class QPMClassifier(ClassifierMixin, BaseEstimator):
+class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
     """Globally interpretable classifier on frozen patch embeddings (DINO-QPM).
 
     A token-wise MLP turns every patch embedding into ``n_features``
@@ -500,6 +501,14 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         generators: torch's global random state is left as it was).
     verbose : int or bool, default=False
         0: silent; 1: progress bars; 2: also the solvers' logs.
+    feature_names : dict or sequence of str, default=None
+        Names for the selected features, given once you have looked at them
+        (``clf.set_params(feature_names={17: "red crown"})``; no refit): a dict
+        adapter channel id -> name for some or all of ``selected_features_``, or
+        one name per selected feature in ``selected_features_`` order. Used by
+        :meth:`explain` (so by ``to_frame``, ``to_shap`` and the figures), by
+        :meth:`summary` and by the plots; checked against ``selected_features_``
+        when used. Unnamed features are called ``"feature <id>"``.
 
     Attributes
     ----------
@@ -576,6 +585,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         "memory": [None, str, HasMethods(["cache"])],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
+        "feature_names": [dict, "array-like", None],
     }
 
     def __init__(
@@ -608,6 +618,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         memory=None,
         random_state=None,
         verbose=False,
+        feature_names=None,
     ):
         self.n_features = n_features
         self.n_selected = n_selected
@@ -637,6 +648,7 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
         self.memory = memory
         self.random_state = random_state
         self.verbose = verbose
+        self.feature_names = feature_names
 
     # ------------------------------------------------------------------ fit
     def _check_budgets(self, n_classes: int) -> None:
@@ -963,7 +975,41 @@ class QPMClassifier(ClassifierMixin, BaseEstimator):
             contributions=np.where(used, share[rows, order], 0.0).astype(np.float32),
             weights=np.where(used, weight[rows, order], 0.0).astype(np.float32),
             maps=np.where(used[:, :, None, None], maps[rows, order], 0.0).astype(np.float32),
+            feature_names=estimator_feature_names(self),
         )
+
+    def summary(self) -> str:
+        """A text table of each class and the features it uses, with their weights.
+
+        Features are named by ``feature_names`` (else ``"feature <id>"``) and
+        ordered by decreasing absolute weight; a column of class constants is
+        added when any is non-zero (the comparison systems).
+
+        Returns
+        -------
+        text : str
+            A title line, then one line per class.
+
+        Examples
+        --------
+        >>> print(clf.set_params(feature_names={3: "red crown"}).summary())  # doctest: +SKIP
+        QPMClassifier(selection='qpm'): 3 classes, 6 selected features, 2 per class
+        class  features (weight)
+        -----  ---------------------------
+        0      red crown (+1), feature 7 (+1)
+        ...
+        """
+        check_is_fitted(self)
+        per_class = np.count_nonzero(self.sparse_weight_, axis=1)
+        width = f"{per_class.min()}" if per_class.min() == per_class.max() else f"{per_class.min()} to {per_class.max()}"
+        title = (
+            f"{type(self).__name__}(selection={self.selection!r}): {len(self.classes_)} classes, "
+            f"{len(self.selected_features_)} selected features, {width} per class"
+        )
+        return class_summary(
+            self.classes_, self.selected_features_, self.sparse_weight_, self.sparse_bias_,
+            estimator_feature_names(self), title,
+        )  # fmt: skip
 
     def save(self, path):
         """Save the fitted model to ``path`` (``.npz``: arrays + JSON, no pickle).
