@@ -24,6 +24,7 @@ import math
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -69,16 +70,33 @@ def build_instance(n_features, n_classes, n_selected, seed, images_per_class=30,
 
 
 def solve_in_this_process(path, n_selected, n_per_class, solver, time_limit, seed):
-    """One solve (child-process side): its result, CPU / wall seconds and peak memory, as a dict."""
+    """One solve (child-process side): its result, CPU / wall seconds and peak memory, as a dict.
+
+    A solve that overruns its time limit by more than the limit plus two minutes is killed
+    (SIGALRM, recorded as failed): HiGHS checks its limit only between phases, and on a loaded
+    machine its root LP alone can take many times the limit.
+    """
     resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+    signal.alarm(int(2 * time_limit) + 120)
     data = np.load(path)
     penalty = data["penalty"] if "penalty" in data else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # the MILP's "no solution in time" fallback
         result = solve_selection(data["A"], n_selected=n_selected, n_per_class=n_per_class, penalty=penalty,
                                  solver=solver, time_limit=time_limit, random_state=seed)
-    return {**result.as_dict(), "time_limit": time_limit,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {**result.as_dict(), "time_limit": time_limit, "peak_rss_mb": peak_rss_mb()}
+
+
+def peak_rss_mb():
+    """This process's peak resident memory since its exec (VmHWM; ru_maxrss keeps the parent's
+    high-water mark across fork + exec on Linux, so it is only the fallback)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def solve_in_child(path, spec, solver, time_limit, seed):
