@@ -166,8 +166,7 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     if embedder is not None:
         _embedder_file(path).write_text(json.dumps(embedder, indent=2) + "\n")
     _write(f"model written to {path} ({len(clf.classes_)} classes, {len(clf.selected_features_)} features)")
-    if hasattr(clf, "summary"):
-        _write(clf.summary())
+    _write(clf.summary())
     return 0
 
 
