@@ -24,6 +24,7 @@ from sklearn.utils._set_output import _get_output_config
 from . import backbones as _backbones
 from . import images as _images
 from ._cache import EmbeddingCache
+from ._doc_links import DocLinkMixin
 from ._device import download, host_tensor, resolve_device, resolve_dtype, upload, wait_upload
 from ._utils import StrictInterval, logger, progress, quiet_transformers
 
@@ -52,7 +53,7 @@ class _Plan:
         return (self.grid, self.grid, self.layout.width) if output == "patch" else (self.layout.width,)
 
 
-class PatchEmbedder(TransformerMixin, BaseEstimator):
+class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
     """Embed images with a frozen vision backbone (Hugging Face transformers).
 
     The model's output is read with its family's token layout
