@@ -20,3 +20,19 @@ def tiny_backbone_noreg(tmp_path_factory):
     from qpm_sklearn._testing import save_random_backbone
 
     return str(save_random_backbone(tmp_path_factory.mktemp("dinov2"), "tiny", num_register_tokens=0))
+
+
+@pytest.fixture
+def count_stages(monkeypatch):
+    """The ``desc`` ("dense" / "sparse") of every training run QPMClassifier starts, in order."""
+    import qpm_sklearn.classifier as classifier
+
+    calls = []
+    original = classifier.train_network
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("desc"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(classifier, "train_network", counting)
+    return calls

@@ -176,17 +176,8 @@ def test_grid_search_and_cross_val_over_budgets():
     assert scores.shape == (2,) and np.all((scores >= 0) & (scores <= 1))
 
 
-def test_memory_runs_dense_stage_once_per_training_set(tmp_path, monkeypatch):
-    import qpm_sklearn.classifier as classifier
-
-    calls = []
-    original = classifier.train_network
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("desc"))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(classifier, "train_network", counting)
+def test_memory_runs_dense_stage_once_per_training_set(tmp_path, count_stages):
+    calls = count_stages
     X, y = make_grid_data(n_per_class=12)
     budgets = {"n_selected": [6, 8], "n_per_class": [1, 2]}
     search = GridSearchCV(

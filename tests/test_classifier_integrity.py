@@ -42,19 +42,6 @@ def fitted_state(clf):
     return state
 
 
-@pytest.fixture
-def count_stages(monkeypatch):
-    calls = []
-    original = classifier.train_network
-
-    def counting(*args, **kwargs):
-        calls.append(kwargs.get("desc"))
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(classifier, "train_network", counting)
-    return calls
-
-
 # ------------------------------------------------------------------------- global state
 def _after(call):
     torch.manual_seed(0)
