@@ -27,7 +27,7 @@ _PER_SAMPLE = ("prediction", "proba", "logit", "intercept", "features", "contrib
 
 
 def evidence_map(weights: ArrayLike, maps: ArrayLike) -> np.ndarray:
-    """Class evidence on the grid, ``Σ_k weights[..., k] · maps[..., k, :, :]`` (SPEC 6.6's GradCAM).
+    """Class evidence on the grid, ``Σ_k weights[..., k] · maps[..., k, :, :]`` (docs/method.md#saliency).
 
     The one implementation behind :meth:`Explanation.evidence_map`, the plausibility metric
     and the explanation figure.
@@ -52,7 +52,7 @@ def evidence_map(weights: ArrayLike, maps: ArrayLike) -> np.ndarray:
 def upsample_maps(maps: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     """Bilinearly upsample maps ``(..., h, w)`` to ``size`` and min–max normalise each map.
 
-    This is SPEC section 8's saliency: ``F.interpolate(mode="bilinear",
+    The saliency of docs/method.md#saliency: ``F.interpolate(mode="bilinear",
     align_corners=False)`` to the image resolution, then every map scaled to
     [0, 1] on its own (a constant map becomes all zeros).
 
@@ -202,7 +202,7 @@ class Explanation:
         return upsample_maps(self.maps, size)
 
     def evidence_map(self) -> np.ndarray:
-        """The predicted class's evidence on the grid (SPEC 6.6's GradCAM): ``Σ_j weights[:, j] · maps[:, j]``.
+        """The predicted class's evidence on the grid (docs/method.md#saliency): ``Σ_j weights[:, j] · maps[:, j]``.
 
         Returns
         -------
