@@ -10,7 +10,8 @@ and one array per fitted array attribute, ``<attribute>::<key>`` for the network
 (dicts of arrays). Nothing in the file is an object array: feature names are JSON
 strings, string class labels a unicode array (so a loaded ``classes_`` of strings has
 a numpy ``str`` dtype, its labels equal to the fitted ones). Values JSON cannot hold exactly are
-tagged -- ``{"__numpy__": "<i8", "value": 3}`` for a numpy scalar, ``{"__tuple__": [...]}``,
+tagged -- ``{"__numpy__": "<i8", "value": 3}`` for a numpy scalar (``"__ndarray__"`` for an
+array of numbers or strings), ``{"__tuple__": [...]}``,
 ``{"__dict__": [[key, value], ...]}`` for a dict (keys of any such type, e.g. the
 class labels of a ``class_weight``), ``{"__random_state__": [...]}`` for a RandomState's
 state, ``{"__torch_device__": "cuda:0"}`` -- so parameters round-trip exactly.
@@ -76,6 +77,8 @@ def _encode(value, name: str):
         return value
     if isinstance(value, np.generic) and value.dtype.kind in "biufU":
         return {"__numpy__": value.dtype.str, "value": value.item()}
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biufU":
+        return {"__ndarray__": value.dtype.str, "value": value.tolist()}
     if isinstance(value, np.random.RandomState):
         kind, keys, position, has_gauss, gauss = value.get_state(legacy=True)
         return {"__random_state__": [kind, keys.tolist(), int(position), int(has_gauss), float(gauss)]}
@@ -89,7 +92,7 @@ def _encode(value, name: str):
         return {"__dict__": [[_encode(key, name), _encode(item, f"{name}[{key!r}]")] for key, item in value.items()]}
     raise TypeError(
         f"save() cannot store {name}={value!r} (a {type(value).__name__}) in a model file without pickle; "
-        "use numbers, strings, lists, tuples, dicts, numpy scalars or a RandomState."
+        "use numbers, strings, lists, tuples, dicts, numpy scalars or arrays, or a RandomState."
     )
 
 
@@ -108,6 +111,14 @@ def _decode(value, name: str):
             return dtype.type(value["value"])
         except (TypeError, ValueError, OverflowError):
             raise _Defect(f"{name} is not a valid numpy scalar: {_short(value)}") from None
+    if set(value) == {"__ndarray__", "value"}:
+        try:
+            dtype = np.dtype(value["__ndarray__"])
+            if dtype.kind not in "biufU":
+                raise TypeError(dtype)
+            return np.asarray(value["value"], dtype=dtype)
+        except (TypeError, ValueError, OverflowError):
+            raise _Defect(f"{name} is not a valid numpy array: {_short(value)}") from None
     if set(value) == {"__tuple__"} and isinstance(value["__tuple__"], list):
         return tuple(_decode(item, name) for item in value["__tuple__"])
     if set(value) == {"__dict__"} and isinstance(value["__dict__"], list):

@@ -282,6 +282,9 @@ def test_stored_values_round_trip_exactly_through_json():
     from qpm_sklearn.persistence import _decode, _encode
 
     value = {0: 1.0, np.int64(2): (1, "a", None), "x": {"y": [True, np.float32(2.5), float("inf")]}, 1.5: np.str_("s")}
+    array = np.array(["a", "bc"])
+    assert np.array_equal(_decode(json.loads(json.dumps(_encode(array, "a"))), "a"), array)
+    assert _decode(json.loads(json.dumps(_encode(array, "a"))), "a").dtype == array.dtype
     back = _decode(json.loads(json.dumps(_encode(value, "value"))), "value")
     assert back == value
     assert [type(key) for key in back] == [type(key) for key in value]
