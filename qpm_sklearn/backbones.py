@@ -6,19 +6,19 @@ token. Where these sit in the model's output differs by family, so this module r
 it from the model's own configuration (``model_type``, patch size, register count,
 stage strides), never from a fixed token count:
 
-=====================  ==========================  =============================================
-family (``model_type``)  ``last_hidden_state``       grid / CLS
-=====================  ==========================  =============================================
-dinov2                 [CLS, patches]              patches / token 0
+=====================  ===========================  =============================================
+``model_type``         ``last_hidden_state``        grid / CLS
+=====================  ===========================  =============================================
+dinov2                 [CLS, patches]               patches / token 0
 dinov2_with_registers  [CLS, R registers, patches]  patches / token 0 (registers dropped)
 dinov3_vit             [CLS, R registers, patches]  patches / token 0 (registers dropped)
-vit                    [CLS, patches]              patches / token 0
-clip (vision tower)    [CLS, patches]              patches / token 0 (before ``post_layernorm``)
-siglip (vision tower)  [patches]                   patches / no CLS
-siglip2 (NaFlex)       [patches]                   patches / no CLS
-dinov3_convnext        [pooled, patches]           patches / token 0 (the model's pooled token)
-resnet, convnext       map ``(n, C, h, w)``        the map, channels last / no CLS
-=====================  ==========================  =============================================
+vit                    [CLS, patches]               patches / token 0
+clip (vision tower)    [CLS, patches]               patches / token 0 (before ``post_layernorm``)
+siglip (vision tower)  [patches]                    patches / no CLS
+siglip2 (NaFlex)       [patches]                    patches / no CLS
+dinov3_convnext        [pooled, patches]            patches / token 0 (the model's pooled token)
+resnet, convnext       map ``(n, C, h, w)``         the map, channels last / no CLS
+=====================  ===========================  =============================================
 
 A CLIP or SigLIP checkpoint holding both towers is loaded as its vision tower only.
 """

@@ -534,7 +534,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         ``selection="qsenn"`` the description of the final head (its last refit).
     history_ : list of dict
         One row per epoch with ``stage``, losses and ``seconds``.
-    loss_curve_ : ndarray of shape (n_iter_,)
+    loss_curve_ : ndarray of shape (``n_iter_``,)
         The training loss of every epoch, dense stage then sparse stage (from ``history_``).
     n_iter_ : int
         Epochs trained, both stages together (``len(history_)``).
