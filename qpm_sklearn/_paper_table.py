@@ -7,11 +7,11 @@ Embeds every image once (patch tokens for the adapters, the CLS token for the li
 ``--cache-dir`` a rerun reads them back), then fits and evaluates the rows the paper compares:
 
 ========================  ================================================================
-``linear_probe``          DINOv2 CLS linear probe (SPEC 7.1): StandardScaler + LogisticRegression
-``dense``                 Dense F^froz: the stage-1 model of the ``qpm`` fit (SPEC 7.2, no second fit)
+``linear_probe``          DINOv2 CLS linear probe (docs/baselines.md): StandardScaler + LogisticRegression
+``dense``                 Dense F^froz: the stage-1 model of the ``qpm`` fit (no second fit)
 ``qpm``                   DINO-QPM: 50 features, 5 per class
 ``qpm_compact``           DINO-QPM Compact: 50 features, 4 per class
-``sldd`` / ``qsenn``      DINO-SLDD / DINO-QSENN (SPEC 7.3 / 7.4)
+``sldd`` / ``qsenn``      DINO-SLDD / DINO-QSENN (docs/baselines.md)
 ========================  ================================================================
 
 and with ``--ablations``: DINO-QPM on the CLS token instead of the patch tokens, on DINOv2 without
@@ -24,7 +24,7 @@ fractions in [0, 1] in the JSON and percentages in the printed table, like the p
 ``facebook/dinov3-vitb16-pretrain-lvd1689m``: its rows are labelled with it, the probe reads the
 mean-pooled features of a backbone without a CLS token, and the paper's numbers are shown only where
 the paper has that backbone: a ResNet's qpm row beside "ResNet50 QPM [QPM paper]", which is a
-fine-tuned ResNet50 (SPEC 7.5), whereas here the ResNet is frozen and feeds the adapter.
+fine-tuned ResNet50 (docs/method.md#comparison-systems), whereas here the ResNet is frozen and feeds the adapter.
 
 A row that fails is reported (its error is in the JSON and the printout) and the others still run;
 the exit status is then 1. ``--fail-fast`` raises instead.
@@ -46,10 +46,10 @@ from pathlib import Path
 
 import numpy as np
 
-# The paper's columns, in the order of SPEC 11; "Correlation" is computed and saved as well.
+# The paper's columns, in the order of the paper's table; "Correlation" is computed and saved as well.
 COLUMNS = ("Accuracy", "Plausibility", "SID@5", "Class-Independence", "Contrastiveness")
 
-# SPEC 11, in %: Accuracy, Plausibility (CUB only), SID@5, Class-Independence, Contrastiveness.
+# The paper's table, in %: Accuracy, Plausibility (CUB only), SID@5, Class-Independence, Contrastiveness.
 _PAPER_ROWS = {
     "linear_probe": ((87.9, 91.7), 42.6, (50.9, 51.5), (99.2, 99.1), (59.2, 60.9)),
     "dense": ((78.1, 92.9), 32.7, (91.8, 93.1), (98.8, 98.7), (84.5, 82.8)),
@@ -60,7 +60,7 @@ _PAPER_ROWS = {
 }
 
 
-# SPEC 11's "ResNet50 QPM [QPM paper]": a *fine-tuned* ResNet50 (SPEC 7.5). The qpm row on a ResNet
+# The paper's "ResNet50 QPM [QPM paper]": a *fine-tuned* ResNet50 (docs/method.md#comparison-systems). The qpm row on a ResNet
 # backbone is compared with it, labelled as what it is here: a frozen ResNet feeding the adapter.
 _RESNET50_QPM = ((82.9, 92.1), 82.9, (89.6, 88.2), (96.8, 97.8), (93.6, 97.1))
 # Backbone families whose rows the paper's DINOv2 numbers describe.
@@ -68,7 +68,7 @@ _DINOV2_FAMILIES = ("dinov2", "dinov2_with_registers")
 
 
 def paper_numbers(dataset: str, rows: dict = _PAPER_ROWS) -> dict:
-    """``{row: {column: value in %}}`` of SPEC 11 for ``dataset`` ("cub" or "cars")."""
+    """``{row: {column: value in %}}`` of the paper's table for ``dataset`` ("cub" or "cars")."""
     which = 0 if dataset == "cub" else 1
     table = {}
     for row, (accuracy, plausibility, sid, independence, contrast) in rows.items():
@@ -89,7 +89,7 @@ DEFAULT_ABLATION_MODELS = {
     "small": "facebook/dinov2-with-registers-small",
     "large": "facebook/dinov2-with-registers-large",
 }
-# SPEC 7.3 / 7.4: dense stage of 40 epochs with diversity 0.196; fine-tuning with CE + 0.196 L_div
+# docs/baselines.md: dense stage of 40 epochs with diversity 0.196; fine-tuning with CE + 0.196 L_div
 # and no L1 terms, 50 epochs (SLDD) or 25 epochs per iteration (QSENN).
 _BASELINE = dict(dense_epochs=40, dense_diversity=0.196, sparse_diversity=0.196, l1_maps=0.0, l1_features=0.0)
 
@@ -226,7 +226,7 @@ class Embeddings:
                 image_size=self.args.image_size,
                 batch_size=self.args.batch_size,
                 device=self.args.device,
-                output_dtype="float16",  # SPEC 1.4 caches float16; halves the memory of CUB's patch grids
+                output_dtype="float16",  # the paper's pipeline caches float16; halves the memory of CUB's patch grids
                 local_files_only=self.args.local_files_only,
                 embedding_cache=None if self.args.cache_dir is None else str(Path(self.args.cache_dir) / "embeddings"),
                 verbose=self.args.verbose,
@@ -257,7 +257,7 @@ class Runner:
         self.fitted = {}
 
     def test_masks(self, grid):
-        """Test-split masks resized straight to the patch grid, as SPEC 9.1 does (None without masks)."""
+        """Test-split masks resized straight to the patch grid, as the paper's evaluation does (None without masks)."""
         if self.mask_paths is None:
             return None
         if grid not in self.masks:
@@ -493,10 +493,10 @@ def backbone_layout(model: str, local_files_only: bool):
 def paper_reference(dataset: str, family: str) -> tuple[dict, str]:
     """The paper's numbers the rows of a ``family`` backbone are shown beside, and what they are."""
     if family in _DINOV2_FAMILIES:
-        return paper_numbers(dataset), "DINO-QPM paper, SPEC 11 (frozen DINOv2 with registers, ViT-B/14)"
+        return paper_numbers(dataset), "DINO-QPM paper's table (frozen DINOv2 with registers, ViT-B/14)"
     if family == "resnet":
         return paper_numbers(dataset, {"qpm": _RESNET50_QPM}), (
-            "qpm row only: 'ResNet50 QPM [QPM paper]' (SPEC 7.5/11), a fine-tuned ResNet50; here the "
+            "qpm row only: 'ResNet50 QPM [QPM paper]' (the paper's table), a fine-tuned ResNet50; here the "
             "ResNet is frozen and feeds the adapter, so the numbers are not like for like"
         )
     return {}, f"none: the paper has no {family} rows"

@@ -1,10 +1,10 @@
-"""Torch modules of the QPM adapter (SPEC section 2); no training logic here.
+"""Torch modules of the QPM adapter (docs/method.md#adapter); no training logic here.
 
 The adapter sits on frozen backbone patch tokens: a token-wise MLP turns every
 token into ``N_f`` non-negative channels (the feature maps), average pooling
 gives the feature vector, and a head maps it to class logits -- a dense linear
 layer in the first stage, the fixed binary assignment ("BLDD") in the sparse
-stage. Only patch tokens enter the MLP and its BatchNorm statistics (SPEC 13.3).
+stage. Only patch tokens enter the MLP and its BatchNorm statistics (docs/method.md#tokens).
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ __all__ = [
     "load_network_state",
 ]
 
-# Standardisation divides by max(std, STD_FLOOR) (SPEC 2.4).
+# Standardisation divides by max(std, STD_FLOOR) (docs/method.md#sparse-head).
 STD_FLOOR = 1e-6
 
 
 class TokenMLP(nn.Module):
-    """Token-wise MLP: ``n_layers`` blocks of Linear -> BatchNorm -> ReLU (SPEC 2.1).
+    """Token-wise MLP: ``n_layers`` blocks of Linear -> BatchNorm -> ReLU (docs/method.md#adapter).
 
     The last block maps to ``n_features`` channels and also ends in a ReLU, so
     every feature map is non-negative. BatchNorm statistics are pooled over
@@ -109,7 +109,7 @@ def _thread_stable_batch_norm(rows: torch.Tensor, norm: nn.BatchNorm1d) -> torch
 
 
 class DenseHead(nn.Module):
-    """Stage-1 head: Dropout(p) -> Linear(N_f -> C) with bias (SPEC 2.3).
+    """Stage-1 head: Dropout(p) -> Linear(N_f -> C) with bias (docs/method.md#dense-head).
 
     ``forward(f)`` returns ``(logits (B, C), f_tilde (B, N_f))``, ``f_tilde`` being
     the post-dropout feature vector the diversity loss reads. ``.weight`` is the
@@ -131,11 +131,11 @@ class DenseHead(nn.Module):
 
 
 class SparseHead(nn.Module):
-    """Sparse (BLDD) head: ``logits = W (dropout(f_S) - mu) / max(sigma, 1e-6) + bias`` (SPEC 2.4).
+    """Sparse (BLDD) head: ``logits = W (dropout(f_S) - mu) / max(sigma, 1e-6) + bias`` (docs/method.md#sparse-head).
 
     ``W`` (C, K) and ``bias`` (C,) are frozen buffers. ``mean``/``std`` (K,) are
     frozen buffers too, or trainable parameters when ``train_stats=True`` (the
-    SLDD / Q-SENN fine-tuning of SPEC 7.3/7.4).
+    SLDD / Q-SENN fine-tuning of docs/baselines.md).
 
     Parameters
     ----------
@@ -230,7 +230,7 @@ class QPMNetwork(nn.Module):
 
 
 def standardise(features, mean, std):
-    """The standardised feature ``(f - mean) / max(std, 1e-6)`` of SPEC 2.4, on tensors or numpy arrays.
+    """The standardised feature ``(f - mean) / max(std, 1e-6)`` (docs/method.md#sparse-head), on tensors or numpy arrays.
 
     The sparse head's forward pass and the classifier's explanations both use it, so a
     contribution always equals its share of the logit.

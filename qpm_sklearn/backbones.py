@@ -222,7 +222,7 @@ def processor_settings(name: str, *, local_files_only: bool) -> ProcessorSetting
 
     The normalisation, the resampling filter and the processor's output side are taken;
     its resize-then-crop geometry is not (the embedder squash-resizes the whole image,
-    SPEC 1.2, so the grid covers all of it).
+    docs/method.md#preprocessing, so the grid covers all of it).
     """
     from transformers.image_processing_utils import ImageProcessingMixin
 

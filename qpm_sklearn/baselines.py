@@ -1,4 +1,4 @@
-"""The sparse heads of the paper's comparison systems DINO-SLDD and DINO-QSENN (SPEC 7.3, 7.4).
+"""The sparse heads of the paper's comparison systems DINO-SLDD and DINO-QSENN (docs/baselines.md).
 
 Plain numpy: the classifier trains the networks and only calls these functions between stages.
 
@@ -37,7 +37,7 @@ __all__ = [
     "sparse_head",
 ]
 
-#: SPEC 7.3-4: the chosen path point has at most ``n_per_class / SLDD_DENSITY_FACTOR`` non-zeros per class.
+#: SLDD step 4 (docs/baselines.md): the chosen path point has at most ``n_per_class / SLDD_DENSITY_FACTOR`` non-zeros per class.
 SLDD_DENSITY_FACTOR = 0.5
 
 
@@ -45,7 +45,7 @@ SLDD_DENSITY_FACTOR = 0.5
 class HeadRecord:
     """A sparse head in plain numpy: what every head builder returns and the sparse stage trains under.
 
-    ``logits = weight @ ((f[selected] − mean) / max(std, 1e-6)) + bias`` (SPEC 2.4).
+    ``logits = weight @ ((f[selected] − mean) / max(std, 1e-6)) + bias`` (docs/method.md#sparse-head).
 
     Attributes
     ----------
@@ -69,7 +69,7 @@ class HeadRecord:
 
 
 def sldd_sparsify(path, n_per_class: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sparse SLDD head from an elastic-net path (SPEC 7.3-4, ``get_sparsified_weights_for_factor``).
+    """Sparse SLDD head from an elastic-net path (docs/baselines.md#dino-sldd-selectionsldd, step 4).
 
     1. Sparsity of a point = mean non-zeros per class, ``nnz(W)/C``. Pick the **densest** point with
        sparsity ≤ ``n_per_class/0.5`` (ties: the first, i.e. most regularised, one).
@@ -152,7 +152,7 @@ def _densest_within(sparsity, pool, limit):
 
 
 def qsenn_quantise(weight, bias, n_per_class: int) -> tuple[np.ndarray, np.ndarray]:
-    """Quantised Q-SENN head (SPEC 7.4-4) with the authors' sign bug fixed.
+    """Quantised Q-SENN head (docs/baselines.md#dino-qsenn-selectionqsenn) with the authors' sign bug fixed.
 
     * Threshold = midpoint between the ``(k·C)``-th and ``(k·C + 1)``-th largest ``|w|`` (a missing
       ``(k·C + 1)``-th counts as 0); entries with ``|w| >`` threshold are kept, so at most ``k·C``
@@ -213,7 +213,7 @@ def qsenn_quantise(weight, bias, n_per_class: int) -> tuple[np.ndarray, np.ndarr
 
 
 def _train_split(n_samples, val_fraction, random_state):
-    """Sorted indices of the seeded training part of the 90/10 split (SPEC 7.3-1)."""
+    """Sorted indices of the seeded training part of the 90/10 split (docs/baselines.md#dino-sldd-selectionsldd, step 1)."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction!r}.")
     n_val = int(np.floor(val_fraction * n_samples))
@@ -230,7 +230,7 @@ def _features_and_codes(features, y):
 
 
 def _path_on_standardised(F, y, n_classes, path_options):
-    """Training statistics of ``F`` and the glm_saga path on ``(F − mean)/std`` (SPEC 7.3-3).
+    """Training statistics of ``F`` and the glm_saga path on ``(F − mean)/std`` (docs/baselines.md#dino-sldd-selectionsldd, step 3).
 
     λ_max is the authors' value: ``max|F_rawᵀ(Y − Ȳ)|/n / α`` on the raw features.
     """
@@ -254,7 +254,7 @@ def sldd_head(
     path_options: dict | None = None,
     verbose: bool = False,
 ) -> dict:
-    """The DINO-SLDD sparse head from the dense training features (SPEC 7.3-1 … 7.3-4).
+    """The DINO-SLDD sparse head from the dense training features (docs/baselines.md#dino-sldd-selectionsldd, steps 1–4).
 
     Steps: seeded split keeping ``1 − val_fraction`` of the samples (the authors' validation part
     is only logged, never used, so it is dropped); :func:`~qpm_sklearn.glm.group_elastic_net_selection`
@@ -311,7 +311,7 @@ def qsenn_refit(
     selected=None,
     verbose: bool = False,
 ) -> HeadRecord:
-    """One Q-SENN head refit on the current selected features (SPEC 7.4-1, -3, -4).
+    """One Q-SENN head refit on the current selected features (docs/baselines.md#dino-qsenn-selectionqsenn).
 
     Seeded split as in :func:`sldd_head` (pass the same ``random_state`` every iteration: the
     authors split with the run seed), training mean/std, elastic-net path on the standardised

@@ -58,7 +58,7 @@ from .training import forward_in_batches, tokens_on_device, train_network
 
 _STAGES = ("sparse", "dense")
 _INFERENCE_BATCH_SIZE = 256
-# SPEC 7.3/7.4: the comparison systems fine-tune with dropout 0.1 and Q-SENN runs 4 rounds.
+# docs/baselines.md: the comparison systems fine-tune with dropout 0.1 and Q-SENN runs 4 rounds.
 _BASELINE_DROPOUT = 0.1
 _QSENN_ROUNDS = 4
 # Bytes per block of tokens_fingerprint (hashed in parallel).
@@ -315,7 +315,7 @@ def _qpm_head(
         **solver_options,
     )
     selected = np.asarray(result.selected, dtype=np.int64)
-    if sample_weight is None:  # population std (SPEC 2.4)
+    if sample_weight is None:  # population std (docs/method.md#sparse-head)
         mean, std = features.mean(axis=0, dtype=np.float64), features.std(axis=0, dtype=np.float64)
     else:  # weighted mean and population std: a weight of 2 is the sample counted twice
         mean = np.average(features, axis=0, weights=sample_weight)
@@ -351,7 +351,7 @@ def _fit_sparse_stage(tokens, y_codes, grid, n_classes, mlp_state, head, setting
     """Fine-tune the MLP under the sparse head (stage 3), beside :func:`_fit_dense_stage`.
 
     DINO-QPM trains with frozen head and statistics, CE + diversity + the two L1
-    terms. The comparison systems (SPEC 7.3/7.4) train the standardisation too,
+    terms. The comparison systems (docs/baselines.md) train the standardisation too,
     with dropout 0.1 and without L1 terms; Q-SENN refits and re-quantises its head
     on the current features before each of its rounds after the first.
 
@@ -478,9 +478,9 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Which pairs of features the selection penalises as redundant
         (``selection="qpm"`` only; :func:`qpm_sklearn.selection.redundancy_penalty`):
         ``"paper"`` is the authors' procedure (threshold searched on the 2R
-        scale, pairs penalised on the R scale, SPEC 5.6-5.7), which produced
+        scale, pairs penalised on the R scale, docs/method.md#penalty), which produced
         the paper's numbers; ``"consistent"`` searches and penalises on the
-        same scale (SPEC 13.5) and penalises far more pairs. On our
+        same scale (our choice) and penalises far more pairs. On our
         measurements neither gives better models, so the default follows the
         paper (docs/selection.md).
     solver_options : dict, default=None
@@ -520,7 +520,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
     assignment_ : ndarray of shape (n_classes, n_selected)
         0/1 matrix (``sparse_weight_ != 0``, int8): which selected features each class uses. With
         ``selection="qpm"`` every row has exactly ``n_per_class`` ones and no
-        two rows are equal; the comparison systems prune globally (SPEC 7.3),
+        two rows are equal; the comparison systems prune globally (docs/baselines.md#dino-sldd-selectionsldd),
         so there a class may use more or fewer features.
     sparse_weight_ : ndarray of shape (n_classes, n_selected)
         Weights of the sparse head (equal to ``assignment_`` for DINO-QPM).

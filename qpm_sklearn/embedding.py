@@ -58,7 +58,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
 
     The model's output is read with its family's token layout
     (:mod:`qpm_sklearn.backbones`): for ViTs the last layer (``last_hidden_state``) is
-    split into [CLS, registers, patches] and registers are dropped (SPEC 1.3, 13.3);
+    split into [CLS, registers, patches] and registers are dropped (docs/method.md#tokens);
     CNN feature maps ``(n, C, h, w)`` become the same channels-last grid. The model is
     loaded lazily on the first :meth:`transform`, kept on the instance, run frozen in
     ``eval`` mode under ``torch.inference_mode``, and never pickled.
@@ -89,9 +89,9 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         offline with ``local_files_only``); ``mean``/``std`` replace its statistics when
         given. "imagenet": bicubic resize, ``(x/255 − mean)/std`` with the ImageNet
         statistics (or ``mean``/``std`` when given). "paper": the authors' pipeline
-        (SPEC 1.2): bilinear resize, normalisation with the dataset statistics
+        (docs/method.md#preprocessing): bilinear resize, normalisation with the dataset statistics
         ``mean``/``std`` (required), then each image min–max rescaled to [0, 1]. The
-        position-embedding interpolation is the model's own (SPEC 13.1).
+        position-embedding interpolation is the model's own (docs/method.md#backbone).
     mean, std : sequence of 3 floats, default=None
         Per-channel statistics; see ``preprocessing``.
     exif_transpose : bool, default=True

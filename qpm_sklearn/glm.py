@@ -1,10 +1,10 @@
-"""Sparse multinomial logistic regression for the SLDD / Q-SENN baselines (SPEC 7.3, 7.4).
+"""Sparse multinomial logistic regression for the SLDD / Q-SENN baselines (docs/baselines.md).
 
 Two full-batch float64 numpy solvers sharing one loss/gradient kernel:
 
-* :func:`group_elastic_net_selection` — SPEC 7.3-2, the greedy group-elastic-net walk that picks
+* :func:`group_elastic_net_selection` — SLDD step 2 (docs/baselines.md), the greedy group-elastic-net walk that picks
   the features of DINO-SLDD / DINO-QSENN;
-* :func:`elastic_net_path` — SPEC 7.3-3, the elastic-net regularisation path that ``glm_saga``
+* :func:`elastic_net_path` — SLDD step 3, the elastic-net regularisation path that ``glm_saga``
   computes (100 log-spaced λ plus λ = 0).
 
 The authors solve both with proximal SAGA (``glm_saga``). Here the same convex objectives are
@@ -46,7 +46,7 @@ def _check_problem(F, y, name="F", n_classes=None):
 
 
 def standardisation(F) -> tuple[np.ndarray, np.ndarray]:
-    """Training mean and population std of ``F`` (std clamped at 1e-5, SPEC 7.3-1)."""
+    """Training mean and population std of ``F`` (std clamped at 1e-5, SLDD step 1)."""
     F = np.asarray(F, dtype=np.float64)
     return F.mean(axis=0), np.maximum(F.std(axis=0), 1e-5)
 
@@ -56,7 +56,7 @@ def max_regularisation(F, y, *, group: bool) -> float:
 
     With ``group=True`` the L2 norm over classes is taken per feature (``maxreg_group``), else the
     largest absolute entry. On standardised features divided by α this is the smallest λ whose
-    elastic-net solution is all zero; the authors evaluate it on the *raw* features (SPEC 7.3-2).
+    elastic-net solution is all zero; the authors evaluate it on the *raw* features (docs/baselines.md#dino-sldd-selectionsldd, step 2).
     """
     F, _, Y = _check_problem(F, y)
     return _max_reg(F, Y, group=group)
@@ -105,7 +105,7 @@ def _restricted_group_fista(X, y, W, b, *, lam, alpha, step, max_epochs, tol, al
     """Minimise mean CE + λ(α Σ_j‖W[:, j]‖₂ + (1−α)/2‖W‖²) from ``(W, b)`` (bias unpenalised).
 
     Only the ``allowed`` columns (bool mask) plus at most one new column — the disallowed one of
-    largest prox input norm, if that norm exceeds the threshold — may be non-zero (SPEC 7.3-2);
+    largest prox input norm, if that norm exceeds the threshold — may be non-zero (SLDD step 2);
     the solve returns as soon as a new column enters. Stops when the proximal-gradient residual
     ``max|x − prox(x − t∇f)|/t`` is ≤ ``tol`` or after ``max_epochs`` full-gradient steps.
     Returns ``(W, b, entered_column_or_None, epochs, residual)``.
@@ -197,7 +197,7 @@ def group_elastic_net_selection(
     n_classes: int | None = None,
     verbose: bool = False,
 ) -> np.ndarray:
-    """Pick ``n_keep`` features by the group-elastic-net walk of DINO-SLDD (SPEC 7.3-2).
+    """Pick ``n_keep`` features by the group-elastic-net walk of DINO-SLDD (docs/baselines.md#dino-sldd-selectionsldd, step 2).
 
     ``F`` are the **raw** training features (the caller's 90 % split). The regularisation path is
     ``λ_k = lam_factor · lambda_path(maxreg_group(F_raw)/α)`` — λ_max from the raw features, as in
@@ -314,7 +314,7 @@ def elastic_net_path(
     n_classes: int | None = None,
     verbose: bool = False,
 ) -> list[dict]:
-    """The elastic-net multinomial regularisation path of ``glm_saga`` (SPEC 7.3-3).
+    """The elastic-net multinomial regularisation path of ``glm_saga`` (docs/baselines.md#dino-sldd-selectionsldd, step 3).
 
     For every λ of ``lambda_path(lam_max, n_lambdas, lam_min_ratio)`` (so ``n_lambdas + 1`` points,
     the last one λ = 0) it minimises, warm-started from the previous point::
@@ -336,7 +336,7 @@ def elastic_net_path(
         Path length (before λ = 0) and ratio of its smallest to its largest λ.
     lam_max : float or None, default=None
         Top of the path. None: ``max|Fᵀ(Y − Ȳ)|/n / α``, the smallest λ with an all-zero solution.
-        (The baselines pass the authors' value computed on the raw features, SPEC 7.3-3.)
+        (The baselines pass the authors' value computed on the raw features, SLDD step 3.)
     max_epochs : int, default=2000
         Most full-gradient evaluations per λ (λ = 0 on separable data never converges; it stops here).
     tol : float, default=1e-4

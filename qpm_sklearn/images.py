@@ -4,8 +4,8 @@ Everything between what a user hands to :class:`~qpm_sklearn.Dinov2Embedder` and
 ``(B, 3, S, S)`` tensor the backbone sees lives here: checking the input container,
 reading and decoding files (with errors that name the file; EXIF orientation applied
 unless turned off), converting any PIL mode
-to RGB, squash-resizing to a square, and normalising ("imagenet" or "paper", SPEC 1.2
-and 13.2). Decoding and resizing stay in uint8 on the host (as torchvision's and
+to RGB, squash-resizing to a square, and normalising ("imagenet" or "paper",
+docs/method.md#preprocessing). Decoding and resizing stay in uint8 on the host (as torchvision's and
 transformers' pipelines do, so quantisation matches them); the float conversion and
 normalisation run on whatever device holds the uint8 batch.
 
@@ -53,7 +53,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PREPROCESSINGS = ("imagenet", "paper", "auto")
 
-# SPEC 13.2: our default filter is bicubic; "paper" replicates SPEC 1.2, i.e. torchvision's
+# Our default filter is bicubic; "paper" replicates the authors' (docs/method.md#preprocessing), i.e. torchvision's
 # default Resize on PIL images, which is PIL's (antialiased) bilinear filter. The functions
 # below that take ``preprocessing`` to pick the filter also take a PIL filter name: the one a
 # model's image-processor configuration names, for preprocessing="auto".
@@ -260,7 +260,7 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
 def load_resized(item, index: int, image_size: int, preprocessing: str = "imagenet", exif_transpose: bool = True) -> np.ndarray:
     """Read ``item`` (see :func:`read_image`) and squash-resize it to ``(image_size, image_size)``; uint8 ``(S, S, 3)``.
 
-    The aspect ratio is not preserved and nothing is cropped (SPEC 1.2); images smaller
+    The aspect ratio is not preserved and nothing is cropped (docs/method.md#preprocessing); images smaller
     than a patch are simply upsampled.
     """
     if isinstance(item, np.ndarray) and item.shape[:2] == (image_size, image_size):
@@ -413,7 +413,7 @@ def resolve_statistics(preprocessing: str, mean, std) -> tuple[tuple, tuple]:
     """The per-channel mean and std used for normalisation.
 
     "imagenet": ``None`` means the ImageNet statistics; given values replace them.
-    "paper": the dataset statistics are required (SPEC 1.2), e.g. CUB-200-2011
+    "paper": the dataset statistics are required (docs/method.md#preprocessing), e.g. CUB-200-2011
     ``mean=(0.4853, 0.4964, 0.4295), std=(0.2300, 0.2258, 0.2625)``.
     "auto": the statistics of the model's image-processor configuration, which the
     embedder reads and passes here as ``mean``/``std`` (both required).
@@ -427,7 +427,7 @@ def resolve_statistics(preprocessing: str, mean, std) -> tuple[tuple, tuple]:
         )
     if preprocessing == "paper" and (mean is None or std is None):
         raise ValueError(
-            "preprocessing='paper' needs the dataset's mean and std (SPEC 1.2), e.g. for "
+            "preprocessing='paper' needs the dataset's mean and std (see docs/method.md#preprocessing), e.g. for "
             "CUB-200-2011 mean=(0.4853, 0.4964, 0.4295), std=(0.2300, 0.2258, 0.2625); got "
             f"mean={mean!r}, std={std!r}."
         )
@@ -450,7 +450,7 @@ def normalize(pixels: torch.Tensor, *, preprocessing: str = "imagenet", mean=Non
 
     "imagenet" and "auto": ``(x/255 − mean)/std``. "paper": the same with the dataset statistics,
     then each image is mapped by its global min–max (over all pixels and channels) to
-    [0, 1] and clipped (SPEC 1.2-5); a constant image, whose range is 0, maps to 0
+    [0, 1] and clipped (docs/method.md#preprocessing); a constant image, whose range is 0, maps to 0
     instead of NaN.
     """
     import torch

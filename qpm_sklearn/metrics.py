@@ -1,4 +1,4 @@
-"""Interpretability metrics of the paper's table (SPEC section 6), on plain arrays.
+"""Interpretability metrics of the paper's table (docs/method.md#metrics), on plain arrays.
 
 Every metric is a fraction in [0, 1]; the paper reports them multiplied by 100.
 
@@ -8,10 +8,10 @@ Every metric is a fraction in [0, 1]; the paper reports them multiplied by 100.
 * :func:`correlation` - redundancy: mean over features of their largest cosine to another feature.
 * :func:`plausibility` - share of the class evidence map (GradCAM-like) on the object mask.
 * :func:`evaluate` - the paper's table row for a fitted :class:`~qpm_sklearn.QPMClassifier`.
-* :func:`evaluate_linear_probe` - the same row for a linear probe on CLS embeddings (SPEC 7.1).
+* :func:`evaluate_linear_probe` - the same row for a linear probe on CLS embeddings (docs/baselines.md).
 
 Shapes: maps ``(n, K, h, w)``; ``weights`` ``(n, K)`` hold for every image the head-weight row of
-its predicted class restricted to the used features (``V_u[c_hat_i]`` in SPEC 6); train features
+its predicted class restricted to the used features (``V_u[c_hat_i]`` in docs/method.md#metrics); train features
 ``F`` ``(n_train, K)``.
 """
 
@@ -69,7 +69,7 @@ def _check_features(F):
 
 
 # ---------------------------------------------------------------------------------------------
-# SID@k (SPEC 6.2)
+# SID@k (docs/method.md#sid)
 
 
 def _sid_per_image(maps, weights, k):
@@ -89,7 +89,7 @@ def _sid_per_image(maps, weights, k):
 
 
 def sid_at_k(maps, weights, k=5):
-    """Spatial diversity SID@k of the predicted class's k top-weighted feature maps (SPEC 6.2).
+    """Spatial diversity SID@k of the predicted class's k top-weighted feature maps (docs/method.md#sid).
 
     Each map is divided by its mean magnitude (at least 1e-5) and turned into a distribution over
     positions with a softmax; the k features with the largest (signed) weight of the predicted
@@ -134,11 +134,11 @@ def sid_at_k(maps, weights, k=5):
 
 
 # ---------------------------------------------------------------------------------------------
-# train-feature metrics (SPEC 6.3 - 6.5)
+# train-feature metrics (docs/method.md#metrics)
 
 
 def class_independence(F, y):
-    """Class-Independence (SPEC 6.3): ``1 - mean_j max_c S_cj / T_j``.
+    """Class-Independence (docs/method.md#class-independence): ``1 - mean_j max_c S_cj / T_j``.
 
     ``F0 = F - min_i F`` per feature, ``S_cj`` = sum of ``F0[:, j]`` over the samples of class c,
     ``T_j`` = its sum over all samples (at least 1e-8).
@@ -174,7 +174,7 @@ def class_independence(F, y):
 
 
 def contrastiveness(F, random_state=None):
-    """Contrastiveness (SPEC 6.4): ``1 - mean_j OVL_j``.
+    """Contrastiveness (docs/method.md#contrastiveness): ``1 - mean_j OVL_j``.
 
     For every feature a two-component 1-D Gaussian mixture (scikit-learn defaults) is fitted to its
     values; ``OVL_j`` is the overlapping coefficient of the two component Gaussians (mixture weights
@@ -219,7 +219,7 @@ def contrastiveness(F, random_state=None):
 
 
 def correlation(F):
-    """Correlation (SPEC 6.5): mean over features of the largest uncentred cosine to another feature.
+    """Correlation (docs/method.md#correlation-metric): mean over features of the largest uncentred cosine to another feature.
 
     ``K_jl = <F_j, F_l> / (max(|F_j|, 1e-8) max(|F_l|, 1e-8))`` with a zero diagonal; the result is
     ``mean_j max_l K_jl`` (lower = less redundant; 0 for a single feature).
@@ -247,7 +247,7 @@ def correlation(F):
 
 
 # ---------------------------------------------------------------------------------------------
-# Plausibility (SPEC 6.6 / 9.1)
+# Plausibility (docs/method.md#plausibility)
 
 
 def _bilinear_matrix(n_in, n_out):
@@ -316,7 +316,7 @@ def _resize_uint8(mask, h, w):
 
 
 def resize_masks(masks, size, dilate=True):
-    """Binary object masks at grid resolution, as the Plausibility metric uses them (SPEC 6.6, 9.1).
+    """Binary object masks at grid resolution, as the Plausibility metric uses them (docs/method.md#plausibility).
 
     Each mask is resized to ``size`` with bilinear interpolation (half-pixel centres, no
     antialiasing: ``cv2.resize`` with its default ``INTER_LINEAR``), binarised with ``> 0`` and,
@@ -391,7 +391,7 @@ def _plausibility_per_image(maps, weights, masks):
 
 
 def plausibility(maps, weights, masks, dilate=True):
-    """Plausibility (SPEC 6.6): share of the class evidence map that lies on the object mask.
+    """Plausibility (docs/method.md#plausibility): share of the class evidence map that lies on the object mask.
 
     ``G = sum_j w_j M_j`` (the predicted class's weights on the raw maps), shifted so that its
     minimum is 0; the score of an image is ``sum_p G(p) m(p) / sum_p G(p)`` (0 when ``G`` is
@@ -492,7 +492,7 @@ def _check_train_split(X_train, y_train, X, y, names):
 
 
 def evaluate(estimator, X, y, masks=None, X_train=None, y_train=None, stage="sparse", random_state=None):
-    """The paper's table row (SPEC 6) for a fitted QPM classifier.
+    """The paper's table row (docs/method.md#metrics) for a fitted QPM classifier.
 
     Parameters
     ----------
@@ -507,7 +507,7 @@ def evaluate(estimator, X, y, masks=None, X_train=None, y_train=None, stage="spa
         Object masks of the test images (image or grid resolution); "Plausibility" is reported
         only when given.
     X_train, y_train : default=None
-        Training split for Class-Independence, Contrastiveness and Correlation, which SPEC 6
+        Training split for Class-Independence, Contrastiveness and Correlation, which the paper
         computes on the training set. When omitted they are computed on ``X, y``.
     stage : {"sparse", "dense"}, default="sparse"
         Which head to evaluate: the fine-tuned sparse model or the dense stage-1 model.
@@ -523,7 +523,7 @@ def evaluate(estimator, X, y, masks=None, X_train=None, y_train=None, stage="spa
 
     Notes
     -----
-    As in SPEC 6 the metric weight matrix ``V_u`` is the head weight (the 0/1 assignment for the
+    As in the paper (docs/method.md#metrics) the metric weight matrix ``V_u`` is the head weight (the 0/1 assignment for the
     sparse stage, the dense linear weight for the dense stage) restricted to the columns with a
     non-zero entry; maps are raw (unstandardised), train features are the raw pooled features.
 
@@ -585,7 +585,7 @@ def _probe_weights(probe):
 
 
 def evaluate_linear_probe(probe, X_cls, X_patch, y, masks=None, X_cls_train=None, y_train=None, random_state=None):
-    """The paper's table row for a linear probe on CLS embeddings (SPEC 7.1, "DINO GradCAM").
+    """The paper's table row for a linear probe on CLS embeddings (docs/baselines.md#the-cls-linear-probe, "DINO GradCAM").
 
     The probe predicts from CLS embeddings; its "feature maps" are the raw patch tokens (every
     embedding dimension is a map) weighted by the predicted class's coefficients: SID@5 compares

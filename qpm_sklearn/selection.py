@@ -1,6 +1,6 @@
-"""The QPM feature-selection problem (SPEC 5, decisions 13.5-13.6).
+"""The QPM feature-selection problem (docs/method.md#selection).
 
-Problem (DESIGN.md, ``solve_selection``), with ``k = n_per_class``, ``m = n_selected`` and
+Problem (docs/method.md#problem, ``solve_selection``), with ``k = n_per_class``, ``m = n_selected`` and
 ``alpha = 1000 / (k * C)``::
 
     maximise  alpha * sum_{f,c} A[f,c] E[f,c] - sum_{i<j} penalty[i,j] s_i s_j + sum_f bias[f] s_f
@@ -67,7 +67,7 @@ class SelectionResult:
         ``assignment[c, j] = 1`` when class ``c`` uses feature ``selected[j]``; exactly
         ``n_per_class`` ones per row and no two rows equal.
     objective : float
-        Objective of the returned solution (DESIGN.md formula, :func:`selection_objective`).
+        Objective of the returned solution (the formula of docs/method.md#problem, :func:`selection_objective`).
     upper_bound : float
         A valid upper bound on the optimum.
     gap : float
@@ -112,7 +112,7 @@ class SelectionResult:
 
 
 # --------------------------------------------------------------------------------------------
-# Problem data: A, R, penalty (SPEC 5.2, 5.3, 5.7 + 13.5)
+# Problem data: A, R, penalty (docs/method.md#selection)
 # --------------------------------------------------------------------------------------------
 
 
@@ -125,7 +125,7 @@ def _finite_matrix(value, name, *, ndim=2) -> np.ndarray:
 
 
 def feature_class_correlation(F, y, sample_weight=None) -> np.ndarray:
-    """Pearson correlation of every feature with every class indicator (SPEC 5.2).
+    """Pearson correlation of every feature with every class indicator (docs/method.md#correlation).
 
     ``A[j, c]`` is the correlation between ``F[:, j]`` and ``1[y == c]`` (population standard
     deviations, denominators clamped at 1e-10); ``A`` is then divided by ``max|A|``.
@@ -178,7 +178,7 @@ def feature_class_correlation(F, y, sample_weight=None) -> np.ndarray:
 
 
 def feature_similarity(A) -> np.ndarray:
-    """Cosine similarity of the rows of ``A`` (SPEC 5.3), zero diagonal.
+    """Cosine similarity of the rows of ``A`` (docs/method.md#similarity), zero diagonal.
 
     Row norms are clamped at 1e-8; the matrix is divided by its largest absolute entry
     (diagonal included, i.e. a no-op unless some rows are zero) before the diagonal is zeroed.
@@ -225,11 +225,11 @@ def _greedy_clique(compatible: np.ndarray, size: int, n_starts: int = 16) -> np.
 
 
 _REDUNDANCY_RULES = ("consistent", "paper")
-_PAPER_STEPS = 100  # threshold steps of the authors' search (SPEC 5.7)
+_PAPER_STEPS = 100  # threshold steps of the authors' search (docs/method.md#penalty)
 
 
 def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
-    """The authors' clique-size estimate with early stop (SPEC 5.7 step 4).
+    """The authors' clique-size estimate with early stop (the descending pass of docs/method.md#penalty).
 
     For every node of degree ``>= target`` (ascending ids) a clique is grown inside its
     neighbours of degree ``>= target`` by repeatedly taking the candidate of highest degree and
@@ -258,7 +258,7 @@ def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
 
 
 def _clique_by_removal(compatible: np.ndarray, target: int) -> set:
-    """The authors' approximate maximum clique with early stop (SPEC 5.7 step 5).
+    """The authors' approximate maximum clique with early stop (the ascending pass of docs/method.md#penalty).
 
     Independent sets of the complement graph (cliques of ``compatible``), found by networkx's
     ``ramsey_R2`` and repeated removal of the complement's Ramsey clique; stops once one has
@@ -286,7 +286,7 @@ def _clique_by_removal(compatible: np.ndarray, target: int) -> set:
 
 
 def _paper_threshold(R: np.ndarray, target: int) -> float:
-    """tau* of the authors' search on the ``R + R^T`` scale (SPEC 5.7, 5.9).
+    """tau* of the authors' search on the ``R + R^T`` scale (docs/method.md#penalty).
 
     Levels are entries of the sorted ``R + R^T`` (all ``N^2`` entries, diagonal included), starting
     at the Turan position ``floor(N^2 (t-2)/(t-1))`` and moving in steps of
@@ -313,7 +313,7 @@ def _paper_threshold(R: np.ndarray, target: int) -> float:
 
     # The step to climb from: the last level whose estimate reached target (the authors stop at
     # the first estimate below target, or at one equal to it). The authors' code fails when the
-    # very first estimate is below target; SPEC 5.7 starts the ascent at step 0 then.
+    # very first estimate is below target; we start the ascent at step 0 then.
     chosen, previous_edges = _PAPER_STEPS - 1, 0
     for i in range(_PAPER_STEPS):
         compatible = graph(level(i))
@@ -336,7 +336,7 @@ def _paper_threshold(R: np.ndarray, target: int) -> float:
 
 
 def _paper_penalty(R: np.ndarray, tau: float) -> np.ndarray:
-    """``R~ = (R - m) / max(R - m)`` on the pairs ``R >= tau``, 0 elsewhere (SPEC 5.6).
+    """``R~ = (R - m) / max(R - m)`` on the pairs ``R >= tau``, 0 elsewhere (docs/method.md#penalty).
 
     ``m`` is the smallest non-zero entry of ``R`` (the zero diagonal is left out of the minimum
     but, as in the authors' code, counts in the maximum).
@@ -371,18 +371,18 @@ def _consistent_threshold(R: np.ndarray, off_diagonal: np.ndarray, n_selected: i
 
 
 def redundancy_penalty(R, n_selected, rule="consistent") -> tuple[np.ndarray, float]:
-    """Penalty matrix of the selection problem and its threshold tau* (SPEC 5.6, 5.7, 13.5).
+    """Penalty matrix of the selection problem and its threshold tau* (docs/method.md#penalty).
 
     ``tau*`` is (heuristically) the smallest threshold at which ``n_selected`` mutually
     dissimilar features exist, i.e. a clique of that size in the graph of pairs below the
     threshold. Pairs with ``R[i, j] >= tau*`` are penalised; all other entries are 0. The two
     rules differ in the scale of the search, the search itself and the penalty's scaling:
 
-    ``"consistent"`` (SPEC 13.5)
+    ``"consistent"`` (our choice)
         The graph has edges ``R[i, j] < tau``; ``tau*`` is found by bisection over the distinct
         off-diagonal values of ``R`` with a greedy clique search, so it lives on the scale of the
         penalty. Penalty ``(R[i, j] - m) / (max R - m)``, ``m`` the smallest off-diagonal value.
-    ``"paper"`` (SPEC 5.6, 5.7, 5.9; what produced the paper's numbers)
+    ``"paper"`` (the authors' procedure, docs/method.md#penalty; what produced the paper's numbers)
         The authors' search on the ``R + R^T`` (= 2R) scale: levels are entries of the sorted
         ``R + R^T``, starting at Turan's bound ``N^2 (t-2)/(t-1)`` and moving in 100 steps, a
         descending pass with a greedy clique-size estimate and an ascending pass with Ramsey
@@ -393,7 +393,7 @@ def redundancy_penalty(R, n_selected, rule="consistent") -> tuple[np.ndarray, fl
         heuristics break ties and order nodes as the authors' code does (Python sets, networkx's
         ``ramsey_R2``; networkx comes with torch), which makes this rule slow: about a minute at
         512 features on a 2-core CPU. Where the authors' code fails (first estimate already
-        too small, a level beyond the largest value, ``n_selected < 2``), SPEC 5.7 is followed:
+        too small, a level beyond the largest value, ``n_selected < 2``), we choose:
         the ascent starts at step 0, a level beyond the values is ``inf``, and an ascent that
         finds no clique in its 100 steps gives ``inf``.
 
@@ -524,7 +524,7 @@ def _build_problem(A, n_selected, n_per_class, penalty, bias) -> _Problem:
 
 
 def assignment_scale(n_per_class, n_classes) -> float:
-    """The factor alpha = 1000 / (n_per_class * n_classes) of the assignment term (SPEC 5.6).
+    """The factor alpha = 1000 / (n_per_class * n_classes) of the assignment term (docs/method.md#problem).
 
     Examples
     --------
@@ -562,7 +562,7 @@ def check_selection_budget(n_selected, n_per_class, n_classes) -> None:
 
 
 def selection_objective(A, selected, assignment, *, penalty=None, bias=None, n_per_class=None) -> float:
-    """Objective of a selection by the DESIGN.md formula (no feasibility check).
+    """Objective of a selection by the formula of docs/method.md#problem (no feasibility check).
 
     Parameters
     ----------
@@ -1437,7 +1437,7 @@ def solve_selection(
     """Select ``n_selected`` features and assign ``n_per_class`` of them to every class.
 
     Maximises ``alpha * sum A*E - sum_{i<j} penalty[i,j] s_i s_j + sum bias*s`` with
-    ``alpha = 1000 / (n_per_class * n_classes)`` under the constraints of DESIGN.md (exactly
+    ``alpha = 1000 / (n_per_class * n_classes)`` under the constraints of docs/method.md#problem (exactly
     ``n_selected`` features, exactly ``n_per_class`` per class, no two classes with the same set).
 
     ``solver="osqp"`` (default): the quadratic term is made concave by a diagonal shift (exact

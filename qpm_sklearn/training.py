@@ -1,4 +1,4 @@
-"""The training loops of both stages and their losses (SPEC sections 3, 4 and 13.4).
+"""The training loops of both stages and their losses (docs/method.md#losses, docs/method.md#training).
 
 ``train_network`` runs one stage (dense or sparse: the network decides which
 parameters train); ``forward_in_batches`` evaluates a network on many samples.
@@ -56,7 +56,7 @@ _ROW_WIDTH = 256
 
 
 def diversity_loss(logits, maps, features, head_weight, beta, sample_weight=None):
-    """Feature diversity loss ``L_div`` of SPEC 3.2.
+    """Feature diversity loss ``L_div`` (docs/method.md#losses).
 
     ``-beta/B * sum_b sum_p max_n w[b,n] * s[b,n] * softmax_p(maps[b,n])[p]`` with
     ``w`` the L2-normalised absolute head row of the predicted class (argmax of
@@ -91,12 +91,12 @@ def diversity_loss(logits, maps, features, head_weight, beta, sample_weight=None
 
 
 def l1_maps(maps, sample_weight=None):
-    """L1-FM of SPEC 3.3: mean absolute value over all map entries (samples weighted by ``sample_weight``)."""
+    """L1 on the maps (docs/method.md#losses): mean absolute value over all map entries (samples weighted by ``sample_weight``)."""
     return _weighted_mean_abs(maps, sample_weight)
 
 
 def l1_features(features, sample_weight=None):
-    """L1-FV of SPEC 3.4 (``norm_with_max=False``): mean absolute feature value (samples weighted)."""
+    """L1 on the features (docs/method.md#losses): mean absolute feature value (samples weighted)."""
     return _weighted_mean_abs(features, sample_weight)
 
 
@@ -122,7 +122,7 @@ def thread_stable_sum(values: torch.Tensor) -> torch.Tensor:
 
 
 def cosine_schedule(total_steps: int, steps_per_epoch: int) -> np.ndarray:
-    """Learning-rate factors per step: short linear warm-up, then cosine decay (SPEC 13.4).
+    """Learning-rate factors per step: short linear warm-up, then cosine decay (docs/method.md#training).
 
     The warm-up lasts 5 % of the steps (at least 1, at most one epoch) and
     rises linearly to 1; the cosine then decays towards 0 over the remaining steps.
@@ -190,7 +190,7 @@ def train_network(
     """Train the parameters of ``network`` that require grad; one stage of QPM.
 
     Loss per batch: ``CE + L_div(beta=diversity) + l1_maps * L1_FM + l1_features * L1_FV``
-    (SPEC 3). Optimiser: ``torch.optim.AdamW`` (fused on CUDA) on the parameters
+    (docs/method.md#losses). Optimiser: ``torch.optim.AdamW`` (fused on CUDA) on the parameters
     with ``requires_grad``, weight decay on all of them, learning rate following
     :func:`cosine_schedule` per step. Shuffling uses a generator seeded by
     ``seed``; dropout draws from the torch RNG seeded by ``seed`` inside a forked

@@ -1,4 +1,4 @@
-"""adapter.py against a float64 numpy recomputation of SPEC section 2."""
+"""adapter.py against a float64 numpy recomputation of docs/method.md#adapter."""
 
 import warnings
 

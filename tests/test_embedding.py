@@ -33,7 +33,7 @@ def _images(n=5, seed=0, shape=(30, 41, 3)):
 
 
 def _hand_pixel_values(images, size, preprocessing="imagenet", mean=None, std=None):
-    """Independent preprocessing: PIL resize + numpy normalisation (SPEC 1.2 / 13.2)."""
+    """Independent preprocessing: PIL resize + numpy normalisation (docs/method.md#preprocessing)."""
     resample = Image.BILINEAR if preprocessing == "paper" else Image.BICUBIC
     mean = np.array(mean or (0.485, 0.456, 0.406))
     std = np.array(std or (0.229, 0.224, 0.225))

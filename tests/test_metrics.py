@@ -1,4 +1,4 @@
-"""Metrics (SPEC 6): hand-worked cases and float64 loop recomputations written independently."""
+"""Metrics (docs/method.md#metrics): hand-worked cases and float64 loop recomputations written independently."""
 
 import math
 
@@ -398,7 +398,7 @@ def test_evaluate_errors_and_missing_sid():
     assert "SID@5" not in row and row["Accuracy"] == 1.0
 
 
-# ------------------------------------------------------------------ linear probe (SPEC 7.1)
+# ------------------------------------------------------------------ linear probe (docs/baselines.md)
 
 
 def _probe_data(rng, n=40, d=6, classes=3):

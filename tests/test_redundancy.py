@@ -1,5 +1,5 @@
-"""Fidelity to the authors' procedure: the two redundancy rules against hand-worked cases (SPEC 5.6, 5.7,
-13.5), and the documented top-k tie rule of ``explain`` (docs/explanations.md)."""
+"""Fidelity to the authors' procedure: the two redundancy rules against hand-worked cases
+(docs/method.md#the-redundancy-penalty), and the documented top-k tie rule of ``explain`` (docs/explanations.md)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""training.py: losses against SPEC 3 by hand, and the training loop's guarantees."""
+"""training.py: losses against docs/method.md#losses by hand, and the training loop's guarantees."""
 
 import math
 
@@ -22,7 +22,7 @@ TRAIN = dict(grid=GRID, epochs=4, batch_size=8, lr=1e-2, weight_decay=1e-4, dive
 
 
 def _expected_diversity(logits, maps, features, weight, beta):
-    """SPEC 3.2 written out with loops over samples, channels and positions."""
+    """The diversity loss of docs/method.md#losses written out with loops over samples, channels and positions."""
     batch, channels = features.shape
     total = 0.0
     for b in range(batch):
