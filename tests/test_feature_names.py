@@ -16,8 +16,6 @@ def fitted():
     X[y == "cat", 1:] += 2.0
     clf = QPMClassifier(n_features=10, n_selected=5, n_per_class=2, hidden_size=8, n_layers=1, dense_epochs=2,
                         sparse_epochs=1, device="cpu", random_state=0)  # fmt: skip
-    if "feature_names" not in clf.get_params():
-        pytest.skip("QPMClassifier has no feature_names parameter yet")
     return clf.fit(X, y), X
 
 
@@ -84,8 +82,6 @@ def test_feature_names_survive_save_and_load(fitted, tmp_path):
 def test_summary_needs_a_fitted_model():
     from sklearn.exceptions import NotFittedError
 
-    if not hasattr(QPMClassifier, "summary"):
-        pytest.skip("QPMClassifier has no summary() yet")
     with pytest.raises(NotFittedError):
         QPMClassifier().summary()
 
