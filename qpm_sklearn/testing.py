@@ -102,14 +102,12 @@ def save_random_model(folder, family: str, *, seed: int = 0, image_processor: bo
     path : pathlib.Path
         The folder, ready for ``PatchEmbedder(model=str(path))``.
     """
-    import transformers
-
     if family not in TINY_MODELS:
         raise ValueError(f"family must be one of {sorted(TINY_MODELS)}; got {family!r}.")
     model_class, config_class, settings, processor_class, processor_settings = TINY_MODELS[family]
-    config = getattr(transformers, config_class)(**{**settings, **config_overrides})
-    processor = getattr(transformers, processor_class)(**processor_settings) if image_processor else None
-    return _save(getattr(transformers, model_class), config, folder, seed, processor)
+    config = _transformers_class(config_class)(**{**settings, **config_overrides})
+    processor = _transformers_class(processor_class)(**processor_settings) if image_processor else None
+    return _save(_transformers_class(model_class), config, folder, seed, processor)
 
 
 def save_random_backbone(
@@ -155,7 +153,7 @@ def save_random_backbone(
     >>> Dinov2Embedder(str(folder), image_size=28, device="cpu", output="cls").transform(images).shape
     (1, 32)
     """
-    from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+    from transformers import Dinov2Config, Dinov2Model, Dinov2WithRegistersConfig, Dinov2WithRegistersModel
 
     if size not in BACKBONE_SIZES:
         raise ValueError(f"size must be one of {sorted(BACKBONE_SIZES)}; got {size!r}.")
@@ -167,8 +165,28 @@ def save_random_backbone(
         model_class, config = Dinov2Model, Dinov2Config(**settings)
     # The hub's processor: shortest edge 256, centre crop 224 (the tiny model: 64 and 56).
     crop = 56 if size == "tiny" else 224
-    processor = BitImageProcessorPil(**_IMAGENET, size={"shortest_edge": crop * 8 // 7}, crop_size={"height": crop, "width": crop})
+    processor = _transformers_class("BitImageProcessorPil")(
+        **_IMAGENET, size={"shortest_edge": crop * 8 // 7}, crop_size={"height": crop, "width": crop}
+    )
     return _save(model_class, config, folder, seed, processor)
+
+
+def _transformers_class(name: str):
+    """The class ``name`` of the installed transformers.
+
+    transformers 5 names the PIL image processors ``...ImageProcessorPil``; before it
+    they are the plain ``...ImageProcessor`` (the same processor, and the same
+    ``image_processor_type`` in the saved JSON), so either spelling is found.
+    """
+    import transformers
+
+    for candidate in (name, name.removesuffix("Pil")):
+        found = getattr(transformers, candidate, None)
+        if found is not None:
+            return found
+    raise ImportError(
+        f"transformers {transformers.__version__} has no {name}; this tiny model needs a newer transformers."
+    )
 
 
 def _save(model_class, config, folder, seed: int, processor) -> Path:
