@@ -16,6 +16,7 @@ import torch
 from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
+from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils._param_validation import HasMethods, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import (
@@ -73,7 +74,7 @@ PARAMETER_GROUPS = {
     "dense": (
         "n_features", "hidden_size", "n_layers", "dense_epochs", "dense_batch_size", "dense_lr",
         "dense_weight_decay", "dropout", "dense_diversity", "early_stopping", "validation_fraction",
-        "n_iter_no_change",
+        "n_iter_no_change", "class_weight",
     ),
     "sparse": (
         "n_selected", "n_per_class", "sparse_epochs", "sparse_batch_size", "sparse_lr", "sparse_weight_decay",
@@ -457,6 +458,12 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Share of the samples held out when ``early_stopping``.
     n_iter_no_change : int, default=10
         Epochs without improvement before the dense stage stops.
+    class_weight : dict, "balanced" or None, default=None
+        Weights of the classes, ``{label: weight}`` (unlisted classes weigh 1) or
+        ``"balanced"`` (``n_samples / (n_classes * np.bincount(y))``), as in
+        scikit-learn's linear models: they multiply ``sample_weight`` in ``fit``, so
+        they act wherever it does (both stages' losses and the selection's
+        statistics). ``selection="qpm"`` only.
     dense_diversity : float, default=0.5
     sparse_diversity : float, default=1.0
         Weight β of the feature-diversity loss in each stage.
@@ -575,6 +582,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         "early_stopping": ["boolean"],
         "validation_fraction": [StrictInterval(Real, 0, 1, closed="neither")],
         "n_iter_no_change": [StrictInterval(Integral, 1, None, closed="left")],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
         "sparse_diversity": [StrictInterval(Real, 0, None, closed="left")],
         "l1_maps": [StrictInterval(Real, 0, None, closed="left")],
         "l1_features": [StrictInterval(Real, 0, None, closed="left")],
@@ -608,6 +616,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         early_stopping=False,
         validation_fraction=0.1,
         n_iter_no_change=10,
+        class_weight=None,
         sparse_diversity=1.0,
         l1_maps=5.0,
         l1_features=1.0,
@@ -638,6 +647,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         self.early_stopping = early_stopping
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.class_weight = class_weight
         self.sparse_diversity = sparse_diversity
         self.l1_maps = l1_maps
         self.l1_features = l1_features
@@ -677,16 +687,26 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             return {}
         return check_solver_options(self.solver_options)
 
-    def _sample_weight(self, sample_weight, tokens):
-        """``sample_weight`` validated (float64, non-negative, not all zero), or None for unweighted."""
-        if sample_weight is None:
+    def _sample_weight(self, sample_weight, y, tokens):
+        """``sample_weight`` times the ``class_weight`` of each sample's class (float64, non-negative),
+        or None for unweighted."""
+        if sample_weight is None and self.class_weight is None:
             return None
         if self.selection != "qpm":
+            given = "sample_weight" if sample_weight is not None else f"class_weight={self.class_weight!r}"
             raise ValueError(
-                f"sample_weight is supported with selection='qpm' only; got selection={self.selection!r} "
+                f"{given} is supported with selection='qpm' only; got selection={self.selection!r} "
                 "(its elastic-net solvers are unweighted)."
             )
-        return _check_sample_weight(sample_weight, tokens, dtype=np.float64, ensure_non_negative=True)
+        sample_weight = _check_sample_weight(sample_weight, tokens, dtype=np.float64, ensure_non_negative=True)
+        if self.class_weight is not None:
+            per_sample = compute_sample_weight(self.class_weight, y)
+            if not np.all(np.isfinite(per_sample) & (per_sample >= 0)):
+                raise ValueError(f"class_weight must hold finite non-negative weights; got {self.class_weight!r}.")
+            sample_weight = sample_weight * per_sample
+        if not sample_weight.any():
+            raise ValueError("sample_weight times class_weight is zero for every sample; nothing would be learned.")
+        return sample_weight
 
     def _group_settings(self, group: str) -> dict:
         """The parameters of one group of :data:`PARAMETER_GROUPS`, from ``get_params``."""
@@ -711,7 +731,8 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         sample_weight : array-like of shape (n,), default=None
             Non-negative weight of every sample in both stages' losses and in the
             selection's statistics (feature-class correlations, standardisation):
-            a weight of 2 counts as the sample twice. ``selection="qpm"`` only.
+            a weight of 2 counts as the sample twice. Multiplied by ``class_weight``.
+            ``selection="qpm"`` only.
 
         Returns
         -------
@@ -739,7 +760,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         self._check_budgets(n_classes)
         solver_options = self._solver_options()
         y_codes = y_codes.astype(np.int64)
-        sample_weight = self._sample_weight(sample_weight, tokens)
+        sample_weight = self._sample_weight(sample_weight, y, tokens)
         device = resolve_device(self.device)
         memory = check_memory(self.memory)
         if getattr(memory, "location", None) is not None and self.random_state is None:

@@ -128,7 +128,7 @@ def test_every_parameter_is_in_exactly_one_group():
 
 DENSE_CHANGES = dict(n_features=10, hidden_size=12, n_layers=1, dense_epochs=3, dense_batch_size=6, dense_lr=2e-3,
                      dense_weight_decay=1e-3, dropout=0.1, dense_diversity=0.3, early_stopping=True,
-                     validation_fraction=0.2, n_iter_no_change=3)  # fmt: skip
+                     validation_fraction=0.2, n_iter_no_change=3, class_weight="balanced")  # fmt: skip
 
 
 def test_changing_any_dense_parameter_misses_the_cache(tmp_path, count_stages):
@@ -293,6 +293,52 @@ def test_sample_weights_in_fit():
         QPMClassifier(**TINY).fit(X, y, sample_weight=-weight)
     with pytest.raises(ValueError, match="selection='qpm' only"):
         QPMClassifier(**dict(TINY, n_per_class=1), selection="sldd").fit(X, y, sample_weight=weight)
+
+
+def test_class_weight_is_a_weight_per_class_multiplying_sample_weight():
+    X, y = data()
+    labels = np.array(["cat", "dog", "eel"])[y]
+    weight = np.linspace(0.5, 2.0, len(y))
+    by_class = QPMClassifier(**TINY, class_weight={"cat": 3.0, "eel": 0.5}).fit(X, labels, sample_weight=weight)
+    by_hand = weight * np.select([labels == "cat", labels == "eel"], [3.0, 0.5], default=1.0)
+    by_sample = QPMClassifier(**TINY).fit(X, labels, sample_weight=by_hand)
+    np.testing.assert_allclose(by_class.predict_proba(X), by_sample.predict_proba(X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(by_class.selected_features_, by_sample.selected_features_)
+    unweighted = QPMClassifier(**TINY).fit(X, labels, sample_weight=weight)
+    assert not np.allclose(unweighted.feature_mean_, by_class.feature_mean_), "the check must be able to fail"
+
+
+def test_balanced_class_weight_is_n_samples_over_n_classes_times_class_counts():
+    X, y = data(n=30)
+    y = np.r_[np.zeros(15, int), np.ones(10, int), np.full(5, 2)]
+    balanced = QPMClassifier(**TINY, class_weight="balanced").fit(X, y)
+    counts = np.array([15, 10, 5])
+    by_hand = QPMClassifier(**TINY).fit(X, y, sample_weight=(30 / (3 * counts))[y])
+    np.testing.assert_allclose(balanced.predict_proba(X), by_hand.predict_proba(X), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(balanced.feature_std_, by_hand.feature_std_, rtol=1e-6)
+
+
+def test_class_weight_errors_name_the_argument():
+    X, y = data()
+    with pytest.raises(ValueError, match="class_weight=.*selection='qpm' only"):
+        QPMClassifier(**dict(TINY, n_per_class=1), selection="sldd", class_weight="balanced").fit(X, y)
+    with pytest.raises(ValueError, match="class_weight must hold finite non-negative"):
+        QPMClassifier(**TINY, class_weight={0: -1.0}).fit(X, y)
+    with pytest.raises(ValueError, match="zero for every sample"):
+        QPMClassifier(**TINY, class_weight={0: 0.0, 1: 0.0, 2: 0.0}).fit(X, y)
+    with pytest.raises(ValueError, match="not in class_weight"):  # scikit-learn's own check of the labels
+        QPMClassifier(**TINY, class_weight={0: 2.0, 7: 1.0}).fit(X, y)
+    with pytest.raises(InvalidParameterError, match="class_weight"):
+        QPMClassifier(**TINY, class_weight="uniform").fit(X, y)
+
+
+def test_class_weight_survives_save_and_load(tmp_path):
+    X, y = data()
+    clf = QPMClassifier(**TINY, class_weight={np.int64(0): 2.0, 1: 0.5}).fit(X, y)
+    loaded = QPMClassifier.load(clf.save(tmp_path / "model"))
+    assert loaded.class_weight == clf.class_weight
+    assert [type(key) for key in loaded.class_weight] == [np.int64, int]
+    np.testing.assert_array_equal(loaded.predict(X), clf.predict(X))
 
 
 # ------------------------------------------------------------------------- early stopping
