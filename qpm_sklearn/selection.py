@@ -27,10 +27,12 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+from numpy.typing import ArrayLike
 import osqp
 import scipy.sparse as sp
 from scipy.optimize import Bounds, LinearConstraint, linear_sum_assignment, milp
@@ -98,7 +100,7 @@ class SelectionResult:
     bound_method: str = "relaxation"
     cpu_seconds: float = float("nan")
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, float | str]:
         """The scalar numbers as plain Python types (for ``selection_info_`` and JSON)."""
         return {
             "objective": float(self.objective),
@@ -124,7 +126,7 @@ def _finite_matrix(value, name, *, ndim=2) -> np.ndarray:
     return array
 
 
-def feature_class_correlation(F, y, sample_weight=None) -> np.ndarray:
+def feature_class_correlation(F: ArrayLike, y: ArrayLike, sample_weight: ArrayLike | None = None) -> np.ndarray:
     """Pearson correlation of every feature with every class indicator (docs/method.md#correlation).
 
     ``A[j, c]`` is the correlation between ``F[:, j]`` and ``1[y == c]`` (population standard
@@ -177,7 +179,7 @@ def feature_class_correlation(F, y, sample_weight=None) -> np.ndarray:
     return A / peak if peak > 0 else A
 
 
-def feature_similarity(A) -> np.ndarray:
+def feature_similarity(A: ArrayLike) -> np.ndarray:
     """Cosine similarity of the rows of ``A`` (docs/method.md#similarity), zero diagonal.
 
     Row norms are clamped at 1e-8; the matrix is divided by its largest absolute entry
@@ -370,7 +372,9 @@ def _consistent_threshold(R: np.ndarray, off_diagonal: np.ndarray, n_selected: i
     return float(levels[low]) if low < len(levels) else math.inf
 
 
-def redundancy_penalty(R, n_selected, rule="consistent") -> tuple[np.ndarray, float]:
+def redundancy_penalty(
+    R: ArrayLike, n_selected: int, rule: Literal["consistent", "paper"] = "consistent"
+) -> tuple[np.ndarray, float]:
     """Penalty matrix of the selection problem and its threshold tau* (docs/method.md#penalty).
 
     ``tau*`` is (heuristically) the smallest threshold at which ``n_selected`` mutually
@@ -523,7 +527,7 @@ def _build_problem(A, n_selected, n_per_class, penalty, bias) -> _Problem:
     return _Problem(W=assignment_scale(n_per_class, n_classes) * A, Q=Q, bias=bias, m=n_selected, k=n_per_class)
 
 
-def assignment_scale(n_per_class, n_classes) -> float:
+def assignment_scale(n_per_class: int, n_classes: int) -> float:
     """The factor alpha = 1000 / (n_per_class * n_classes) of the assignment term (docs/method.md#problem).
 
     Examples
@@ -536,7 +540,7 @@ def assignment_scale(n_per_class, n_classes) -> float:
     return 1000.0 / (n_per_class * n_classes)
 
 
-def check_selection_budget(n_selected, n_per_class, n_classes) -> None:
+def check_selection_budget(n_selected: int, n_per_class: int, n_classes: int) -> None:
     """Raise ValueError unless ``n_selected`` features give every class its own set.
 
     Every class needs a different set of ``n_per_class`` features, so
@@ -561,7 +565,15 @@ def check_selection_budget(n_selected, n_per_class, n_classes) -> None:
         )
 
 
-def selection_objective(A, selected, assignment, *, penalty=None, bias=None, n_per_class=None) -> float:
+def selection_objective(
+    A: ArrayLike,
+    selected: ArrayLike,
+    assignment: ArrayLike,
+    *,
+    penalty: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    n_per_class: int | None = None,
+) -> float:
     """Objective of a selection by the formula of docs/method.md#problem (no feasibility check).
 
     Parameters
@@ -652,7 +664,8 @@ def _assign(WS: np.ndarray, k: int) -> tuple[np.ndarray, float, float]:
     groups = [set(group) for group in owners.values() if len(group) > 1]
     if not groups:
         return _assignment_matrix(top_sets, m), free_value, free_value
-    generators, lists = {}, {}
+    generators: dict[int, Iterator[tuple[float, tuple]]] = {}
+    lists: dict[int, list[tuple]] = {}
 
     def listed(group):
         for c in group:
@@ -687,7 +700,8 @@ def _assign(WS: np.ndarray, k: int) -> tuple[np.ndarray, float, float]:
 
 def _merge_overlapping(groups: list[set], subsets: list[set]) -> list[set]:
     """Union of the groups whose listed subsets intersect (transitively)."""
-    merged_groups, merged_subsets = [], []
+    merged_groups: list[set] = []
+    merged_subsets: list[set] = []
     for group, listed in zip(groups, subsets):
         group, listed = set(group), set(listed)
         keep_groups, keep_subsets = [], []
@@ -1373,7 +1387,7 @@ def _check_option(name: str, value):
     return value
 
 
-def check_solver_options(options) -> dict:
+def check_solver_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate ``solver_options`` (the extra keywords of :func:`solve_selection`); return a dict.
 
     Callable before any training. Keys: ``solver`` and ``time_limit`` for both solvers;
@@ -1417,22 +1431,22 @@ def _check_verbose(verbose) -> int:
 
 
 def solve_selection(
-    A,
+    A: ArrayLike,
     *,
-    n_selected,
-    n_per_class,
-    penalty=None,
-    bias=None,
-    time_limit=None,
-    random_state=None,
-    solver="osqp",
-    verbose=False,
-    algebra="builtin",
-    eps=1e-4,
-    max_iter=20000,
-    candidates_per_class=None,
-    n_iterations=1000,
-    mip_rel_gap=1e-6,
+    n_selected: int,
+    n_per_class: int,
+    penalty: ArrayLike | None = None,
+    bias: ArrayLike | None = None,
+    time_limit: float | None = None,
+    random_state: int | np.random.RandomState | None = None,
+    solver: Literal["osqp", "exact"] = "osqp",
+    verbose: int | bool = False,
+    algebra: Literal["builtin", "mkl", "cuda"] = "builtin",
+    eps: float = 1e-4,
+    max_iter: int = 20000,
+    candidates_per_class: int | None = None,
+    n_iterations: int = 1000,
+    mip_rel_gap: float = 1e-6,
 ) -> SelectionResult:
     """Select ``n_selected`` features and assign ``n_per_class`` of them to every class.
 

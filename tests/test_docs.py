@@ -1,6 +1,7 @@
 """The documentation cites only what ships: links and anchors resolve, no unshipped files are cited."""
 
 import ast
+import configparser
 import re
 from pathlib import Path
 
@@ -24,19 +25,43 @@ def anchors(page: Path) -> set[str]:
     return found
 
 
+def source_url() -> str:
+    """The repository address setup.cfg declares (``project_urls`` Source)."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / "setup.cfg")
+    urls = dict(line.split("=", 1) for line in config["metadata"]["project_urls"].strip().splitlines())
+    return {key.strip(): value.strip() for key, value in urls.items()}["Source"]
+
+
+# Links into this repository, written absolutely in README.md (the package index shows it too).
+IN_REPOSITORY = source_url() + "/blob/main/"
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
-def test_relative_links_and_anchors_resolve(page):
+def test_links_into_the_repository_and_anchors_resolve(page):
     broken = []
     for target in LINK.findall(page.read_text(encoding="utf-8")):
-        if re.match(r"[a-z]+:", target):  # http(s), mailto: not checked offline
+        if target.startswith(IN_REPOSITORY):
+            path, _, anchor = target.removeprefix(IN_REPOSITORY).partition("#")
+            linked = ROOT / path
+        elif re.match(r"[a-z]+:", target):  # other http(s), mailto: not checked offline
             continue
-        path, _, anchor = target.partition("#")
-        linked = (page.parent / path).resolve() if path else page
+        else:
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
         if not linked.exists():
             broken.append(f"{target}: no file {linked}")
         elif anchor and linked.suffix == ".md" and anchor not in anchors(linked):
             broken.append(f"{target}: no anchor #{anchor} in {linked.name}")
     assert not broken, f"{page.name}: " + "; ".join(broken)
+
+
+def test_readme_links_are_absolute():
+    # README.md is also the package index page, where a relative link leads nowhere.
+    relative = [target for target in LINK.findall((ROOT / "README.md").read_text(encoding="utf-8"))
+                if not re.match(r"https?://", target)]  # fmt: skip
+    assert relative == [], f"README.md: relative links {relative}; write them as {IN_REPOSITORY}<path>"
+    assert sum(t.startswith(IN_REPOSITORY) for t in LINK.findall((ROOT / "README.md").read_text())) > 5
 
 
 def test_code_cites_docs_pages_that_exist():
