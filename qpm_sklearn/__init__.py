@@ -4,6 +4,7 @@ Public names: :class:`Dinov2Embedder` (and :class:`PatchEmbedder` for other back
 """
 
 import importlib
+import typing
 
 __version__ = "0.1.0"
 
@@ -11,14 +12,19 @@ __version__ = "0.1.0"
 # import qpm_sklearn.images, which must not pay for importing torch and scikit-learn.
 _PUBLIC = {"Dinov2Embedder": "embedding", "PatchEmbedder": "embedding", "QPMClassifier": "classifier", "Explanation": "explanation"}
 
+if typing.TYPE_CHECKING:  # what __getattr__ returns, for type checkers
+    from .classifier import QPMClassifier
+    from .embedding import Dinov2Embedder, PatchEmbedder
+    from .explanation import Explanation
+
 __all__ = [*_PUBLIC, "__version__"]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> typing.Any:
     if name in _PUBLIC:
         return getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def __dir__():
+def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_PUBLIC))

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 
-def replace_atomically(path, write: Callable[[BinaryIO], None]) -> Path:
+def replace_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(handle)`` on a temporary file, then move it to ``path`` atomically."""
     path = Path(path)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -33,7 +33,7 @@ def replace_atomically(path, write: Callable[[BinaryIO], None]) -> Path:
     return path
 
 
-def write_bytes_atomically(path, content: bytes) -> Path:
+def write_bytes_atomically(path: str | os.PathLike[str], content: bytes) -> Path:
     """:func:`replace_atomically` for content already in memory."""
     return replace_atomically(path, lambda handle: handle.write(content))
 

@@ -93,8 +93,9 @@ def _digest(payload: bytes) -> str:
 
 def block_digest(keys: np.ndarray, rows: np.ndarray) -> str:
     """The digest of a block: SHA-256 of its image keys, then of its float16 rows."""
-    digest = hashlib.sha256(np.ascontiguousarray(keys))
-    digest.update(np.ascontiguousarray(rows))
+    # numpy's stubs declare the buffer protocol (__buffer__) for Python >= 3.12 only.
+    digest = hashlib.sha256(np.ascontiguousarray(keys))  # type: ignore[arg-type]
+    digest.update(np.ascontiguousarray(rows))  # type: ignore[arg-type]
     return digest.hexdigest()
 
 
@@ -259,7 +260,7 @@ class EmbeddingCache:
         self._records: set[Record] = set()
         self._bad_lines: set[bytes] = set()
         self._committed = np.zeros(self.n_rows, dtype=bool)  # rows some record claims (unverified)
-        self._log_position = (None, 0)  # (inode, bytes parsed) of commits.log
+        self._log_position: tuple[int | None, int] = (None, 0)  # (inode, bytes parsed) of commits.log
 
     def _read_new_records(self) -> None:
         """Parse what was appended to the log since the last call (all of it after a rewrite)."""

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 _DTYPES = {
@@ -30,7 +32,7 @@ def _mps_available() -> bool:
     return mps is not None and mps.is_available()
 
 
-def resolve_device(device) -> torch.device:
+def resolve_device(device: str | torch.device | None) -> torch.device:
     """Return the torch device to run on, checked against this machine.
 
     ``None`` means auto (cuda > mps > cpu). An explicit ``cuda``/``mps`` request on a
@@ -77,7 +79,7 @@ def compute_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def autocast(device: torch.device):
+def autocast(device: torch.device) -> contextlib.AbstractContextManager[object]:
     """Mixed precision in :func:`compute_dtype` on CUDA (float32 master weights); nothing elsewhere.
 
     The weight-cast cache is off: it must be for CUDA-graph capture, and the eager path
@@ -88,7 +90,7 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     """Compute dtype: ``None`` means :func:`compute_dtype` (bfloat16 on CUDA, float32 elsewhere)."""
     if dtype is None:
         return compute_dtype(device)
@@ -101,7 +103,7 @@ def resolve_dtype(dtype, device: torch.device) -> torch.dtype:
     raise ValueError(f"dtype must be None or one of {sorted(_DTYPES)}; got {dtype!r}.")
 
 
-def torch_seed(random_state) -> int:
+def torch_seed(random_state: int | np.random.RandomState | None) -> int:
     """Draw a torch seed from an int / RandomState / None, the scikit-learn way."""
     from sklearn.utils import check_random_state
 
@@ -116,7 +118,7 @@ def torch_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gene
 
 
 @contextlib.contextmanager
-def seeded_global_rng(seed: int, device: torch.device):
+def seeded_global_rng(seed: int, device: torch.device) -> Iterator[None]:
     """Seed torch's global RNG for the block (dropout draws from it) and restore the caller's state after.
 
     Dropout has no generator argument, so training seeds the global RNG -- inside a
@@ -144,12 +146,14 @@ def host_tensor(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array))
 
 
-def as_numpy(tensor: torch.Tensor, dtype=np.float32) -> np.ndarray:
+def as_numpy(tensor: torch.Tensor, dtype: npt.DTypeLike = np.float32) -> np.ndarray:
     """Detach a tensor to a numpy array of ``dtype`` on the host."""
     return tensor.detach().to("cpu", torch.float32).numpy().astype(dtype, copy=False)
 
 
-def upload(host: torch.Tensor, device: torch.device, stream=None):
+def upload(
+    host: torch.Tensor, device: torch.device, stream: torch.cuda.Stream | None = None
+) -> tuple[torch.Tensor, torch.cuda.Event | None]:
     """Start copying a host tensor to ``device``; returns ``(tensor on device, event or None)``.
 
     On CUDA the copy runs from pinned memory (``host`` is pinned first unless it already
@@ -168,7 +172,7 @@ def upload(host: torch.Tensor, device: torch.device, stream=None):
     return on_device, copied
 
 
-def wait_upload(tensor: torch.Tensor, copied) -> torch.Tensor:
+def wait_upload(tensor: torch.Tensor, copied: torch.cuda.Event | None) -> torch.Tensor:
     """Make the current stream wait for an :func:`upload` (no host synchronisation); return the tensor."""
     if copied is not None:
         compute_stream = torch.cuda.current_stream(tensor.device)
@@ -177,20 +181,24 @@ def wait_upload(tensor: torch.Tensor, copied) -> torch.Tensor:
     return tensor
 
 
-def download(tensor: torch.Tensor, stream=None):
+def download(
+    tensor: torch.Tensor, stream: torch.cuda.Stream | None = None
+) -> tuple[torch.Tensor, torch.cuda.Event | None]:
     """Start copying ``tensor`` to host memory; returns ``(host tensor, CUDA event or None)``.
 
-    On CUDA the copy runs on ``stream`` into pinned memory, so it overlaps the next
-    batch's compute instead of delaying it; synchronise the event before reading.
+    On CUDA the copy runs on ``stream`` (None: the current stream, like :func:`upload`) into
+    pinned memory, so it overlaps the next batch's compute instead of delaying it; synchronise
+    the event before reading.
     """
     if tensor.device.type != "cuda":
         return tensor.cpu(), None
+    copy_stream = torch.cuda.current_stream(tensor.device) if stream is None else stream
     with torch.inference_mode():  # the embedder's outputs are inference tensors
         host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
-        stream.wait_stream(torch.cuda.current_stream(tensor.device))
-        with torch.cuda.stream(stream):
+        copy_stream.wait_stream(torch.cuda.current_stream(tensor.device))
+        with torch.cuda.stream(copy_stream):
             host.copy_(tensor, non_blocking=True)
-            tensor.record_stream(stream)  # its memory is not reused before the copy ends
+            tensor.record_stream(copy_stream)  # its memory is not reused before the copy ends
             copied = torch.cuda.Event()
-            copied.record(stream)
+            copied.record(copy_stream)
     return host, copied

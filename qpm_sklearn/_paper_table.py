@@ -43,6 +43,7 @@ import traceback
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
@@ -213,7 +214,7 @@ class Embeddings:
         for key in [k for k in self.store if k not in keep]:
             del self.store[key]
 
-    def get(self, model: str, output: str) -> np.ndarray:
+    def get(self, model: str, output: Literal["patch", "cls", "mean"]) -> np.ndarray:
         key = (model, output)
         if key not in self.store:
             from qpm_sklearn import PatchEmbedder
@@ -310,7 +311,7 @@ class Runner:
         estimator, fit_seconds = self._fit(params, X_train, y_train, key=(model, output))
         from qpm_sklearn.metrics import evaluate
 
-        stage = "dense" if row.kind == "dense" else "sparse"
+        stage: Literal["dense", "sparse"] = "dense" if row.kind == "dense" else "sparse"
         metrics = evaluate(
             estimator,
             X_test,

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterable, Iterator
 from numbers import Integral
+from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 from sklearn.utils._param_validation import Interval
 
 __all__ = [
@@ -25,8 +28,12 @@ __all__ = [
 
 logger = logging.getLogger("qpm_sklearn")
 
+_Item = TypeVar("_Item")
 
-def progress(iterable, *, verbose, desc: str, total: int | None = None, unit: str = "it"):
+
+def progress(
+    iterable: Iterable[_Item], *, verbose: int | bool, desc: str, total: int | None = None, unit: str = "it"
+) -> Iterable[_Item]:
     """Wrap ``iterable`` in a tqdm bar when ``verbose`` (level 1 or more); return it unchanged otherwise."""
     if not verbose:
         return iterable
@@ -36,7 +43,7 @@ def progress(iterable, *, verbose, desc: str, total: int | None = None, unit: st
 
 
 @contextlib.contextmanager
-def quiet_transformers(verbose):
+def quiet_transformers(verbose: int | bool) -> Iterator[None]:
     """Silence transformers' logging and the hub's download bars unless verbose, then restore."""
     if verbose:
         yield
@@ -73,14 +80,14 @@ class StrictInterval(Interval):
     False
     """
 
-    def is_satisfied_by(self, val):
+    def is_satisfied_by(self, val: object) -> bool:
         return not isinstance(val, (bool, np.bool_)) and super().is_satisfied_by(val)
 
-    def __str__(self):
+    def __str__(self) -> str:
         return f"{super().__str__()} (not a bool)"
 
 
-def check_int(value, name: str, low: int | None = None, high: int | None = None) -> int:
+def check_int(value: object, name: str, low: int | None = None, high: int | None = None) -> int:
     """``value`` as a Python int in ``[low, high]``; bools and non-integers raise ``TypeError``.
 
     Examples
@@ -94,13 +101,16 @@ def check_int(value, name: str, low: int | None = None, high: int | None = None)
     """
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an int; got {type(value).__name__} {value!r}.")
-    if (low is not None and value < low) or (high is not None and value > high):
+    number = int(value)
+    if (low is not None and number < low) or (high is not None and number > high):
         bounds = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
-        raise ValueError(f"{name} must be in {bounds}; got {value}.")
-    return int(value)
+        raise ValueError(f"{name} must be in {bounds}; got {number}.")
+    return number
 
 
-def check_finite_array(value, name: str, *, ndim: int | None = None, dtype=np.float64) -> np.ndarray:
+def check_finite_array(
+    value: npt.ArrayLike, name: str, *, ndim: int | None = None, dtype: npt.DTypeLike = np.float64
+) -> np.ndarray:
     """``value`` as a finite float array of ``dtype`` (and ``ndim`` dimensions when given).
 
     Examples
@@ -123,7 +133,9 @@ def check_finite_array(value, name: str, *, ndim: int | None = None, dtype=np.fl
     return array
 
 
-def check_class_codes(y, n_samples: int, n_classes: int | None = None, name: str = "y") -> np.ndarray:
+def check_class_codes(
+    y: npt.ArrayLike, n_samples: int, n_classes: int | None = None, name: str = "y"
+) -> npt.NDArray[np.int64]:
     """``y`` as int64 class codes of shape ``(n_samples,)`` in ``[0, n_classes)``.
 
     ``n_classes`` defaults to ``max(y) + 1``.

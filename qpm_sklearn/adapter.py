@@ -10,8 +10,11 @@ stage. Only patch tokens enter the MLP and its BatchNorm statistics (docs/method
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
@@ -30,6 +33,10 @@ __all__ = [
 
 # Standardisation divides by max(std, STD_FLOOR) (docs/method.md#sparse-head).
 STD_FLOOR = 1e-6
+
+_Module = TypeVar("_Module", bound=nn.Module)
+# standardise works on either, the three arguments of one kind.
+_Array = TypeVar("_Array", torch.Tensor, np.ndarray)
 
 
 class TokenMLP(nn.Module):
@@ -58,7 +65,7 @@ class TokenMLP(nn.Module):
         Number of Linear/BatchNorm/ReLU blocks; 1 means a single ``D -> N_f`` block.
     """
 
-    def __init__(self, in_features: int, hidden_size: int, n_features: int, n_layers: int):
+    def __init__(self, in_features: int, hidden_size: int, n_features: int, n_layers: int) -> None:
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1; got {n_layers!r}.")
@@ -98,13 +105,14 @@ def _thread_stable_batch_norm(rows: torch.Tensor, norm: nn.BatchNorm1d) -> torch
     out = centered * torch.rsqrt(var + norm.eps)
     if norm.affine:
         out = out * norm.weight + norm.bias
-    if norm.track_running_stats:
+    tracked, running_mean, running_var = norm.num_batches_tracked, norm.running_mean, norm.running_var
+    if norm.track_running_stats and tracked is not None and running_mean is not None and running_var is not None:
         with torch.no_grad():
-            norm.num_batches_tracked.add_(1)
-            momentum = norm.momentum if norm.momentum is not None else 1.0 / float(norm.num_batches_tracked)
+            tracked.add_(1)
+            momentum = norm.momentum if norm.momentum is not None else 1.0 / float(tracked)
             unbiased = var * (n_rows / max(n_rows - 1, 1))
-            norm.running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
-            norm.running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+            running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
+            running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
     return out
 
 
@@ -116,7 +124,7 @@ class DenseHead(nn.Module):
     (C, N_f) weight parameter.
     """
 
-    def __init__(self, n_features: int, n_classes: int, dropout: float = 0.0):
+    def __init__(self, n_features: int, n_classes: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.dropout = nn.Dropout(dropout)
         self.linear = nn.Linear(n_features, n_classes)
@@ -150,7 +158,21 @@ class SparseHead(nn.Module):
         Dropout on the selected feature vector before standardisation.
     """
 
-    def __init__(self, weight, mean, std, bias=None, train_stats: bool = False, dropout: float = 0.0):
+    # Buffers (parameters for mean/std when train_stats), registered in __init__.
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def __init__(
+        self,
+        weight: npt.ArrayLike | torch.Tensor,
+        mean: npt.ArrayLike | torch.Tensor,
+        std: npt.ArrayLike | torch.Tensor,
+        bias: npt.ArrayLike | torch.Tensor | None = None,
+        train_stats: bool = False,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         weight = _float_tensor(weight, "weight")
         mean, std = _float_tensor(mean, "mean"), _float_tensor(std, "std")
@@ -202,7 +224,11 @@ class QPMNetwork(nn.Module):
         Adapter channel ids kept in the sparse stage (the head then has K inputs).
     """
 
-    def __init__(self, mlp: nn.Module, head: nn.Module, selected=None):
+    selected: torch.Tensor | None  # a buffer, registered in __init__
+
+    def __init__(
+        self, mlp: TokenMLP, head: DenseHead | SparseHead, selected: npt.ArrayLike | torch.Tensor | None = None
+    ) -> None:
         super().__init__()
         self.mlp = mlp
         self.head = head
@@ -213,7 +239,7 @@ class QPMNetwork(nn.Module):
         # Not persistent: the estimator stores the selection itself.
         self.register_buffer("selected", selected, persistent=False)
 
-    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]):
+    def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         height, width = grid
         batch, n_tokens, _ = tokens.shape  # (B, P, D)
         if n_tokens != height * width:
@@ -229,7 +255,7 @@ class QPMNetwork(nn.Module):
         return logits, maps, features_tilde
 
 
-def standardise(features, mean, std):
+def standardise(features: _Array, mean: _Array, std: _Array) -> _Array:
     """The standardised feature ``(f - mean) / max(std, 1e-6)`` (docs/method.md#sparse-head), on tensors or numpy arrays.
 
     The sparse head's forward pass and the classifier's explanations both use it, so a
@@ -240,7 +266,7 @@ def standardise(features, mean, std):
     return (features - mean) / np.maximum(std, STD_FLOOR)
 
 
-def empty_network(build):
+def empty_network(build: Callable[[], _Module]) -> _Module:
     """The module ``build()`` returns, constructed on the meta device: no weights allocated or drawn.
 
     Fill it with :func:`load_network_state` (which assigns the arrays) or materialise it
@@ -250,7 +276,7 @@ def empty_network(build):
         return build()
 
 
-def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
+def init_parameters(module: _Module, generator: torch.Generator) -> _Module:
     """PyTorch's default initialisation of every Linear and BatchNorm in ``module``, drawn from ``generator``.
 
     Linear weights are Kaiming-uniform (``a = sqrt(5)``) and biases uniform on
@@ -277,7 +303,7 @@ def mlp_from_state(state: dict[str, np.ndarray]) -> TokenMLP:
     Built without random initialisation. Raises ``ValueError`` when ``state`` is not the
     state of a TokenMLP.
     """
-    weights = []
+    weights: list[tuple[int, ...]] = []
     while f"layers.{3 * len(weights)}.weight" in state:
         weights.append(np.shape(state[f"layers.{3 * len(weights)}.weight"]))
     if not weights or any(len(shape) != 2 for shape in weights):
@@ -301,7 +327,7 @@ def network_state(network: nn.Module) -> dict[str, np.ndarray]:
     return state
 
 
-def load_network_state(network: nn.Module, state: dict[str, np.ndarray]) -> nn.Module:
+def load_network_state(network: _Module, state: dict[str, np.ndarray]) -> _Module:
     """Load arrays from :func:`network_state` into ``network`` (strict: every key must match).
 
     The network's tensors are replaced by copies of the arrays (``assign``), so a network
@@ -325,7 +351,7 @@ def load_network_state(network: nn.Module, state: dict[str, np.ndarray]) -> nn.M
     return network
 
 
-def _float_tensor(value, name: str) -> torch.Tensor:
+def _float_tensor(value: npt.ArrayLike | torch.Tensor, name: str) -> torch.Tensor:
     """A float32 copy of ``value``: a head may train it in place, never the caller's array."""
     if isinstance(value, torch.Tensor):
         tensor = value.detach().to(torch.float32).clone()

@@ -28,6 +28,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+
+if TYPE_CHECKING:
+    import torch
+    import transformers
 
 # PIL's resampling filter codes, as image-processor configurations store them.
 _PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -88,7 +94,7 @@ class Layout:
     def _stride_name(self) -> str:
         return "total stride" if self.channels_first or self.family == "dinov3_convnext" else "patch size"
 
-    def model_inputs(self, pixel_values):
+    def model_inputs(self, pixel_values: torch.Tensor) -> dict[str, object]:
         """Keyword arguments of the forward pass for normalised pixels ``(B, 3, S, S)``."""
         if not self.patchified:
             return {"pixel_values": pixel_values, **self.forward_kwargs}
@@ -106,7 +112,7 @@ class Layout:
             **self.forward_kwargs,
         }
 
-    def split(self, hidden, grid: int, model: str):
+    def split(self, hidden: torch.Tensor, grid: int, model: str) -> tuple[torch.Tensor | None, torch.Tensor]:
         """``last_hidden_state`` → (CLS ``(B, d)`` or None, patch grid ``(B, grid, grid, d)``)."""
         if self.channels_first:
             if tuple(hidden.shape[1:]) != (self.width, grid, grid):
@@ -184,7 +190,7 @@ FAMILIES = {
 }
 
 
-def layout_of(config, model: str) -> Layout:
+def layout_of(config: transformers.PretrainedConfig, model: str) -> Layout:
     """The :class:`Layout` of the model whose (top-level) configuration is ``config``.
 
     Raises
@@ -268,7 +274,7 @@ def _output_side(settings: dict) -> int | None:
 
 
 
-def load_layout(model, *, local_files_only: bool = False) -> Layout:
+def load_layout(model: str | os.PathLike[str], *, local_files_only: bool = False) -> Layout:
     """The :class:`Layout` of a hub id or local folder; reads only its configuration.
 
     Examples

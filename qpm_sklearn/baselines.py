@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from sklearn.utils import check_random_state
 
 from ._utils import check_class_codes, check_finite_array, check_int
@@ -65,10 +68,12 @@ class HeadRecord:
     bias: np.ndarray
     mean: np.ndarray
     std: np.ndarray
-    info: dict
+    info: dict[str, Any]
 
 
-def sldd_sparsify(path, n_per_class: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def sldd_sparsify(
+    path: Sequence[Mapping[str, Any]], n_per_class: int, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Sparse SLDD head from an elastic-net path (docs/baselines.md#dino-sldd-selectionsldd, step 4).
 
     1. Sparsity of a point = mean non-zeros per class, ``nnz(W)/C``. Pick the **densest** point with
@@ -145,13 +150,13 @@ def sldd_sparsify(path, n_per_class: int, n_classes: int) -> tuple[np.ndarray, n
     return pruned.reshape(weight.shape), np.asarray(path[index]["bias"], dtype=np.float64).copy()
 
 
-def _densest_within(sparsity, pool, limit):
+def _densest_within(sparsity: np.ndarray, pool: np.ndarray, limit: float) -> int | None:
     """Index of the densest pooled point with sparsity ≤ ``limit`` (first on ties), or None."""
     eligible = pool & (sparsity <= limit)
     return int(np.argmax(np.where(eligible, sparsity, -np.inf))) if eligible.any() else None
 
 
-def qsenn_quantise(weight, bias, n_per_class: int) -> tuple[np.ndarray, np.ndarray]:
+def qsenn_quantise(weight: npt.ArrayLike, bias: npt.ArrayLike, n_per_class: int) -> tuple[np.ndarray, np.ndarray]:
     """Quantised Q-SENN head (docs/baselines.md#dino-qsenn-selectionqsenn) with the authors' sign bug fixed.
 
     * Threshold = midpoint between the ``(k·C)``-th and ``(k·C + 1)``-th largest ``|w|`` (a missing
@@ -212,7 +217,7 @@ def qsenn_quantise(weight, bias, n_per_class: int) -> tuple[np.ndarray, np.ndarr
     return weight_q, bias_q
 
 
-def _train_split(n_samples, val_fraction, random_state):
+def _train_split(n_samples: int, val_fraction: float, random_state: int | np.random.RandomState | None) -> np.ndarray:
     """Sorted indices of the seeded training part of the 90/10 split (docs/baselines.md#dino-sldd-selectionsldd, step 1)."""
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction!r}.")
@@ -223,13 +228,15 @@ def _train_split(n_samples, val_fraction, random_state):
     return np.sort(order[n_val:])
 
 
-def _features_and_codes(features, y):
+def _features_and_codes(features: npt.ArrayLike, y: npt.ArrayLike) -> tuple[np.ndarray, npt.NDArray[np.int64]]:
     """``features`` as a finite float64 (n, K) array and ``y`` as int64 class codes of length n."""
     F = check_finite_array(features, "features", ndim=2)
     return F, check_class_codes(y, F.shape[0])
 
 
-def _path_on_standardised(F, y, n_classes, path_options):
+def _path_on_standardised(
+    F: np.ndarray, y: np.ndarray, n_classes: int, path_options: Mapping[str, Any] | None
+) -> tuple[np.ndarray, np.ndarray, list[dict[str, Any]]]:
     """Training statistics of ``F`` and the glm_saga path on ``(F − mean)/std`` (docs/baselines.md#dino-sldd-selectionsldd, step 3).
 
     λ_max is the authors' value: ``max|F_rawᵀ(Y − Ȳ)|/n / α`` on the raw features.
@@ -242,18 +249,18 @@ def _path_on_standardised(F, y, n_classes, path_options):
 
 
 def sldd_head(
-    features,
-    y,
+    features: npt.ArrayLike,
+    y: npt.ArrayLike,
     *,
     n_selected: int = 50,
     n_per_class: int = 5,
     n_classes: int | None = None,
     val_fraction: float = 0.1,
-    random_state=None,
-    selection_options: dict | None = None,
-    path_options: dict | None = None,
-    verbose: bool = False,
-) -> dict:
+    random_state: int | np.random.RandomState | None = None,
+    selection_options: Mapping[str, Any] | None = None,
+    path_options: Mapping[str, Any] | None = None,
+    verbose: int | bool = False,
+) -> HeadRecord:
     """The DINO-SLDD sparse head from the dense training features (docs/baselines.md#dino-sldd-selectionsldd, steps 1–4).
 
     Steps: seeded split keeping ``1 − val_fraction`` of the samples (the authors' validation part
@@ -300,16 +307,16 @@ def sldd_head(
 
 
 def qsenn_refit(
-    features,
-    y,
+    features: npt.ArrayLike,
+    y: npt.ArrayLike,
     n_per_class: int = 5,
     *,
     n_classes: int | None = None,
     val_fraction: float = 0.1,
-    random_state=None,
-    path_options: dict | None = None,
-    selected=None,
-    verbose: bool = False,
+    random_state: int | np.random.RandomState | None = None,
+    path_options: Mapping[str, Any] | None = None,
+    selected: npt.ArrayLike | None = None,
+    verbose: int | bool = False,
 ) -> HeadRecord:
     """One Q-SENN head refit on the current selected features (docs/baselines.md#dino-qsenn-selectionqsenn).
 
@@ -347,17 +354,17 @@ def qsenn_refit(
 
 
 def qsenn_head(
-    features,
-    y,
+    features: npt.ArrayLike,
+    y: npt.ArrayLike,
     *,
     n_selected: int = 50,
     n_per_class: int = 5,
     n_classes: int | None = None,
     val_fraction: float = 0.1,
-    random_state=None,
-    selection_options: dict | None = None,
-    path_options: dict | None = None,
-    verbose: bool = False,
+    random_state: int | np.random.RandomState | None = None,
+    selection_options: Mapping[str, Any] | None = None,
+    path_options: Mapping[str, Any] | None = None,
+    verbose: int | bool = False,
 ) -> HeadRecord:
     """Q-SENN iteration 0 from the dense features: selection (as SLDD) then :func:`qsenn_refit`.
 
@@ -379,15 +386,17 @@ def qsenn_head(
     return replace(head, info=dict(head.info, seconds=round(time.perf_counter() - start, 3)))
 
 
-def sparse_head(method: str, features, y, **kwargs) -> HeadRecord:
+def sparse_head(
+    method: Literal["sldd", "qsenn"], features: npt.ArrayLike, y: npt.ArrayLike, **kwargs: Any
+) -> HeadRecord:
     """Dispatch ``method`` ("sldd" or "qsenn") to :func:`sldd_head` / :func:`qsenn_head`."""
-    heads = {"sldd": sldd_head, "qsenn": qsenn_head}
+    heads: dict[str, Callable[..., HeadRecord]] = {"sldd": sldd_head, "qsenn": qsenn_head}
     if method not in heads:
         raise ValueError(f"method must be one of {sorted(heads)}; got {method!r}.")
     return heads[method](features, y, **kwargs)
 
 
-def _info(method, weight, start, path):
+def _info(method: str, weight: np.ndarray, start: float, path: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     per_class = np.count_nonzero(weight, axis=1)
     return {
         "method": method,

@@ -6,13 +6,17 @@ import hashlib
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from numbers import Integral, Real
 from pathlib import Path
+from typing import Any, Literal, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import torch
+from joblib import Memory
 from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
 from sklearn.utils import check_random_state
@@ -65,6 +69,8 @@ _QSENN_ROUNDS = 4
 # Bytes per block of tokens_fingerprint (hashed in parallel).
 _FINGERPRINT_BLOCK = 32 * 2**20
 
+_Classifier = TypeVar("_Classifier", bound="QPMClassifier")
+
 #: Every constructor parameter of QPMClassifier, in exactly one group. ``dense``: what the
 #: dense stage's result depends on -- the ``memory=`` cache key is built from these and
 #: nothing else; ``sparse``: the selection and the sparse stage; ``runtime``: where and how
@@ -84,7 +90,9 @@ PARAMETER_GROUPS = {
 }  # fmt: skip
 
 
-def _check_tokens(X, *, n_features_in=None, min_samples=1):
+def _check_tokens(
+    X: npt.ArrayLike, *, n_features_in: int | None = None, min_samples: int = 1
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Validate X once per public call and return ``(tokens (n, p, d), grid (h, w))``.
 
     Accepts ``(n, h, w, d)`` patch grids, ``(n, p, d)`` tokens with a square
@@ -95,36 +103,36 @@ def _check_tokens(X, *, n_features_in=None, min_samples=1):
     is the embedding size the fitted model expects. The internals called after
     this run with ``check_input=False``.
     """
-    X = check_array(
+    array = check_array(
         X,
         dtype=(np.float32, np.float16, np.float64),
         allow_nd=True,
         ensure_min_samples=min_samples,
         input_name="X",
     )
-    if X.ndim == 2:
+    if array.ndim == 2:
         grid = (1, 1)
-    elif X.ndim == 3:
-        side = math.isqrt(X.shape[1])
-        if side * side != X.shape[1]:
+    elif array.ndim == 3:
+        side = math.isqrt(array.shape[1])
+        if side * side != array.shape[1]:
             raise ValueError(
-                f"X of shape (n, p, d) must hold a square grid of p patch tokens; got p={X.shape[1]}, "
+                f"X of shape (n, p, d) must hold a square grid of p patch tokens; got p={array.shape[1]}, "
                 "which is not a perfect square. Pass the grid as (n, h, w, d) instead."
             )
         grid = (side, side)
-    elif X.ndim == 4:
-        grid = (X.shape[1], X.shape[2])
+    elif array.ndim == 4:
+        grid = (array.shape[1], array.shape[2])
     else:
         raise ValueError(
-            f"X must be a patch grid (n, h, w, d), tokens (n, p, d) or vectors (n, d); got shape {X.shape}."
+            f"X must be a patch grid (n, h, w, d), tokens (n, p, d) or vectors (n, d); got shape {array.shape}."
         )
-    n_dims = X.shape[-1]
+    n_dims = array.shape[-1]
     if n_features_in is not None and n_dims != n_features_in:
         raise ValueError(
             f"X has {n_dims} features, but QPMClassifier is expecting "
             f"{n_features_in} features as input (the embedding size d of the last axis)."
         )
-    tokens = np.ascontiguousarray(X.reshape(X.shape[0], grid[0] * grid[1], n_dims))
+    tokens = np.ascontiguousarray(array.reshape(array.shape[0], grid[0] * grid[1], n_dims))
     if tokens.dtype == np.float64:
         with np.errstate(over="ignore"):
             tokens = tokens.astype(np.float32)
@@ -141,7 +149,8 @@ def tokens_fingerprint(tokens: np.ndarray) -> str:
     SHA instructions where it has them, and hashlib releases the GIL, so the blocks are
     hashed on all cores (benchmarks/dense_cache_key.py).
     """
-    flat = memoryview(np.ascontiguousarray(tokens).reshape(-1)).cast("B")
+    # numpy declares ndarray.__buffer__ for Python >= 3.12 only; every ndarray is a buffer.
+    flat = memoryview(np.ascontiguousarray(tokens).reshape(-1)).cast("B")  # type: ignore[arg-type]
     blocks = [flat[start : start + _FINGERPRINT_BLOCK] for start in range(0, len(flat), _FINGERPRINT_BLOCK)]
     workers = min(len(blocks), os.cpu_count() or 1)
     if workers > 1:
@@ -598,37 +607,37 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
 
     def __init__(
         self,
-        n_features=512,
-        n_selected=50,
-        n_per_class=5,
-        hidden_size=2048,
-        n_layers=4,
-        dense_epochs=25,
-        sparse_epochs=25,
-        dense_batch_size=32,
-        sparse_batch_size=16,
-        dense_lr=1e-3,
-        sparse_lr=5e-3,
-        dense_weight_decay=7e-4,
-        sparse_weight_decay=8e-4,
-        dropout=0.2,
-        dense_diversity=0.5,
-        early_stopping=False,
-        validation_fraction=0.1,
-        n_iter_no_change=10,
-        class_weight=None,
-        sparse_diversity=1.0,
-        l1_maps=5.0,
-        l1_features=1.0,
-        selection="qpm",
-        redundancy="paper",
-        solver_options=None,
-        device=None,
-        memory=None,
-        random_state=None,
-        verbose=False,
-        feature_names=None,
-    ):
+        n_features: int = 512,
+        n_selected: int = 50,
+        n_per_class: int = 5,
+        hidden_size: int = 2048,
+        n_layers: int = 4,
+        dense_epochs: int = 25,
+        sparse_epochs: int = 25,
+        dense_batch_size: int = 32,
+        sparse_batch_size: int = 16,
+        dense_lr: float = 1e-3,
+        sparse_lr: float = 5e-3,
+        dense_weight_decay: float = 7e-4,
+        sparse_weight_decay: float = 8e-4,
+        dropout: float = 0.2,
+        dense_diversity: float = 0.5,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 10,
+        class_weight: dict[Any, float] | Literal["balanced"] | None = None,
+        sparse_diversity: float = 1.0,
+        l1_maps: float = 5.0,
+        l1_features: float = 1.0,
+        selection: Literal["qpm", "sldd", "qsenn"] = "qpm",
+        redundancy: Literal["paper", "consistent"] = "paper",
+        solver_options: dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
+        memory: str | Memory | None = None,
+        random_state: int | np.random.RandomState | None = None,
+        verbose: int | bool = False,
+        feature_names: dict[int, str] | Sequence[str] | None = None,
+    ) -> None:
         self.n_features = n_features
         self.n_selected = n_selected
         self.n_per_class = n_per_class
@@ -714,7 +723,9 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         return {name: params[name] for name in PARAMETER_GROUPS[group]}
 
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y, sample_weight=None):
+    def fit(
+        self: _Classifier, X: npt.ArrayLike, y: npt.ArrayLike, sample_weight: npt.ArrayLike | None = None
+    ) -> _Classifier:
         """Fit the dense stage, select features and fine-tune the sparse stage.
 
         All or nothing: every option is checked before training starts, the work
@@ -744,14 +755,14 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             )
         feature_names = _get_feature_names(X)
         tokens, grid = _check_tokens(X, min_samples=2)
-        y = column_or_1d(y, warn=True)
-        if len(y) != len(tokens):
+        labels = column_or_1d(y, warn=True)
+        if len(labels) != len(tokens):
             raise ValueError(
                 f"X and y must have the same number of samples; got {len(tokens)} samples in X "
-                f"and {len(y)} labels in y."
+                f"and {len(labels)} labels in y."
             )
-        check_classification_targets(y)
-        classes, y_codes = np.unique(y, return_inverse=True)
+        check_classification_targets(labels)
+        classes, y_codes = np.unique(labels, return_inverse=True)
         n_classes = len(classes)
         if n_classes < 2:
             raise ValueError(
@@ -760,7 +771,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         self._check_budgets(n_classes)
         solver_options = self._solver_options()
         y_codes = y_codes.astype(np.int64)
-        sample_weight = self._sample_weight(sample_weight, y, tokens)
+        sample_weight = self._sample_weight(sample_weight, labels, tokens)
         device = resolve_device(self.device)
         memory = check_memory(self.memory)
         if getattr(memory, "location", None) is not None and self.random_state is None:
@@ -813,8 +824,8 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         }
         if feature_names is not None:
             fitted["feature_names_in_"] = feature_names
-        vars(self).pop("feature_names_in_", None)
-        vars(self).update(fitted)
+        self.__dict__.pop("feature_names_in_", None)
+        self.__dict__.update(fitted)
         return self
 
     # ------------------------------------------------------ derived state
@@ -846,12 +857,13 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         The cache entry holds the very arrays it was built from, so assigning new fitted
         arrays (a refit, a load) rebuilds it; it is never pickled.
         """
+        sources: tuple[Any, ...]  # the fitted arrays (and dicts of arrays) of the stage
         if stage == "dense":
             sources = (self.dense_mlp_state_, self.dense_head_state_)
         else:
             sources = (self.sparse_mlp_state_, self.selected_features_, self.sparse_weight_,
                        self.sparse_bias_, self.feature_mean_, self.feature_std_)  # fmt: skip
-        cache = vars(self).setdefault("_networks", {})
+        cache = self.__dict__.setdefault("_networks", {})
         entry = cache.get(stage)
         if entry is not None and entry[0] == str(device) and all(a is b for a, b in zip(entry[1], sources)):
             return entry[2]
@@ -865,14 +877,14 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         cache[stage] = (str(device), sources, network)
         return network
 
-    def _forward(self, X, stage: str, *, return_maps: bool = False) -> dict:
+    def _forward(self, X: npt.ArrayLike, stage: str, *, return_maps: bool = False) -> dict[str, Any]:
         check_is_fitted(self)
         if stage not in _STAGES:
             raise ValueError(f"stage must be one of {_STAGES}; got {stage!r}.")
         _check_feature_names(self, X, reset=False)
         tokens, grid = _check_tokens(X, n_features_in=self.n_features_in_)
         device = resolve_device(self.device)
-        out = forward_in_batches(
+        out: dict[str, Any] = forward_in_batches(
             self._network(stage, device),
             tokens,
             grid=grid,
@@ -885,7 +897,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         return out
 
     # ----------------------------------------------------------- inference
-    def decision_function(self, X, stage="sparse"):
+    def decision_function(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
         """Class logits (for two classes, the logit of ``classes_[1]`` minus that of ``classes_[0]``).
 
         Parameters
@@ -901,20 +913,20 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         logits = self._forward(X, stage)["logits"]
         return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
 
-    def predict_proba(self, X, stage="sparse"):
+    def predict_proba(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
         """Class probabilities (softmax of the logits), columns in ``classes_`` order."""
         return softmax(self._forward(X, stage)["logits"], axis=1)
 
-    def predict_log_proba(self, X, stage="sparse"):
+    def predict_log_proba(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
         """Logarithm of :meth:`predict_proba` (computed stably from the logits)."""
         return log_softmax(self._forward(X, stage)["logits"], axis=1)
 
-    def predict(self, X, stage="sparse"):
+    def predict(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
         """Predicted class labels."""
         logits = self._forward(X, stage)["logits"]
         return self.classes_[np.argmax(logits, axis=1)]
 
-    def feature_maps(self, X, stage="sparse"):
+    def feature_maps(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
         """Raw feature maps on the patch grid.
 
         Returns
@@ -925,11 +937,11 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         """
         return self._forward(X, stage, return_maps=True)["maps"]
 
-    def pooled_features(self, X, stage="sparse"):
+    def pooled_features(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
         """Spatial means of the feature maps (raw, not standardised), shape (n, K)."""
         return self._forward(X, stage)["features"]
 
-    def class_weights(self, stage="sparse"):
+    def class_weights(self, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
         """Head weights, shape (n_classes, K): ``sparse_weight_`` or the dense linear weight."""
         check_is_fitted(self)
         if stage not in _STAGES:
@@ -938,19 +950,19 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             return self.sparse_weight_
         return self.dense_head_state_["linear.weight"].copy()
 
-    def _class_index(self, label) -> int:
+    def _class_index(self, label: object) -> int:
         check_is_fitted(self)
         matches = np.flatnonzero(self.classes_ == label)
         if len(matches) != 1:
             raise ValueError(f"label must be one of classes_ {self.classes_.tolist()}; got {label!r}.")
         return int(matches[0])
 
-    def class_features(self, label):
+    def class_features(self, label: object) -> np.ndarray:
         """Adapter channel ids of the features class ``label`` uses, ascending."""
         row = self.sparse_weight_[self._class_index(label)]
         return self.selected_features_[row != 0]
 
-    def compare_classes(self, a, b):
+    def compare_classes(self, a: object, b: object) -> dict[str, np.ndarray]:
         """Shared and distinguishing features of two classes.
 
         Returns
@@ -965,7 +977,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             "only_b": np.setdiff1d(features_b, features_a),
         }
 
-    def explain(self, X):
+    def explain(self, X: npt.ArrayLike) -> Explanation:
         """Explain each prediction of the sparse model as a sum of localised features.
 
         Parameters
@@ -1032,7 +1044,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             estimator_feature_names(self), title,
         )  # fmt: skip
 
-    def save(self, path):
+    def save(self, path: str | os.PathLike[str]) -> Path:
         """Save the fitted model to ``path`` (``.npz``: arrays + JSON, no pickle).
 
         Loading it with :meth:`load` executes no code, unlike pickle.
@@ -1046,7 +1058,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         return save_estimator(self, path)
 
     @classmethod
-    def load(cls, path):
+    def load(cls: type[_Classifier], path: str | os.PathLike[str]) -> _Classifier:
         """Load a model written by :meth:`save`, checked as ``fit`` checks its inputs.
 
         Any defect of the file (another format version, invalid parameters, a missing,

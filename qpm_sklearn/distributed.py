@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from typing import TYPE_CHECKING
 
 import joblib
 import numpy as np
@@ -20,6 +21,11 @@ import numpy as np
 from . import images as _images
 from ._cache import EmbeddingCache
 from ._utils import check_int, logger, progress
+
+if TYPE_CHECKING:
+    import distributed
+
+    from . import embedding
 
 __all__ = ["embed"]
 
@@ -31,7 +37,16 @@ _worker_lock = threading.Lock()
 _worker_collection: tuple[str, np.ndarray] | None = None
 
 
-def embed(embedder, images, *, client, cache_dir, shard_size=None, retries=2, verbose=False):
+def embed(
+    embedder: embedding.PatchEmbedder,
+    images: _images.Images,
+    *,
+    client: distributed.Client,
+    cache_dir: str | os.PathLike[str],
+    shard_size: int | None = None,
+    retries: int = 2,
+    verbose: int | bool = False,
+) -> np.ndarray:
     """Embed ``images`` on a Dask cluster into one shared embedding cache.
 
     The collection is cut into shards of ``shard_size`` consecutive images; each shard

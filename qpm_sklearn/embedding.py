@@ -14,8 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
+from typing import Literal, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Options, StrOptions
@@ -36,6 +38,7 @@ _NETWORK_ERRORS = {
 }
 _NETWORK_PHRASES = ("couldn't connect", "could not connect", "offline mode", "connection", "timed out")
 _DEFAULT_IMAGE_SIZE = 224
+_Embedder = TypeVar("_Embedder", bound="PatchEmbedder")
 
 
 @dataclass(frozen=True)
@@ -184,24 +187,24 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
 
     def __init__(
         self,
-        model="facebook/dinov2-with-registers-base",
+        model: str | os.PathLike[str] = "facebook/dinov2-with-registers-base",
         *,
-        output="patch",
-        image_size=None,
-        preprocessing="auto",
-        mean=None,
-        std=None,
-        exif_transpose=True,
-        batch_size=64,
-        device=None,
-        dtype=None,
-        output_dtype="float32",
-        local_files_only=False,
-        embedding_cache=None,
-        cache_dir=None,
-        n_jobs=None,
-        verbose=False,
-    ):
+        output: Literal["patch", "cls", "mean"] = "patch",
+        image_size: int | None = None,
+        preprocessing: Literal["auto", "imagenet", "paper"] = "auto",
+        mean: npt.ArrayLike | None = None,
+        std: npt.ArrayLike | None = None,
+        exif_transpose: bool = True,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] | torch.dtype | None = None,
+        output_dtype: Literal["float32", "float16"] = "float32",
+        local_files_only: bool = False,
+        embedding_cache: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        n_jobs: int | None = None,
+        verbose: bool | int = False,
+    ) -> None:
         self.model = model
         self.output = output
         self.image_size = image_size
@@ -223,7 +226,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
     # scikit-learn protocol
     # ----------------------------------------------------------------------------------------
 
-    def fit(self, X, y=None):
+    def fit(self: _Embedder, X: object, y: object = None) -> _Embedder:
         """Validate the parameters; nothing is learned (the backbone is frozen).
 
         Parameters
@@ -279,7 +282,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
             state.pop(cached, None)
         return state
 
-    def get_feature_names_out(self, input_features=None):
+    def get_feature_names_out(self, input_features: npt.ArrayLike | None = None) -> npt.NDArray[np.object_]:
         """Names of the output columns for ``output="cls"`` or ``"mean"``.
 
         Parameters
@@ -305,7 +308,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
             )
         return np.asarray([f"{self.output}{i}" for i in range(self._resolve().layout.width)], dtype=object)
 
-    def transform(self, X):
+    def transform(self, X: _images.Images) -> np.ndarray:
         """Embed images.
 
         Parameters
@@ -599,24 +602,24 @@ class Dinov2Embedder(PatchEmbedder):
 
     def __init__(
         self,
-        model="facebook/dinov2-with-registers-base",
+        model: str | os.PathLike[str] = "facebook/dinov2-with-registers-base",
         *,
-        output="patch",
-        image_size=224,
-        preprocessing="imagenet",
-        mean=None,
-        std=None,
-        exif_transpose=True,
-        batch_size=64,
-        device=None,
-        dtype=None,
-        output_dtype="float32",
-        local_files_only=False,
-        embedding_cache=None,
-        cache_dir=None,
-        n_jobs=None,
-        verbose=False,
-    ):
+        output: Literal["patch", "cls", "mean"] = "patch",
+        image_size: int | None = 224,
+        preprocessing: Literal["auto", "imagenet", "paper"] = "imagenet",
+        mean: npt.ArrayLike | None = None,
+        std: npt.ArrayLike | None = None,
+        exif_transpose: bool = True,
+        batch_size: int = 64,
+        device: str | torch.device | None = None,
+        dtype: Literal["float32", "bfloat16", "float16"] | torch.dtype | None = None,
+        output_dtype: Literal["float32", "float16"] = "float32",
+        local_files_only: bool = False,
+        embedding_cache: str | os.PathLike[str] | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        n_jobs: int | None = None,
+        verbose: bool | int = False,
+    ) -> None:
         super().__init__(
             model,
             output=output,
@@ -646,7 +649,7 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "~", "/")) or "\\" in name or Path(name).is_absolute() or name.count("/") > 1
 
 
-def _looks_like_network_failure(exc: BaseException) -> bool:
+def _looks_like_network_failure(exc: BaseException | None) -> bool:
     while exc is not None:
         if type(exc).__name__ in _NETWORK_ERRORS or any(p in str(exc).lower() for p in _NETWORK_PHRASES):
             return True

@@ -18,15 +18,19 @@ the optimum — the only thing the baselines read — is the same.
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ._utils import check_class_codes, check_finite_array, check_int, logger, progress
 
 __all__ = ["elastic_net_path", "group_elastic_net_selection", "lambda_path", "max_regularisation"]
 
 
-def _check_problem(F, y, name="F", n_classes=None):
+def _check_problem(
+    F: npt.ArrayLike, y: npt.ArrayLike, name: str = "F", n_classes: int | None = None
+) -> tuple[np.ndarray, npt.NDArray[np.int64], np.ndarray]:
     """Validate ``(F, y)``; return float64 features, int labels and the one-hot matrix.
 
     ``n_classes`` (default ``max(y) + 1``) fixes the number of classes when a split lacks some.
@@ -45,13 +49,13 @@ def _check_problem(F, y, name="F", n_classes=None):
     return F, y.astype(np.int64), Y
 
 
-def standardisation(F) -> tuple[np.ndarray, np.ndarray]:
+def standardisation(F: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Training mean and population std of ``F`` (std clamped at 1e-5, SLDD step 1)."""
     F = np.asarray(F, dtype=np.float64)
     return F.mean(axis=0), np.maximum(F.std(axis=0), 1e-5)
 
 
-def max_regularisation(F, y, *, group: bool) -> float:
+def max_regularisation(F: npt.ArrayLike, y: npt.ArrayLike, *, group: bool) -> float:
     """``glm_saga``'s ``max_reg``: the largest (group) entry of ``Fᵀ(Y − Ȳ)/n``.
 
     With ``group=True`` the L2 norm over classes is taken per feature (``maxreg_group``), else the
@@ -62,7 +66,7 @@ def max_regularisation(F, y, *, group: bool) -> float:
     return _max_reg(F, Y, group=group)
 
 
-def _max_reg(F, Y, *, group):
+def _max_reg(F: np.ndarray, Y: np.ndarray, *, group: bool) -> float:
     inner = F.T @ (Y - Y.mean(axis=0)) / F.shape[0]  # (K, C)
     return float(np.linalg.norm(inner, axis=1).max() if group else np.abs(inner).max())
 
@@ -184,8 +188,8 @@ def _check_solver_args(alpha, n_lambdas, lam_min_ratio, max_epochs, tol):
 
 
 def group_elastic_net_selection(
-    F,
-    y,
+    F: npt.ArrayLike,
+    y: npt.ArrayLike,
     n_keep: int = 50,
     *,
     alpha: float = 0.8,
@@ -195,7 +199,7 @@ def group_elastic_net_selection(
     max_epochs: int = 2000,
     tol: float = 1e-4,
     n_classes: int | None = None,
-    verbose: bool = False,
+    verbose: int | bool = False,
 ) -> np.ndarray:
     """Pick ``n_keep`` features by the group-elastic-net walk of DINO-SLDD (docs/baselines.md#dino-sldd-selectionsldd, step 2).
 
@@ -302,8 +306,8 @@ def group_elastic_net_selection(
 
 
 def elastic_net_path(
-    F,
-    y,
+    F: npt.ArrayLike,
+    y: npt.ArrayLike,
     *,
     alpha: float = 0.99,
     n_lambdas: int = 100,
@@ -312,8 +316,8 @@ def elastic_net_path(
     max_epochs: int = 2000,
     tol: float = 1e-4,
     n_classes: int | None = None,
-    verbose: bool = False,
-) -> list[dict]:
+    verbose: int | bool = False,
+) -> list[dict[str, Any]]:
     """The elastic-net multinomial regularisation path of ``glm_saga`` (docs/baselines.md#dino-sldd-selectionsldd, step 3).
 
     For every λ of ``lambda_path(lam_max, n_lambdas, lam_min_ratio)`` (so ``n_lambdas + 1`` points,
@@ -376,7 +380,7 @@ def elastic_net_path(
     W = np.zeros((Y.shape[1], F.shape[1]))
     b = np.log(Y.mean(axis=0) + 1e-12)  # the optimal bias of the all-zero model
     tol_abs = tol * max(g0, np.finfo(np.float64).tiny)
-    path = []
+    path: list[dict[str, Any]] = []
     for lam in progress(lams, verbose=verbose, desc="elastic net path", unit="λ"):
         W, b, epochs, converged = _elastic_net_lbfgs(
             F, y, W, b, lam=lam, alpha=alpha, max_epochs=int(max_epochs), tol=tol_abs

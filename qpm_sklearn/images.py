@@ -21,21 +21,28 @@ import hashlib
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image, ImageOps, UnidentifiedImageError
+
 
 # torch is imported inside normalize, the one function that needs it: decoding worker
 # processes import this module and should start in a fraction of a second.
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PREPROCESSINGS",
+    "ImageLike",
+    "Images",
     "check_files_exist",
     "check_images",
     "decode_batches",
@@ -65,13 +72,18 @@ _RESAMPLE = {
 
 _PATH_TYPES = (str, os.PathLike)
 
+#: One image: a file path, a PIL image or a uint8 array ``(H, W)`` / ``(H, W, 3)``.
+ImageLike: TypeAlias = str | os.PathLike[str] | Image.Image | np.ndarray
+#: A collection of images (a list, tuple, pandas Series, ...) or a uint8 array ``(n, H, W[, 3])``.
+Images: TypeAlias = Iterable[ImageLike] | np.ndarray
+
 
 def default_n_jobs() -> int:
     """Decoding threads when ``n_jobs=None``: PIL releases the GIL while decoding."""
     return max(1, min(8, os.cpu_count() or 1))
 
 
-def resolve_n_jobs(n_jobs) -> int:
+def resolve_n_jobs(n_jobs: int | None) -> int:
     if n_jobs is None:
         return default_n_jobs()
     if n_jobs == -1:
@@ -84,7 +96,7 @@ def resolve_n_jobs(n_jobs) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def check_images(X) -> Sequence:
+def check_images(X: Images) -> Sequence[ImageLike] | np.ndarray:
     """Validate the container of images and return it as an indexable sequence.
 
     Accepted: a uint8 array ``(n, H, W, 3)`` (RGB) or ``(n, H, W)`` (gray), or a
@@ -109,8 +121,8 @@ def check_images(X) -> Sequence:
             f"(n, H, W, 3)); got a single {type(X).__name__}. Wrap it in a list: [X]."
         )
     if hasattr(X, "columns") and hasattr(X, "iloc"):  # a DataFrame: its one column of images
-        if X.shape[1] != 1:
-            columns = list(X.columns)
+        columns = list(X.columns)
+        if len(columns) != 1:
             raise ValueError(
                 f"X is a DataFrame with {len(columns)} columns {columns[:5]}{' ...' if len(columns) > 5 else ''}; "
                 f"pass the one column "
@@ -158,7 +170,7 @@ def check_images(X) -> Sequence:
     return X
 
 
-def check_files_exist(X) -> None:
+def check_files_exist(X: Sequence[ImageLike] | np.ndarray) -> None:
     """Raise FileNotFoundError naming the first path item of ``X`` that is not a file.
 
     Cheap (one ``stat`` per path): lets a long run fail before it starts, not halfway.
@@ -191,13 +203,13 @@ def _check_pixel_array(array: np.ndarray, name: str, *, batched: bool) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _describe(item, index: int) -> str:
+def _describe(item: object, index: int) -> str:
     if isinstance(item, _PATH_TYPES):
         return f"X[{index}] (file {os.fspath(item)!r})"
     return f"X[{index}]"
 
 
-def read_image(item, index: int = 0, exif_transpose: bool = True) -> Image.Image:
+def read_image(item: ImageLike, index: int = 0, exif_transpose: bool = True) -> Image.Image:
     """Return ``item`` (path, PIL image or uint8 array) as an RGB PIL image.
 
     A file's EXIF orientation is applied (``PIL.ImageOps.exif_transpose``: the image as
@@ -257,7 +269,9 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
         raise ValueError(f"{name}: cannot convert an image of mode {mode!r} to RGB: {exc}") from exc
 
 
-def load_resized(item, index: int, image_size: int, preprocessing: str = "imagenet", exif_transpose: bool = True) -> np.ndarray:
+def load_resized(
+    item: ImageLike, index: int, image_size: int, preprocessing: str = "imagenet", exif_transpose: bool = True
+) -> npt.NDArray[np.uint8]:
     """Read ``item`` (see :func:`read_image`) and squash-resize it to ``(image_size, image_size)``; uint8 ``(S, S, 3)``.
 
     The aspect ratio is not preserved and nothing is cropped (docs/method.md#preprocessing); images smaller
@@ -301,9 +315,10 @@ def _pil_settings() -> tuple:
 
 
 def decode_batches(
-    X, batches, image_size: int, preprocessing: str = "imagenet", *, exif_transpose: bool = True, n_jobs=None,
-    prefetch: int = 2, processes=None,
-):  # fmt: skip
+    X: Sequence[ImageLike] | np.ndarray, batches: Iterable[Sequence[int] | npt.NDArray[np.integer]], image_size: int,
+    preprocessing: str = "imagenet", *, exif_transpose: bool = True, n_jobs: int | None = None, prefetch: int = 2,
+    processes: bool | None = None,
+) -> Iterator[npt.NDArray[np.uint8]]:  # fmt: skip
     """Yield uint8 ``(len(batch), S, S, 3)`` pixels for each batch of row ids, in order.
 
     Up to ``prefetch`` batches are decoded ahead of the one being consumed, so decoding
@@ -342,16 +357,17 @@ def decode_batches(
         if processes is None:
             # A daemonic process (a multiprocessing pool's or DataLoader's worker) may not start any.
             processes = n_jobs > 1 and not multiprocessing.current_process().daemon
+        item: Callable[[int], ImageLike]  # row id -> what _decode_chunk reads
         if all_files and processes:
             from joblib.externals.loky import get_reusable_executor
 
             executor = get_reusable_executor(max_workers=n_jobs)
             # Reused workers keep the working directory they started in: send absolute paths.
-            item, settings = (lambda row: os.path.abspath(X[row])), _pil_settings()
+            item, settings = (lambda row: os.path.abspath(cast("str | os.PathLike[str]", X[row]))), _pil_settings()
         else:
             executor = stack.enter_context(ThreadPoolExecutor(n_jobs))
             item, settings = X.__getitem__, None
-        pending = deque()
+        pending: deque[list[Future[npt.NDArray[np.uint8]]]] = deque()
 
         def submit(batch):
             # About two chunks per worker and batch: balanced, yet few round trips.
@@ -372,16 +388,16 @@ def decode_batches(
         try:
             while pending:
                 parts = [future.result() for future in pending.popleft()]
-                batch = next(batches, None)
-                if batch is not None:
-                    submit(batch)
+                upcoming = next(batches, None)
+                if upcoming is not None:
+                    submit(upcoming)
                 yield parts[0] if len(parts) == 1 else np.concatenate(parts)
         finally:  # an error, or the consumer stopped early: drop the work queued ahead
             for future in (future for group in pending for future in group):
                 future.cancel()
 
 
-def image_key(item) -> bytes:
+def image_key(item: ImageLike) -> bytes:
     """Content hash of one image: the file's bytes, or the pixels (with shape and mode).
 
     Keys the embedding cache: any change to the file or pixels changes the key.
@@ -409,7 +425,9 @@ def image_key(item) -> bytes:
 # --------------------------------------------------------------------------------------------
 
 
-def resolve_statistics(preprocessing: str, mean, std) -> tuple[tuple, tuple]:
+def resolve_statistics(
+    preprocessing: str, mean: npt.ArrayLike | None, std: npt.ArrayLike | None
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The per-channel mean and std used for normalisation.
 
     "imagenet": ``None`` means the ImageNet statistics; given values replace them.
@@ -431,7 +449,7 @@ def resolve_statistics(preprocessing: str, mean, std) -> tuple[tuple, tuple]:
             "CUB-200-2011 mean=(0.4853, 0.4964, 0.4295), std=(0.2300, 0.2258, 0.2625); got "
             f"mean={mean!r}, std={std!r}."
         )
-    stats = []
+    stats: list[tuple[float, ...]] = []
     for name, value, default in (("mean", mean, IMAGENET_MEAN), ("std", std, IMAGENET_STD)):
         if value is None:
             stats.append(default)
@@ -445,7 +463,13 @@ def resolve_statistics(preprocessing: str, mean, std) -> tuple[tuple, tuple]:
     return stats[0], stats[1]
 
 
-def normalize(pixels: torch.Tensor, *, preprocessing: str = "imagenet", mean=None, std=None) -> torch.Tensor:
+def normalize(
+    pixels: torch.Tensor,
+    *,
+    preprocessing: str = "imagenet",
+    mean: npt.ArrayLike | None = None,
+    std: npt.ArrayLike | None = None,
+) -> torch.Tensor:
     """uint8 ``(B, S, S, 3)`` (any device) → float32 pixel values ``(B, 3, S, S)``.
 
     "imagenet" and "auto": ``(x/255 − mean)/std``. "paper": the same with the dataset statistics,

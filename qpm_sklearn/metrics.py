@@ -18,11 +18,15 @@ its predicted class restricted to the used features (``V_u[c_hat_i]`` in docs/me
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from numbers import Integral
 from statistics import NormalDist
+from typing import Literal, Protocol, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 from scipy.ndimage import binary_dilation
+from sklearn.base import BaseEstimator
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
@@ -44,12 +48,29 @@ __all__ = [
 # Images whose maps are evaluated at once (bounds memory for dense heads / raw patch tokens).
 _CHUNK = 128
 
+# Object masks: an (n, H, W) array or a sequence of n 2-D arrays (sizes may differ).
+_Masks: TypeAlias = np.ndarray | Sequence[npt.ArrayLike]
+
+
+class _FittedQPM(Protocol):
+    """What :func:`evaluate` reads of a fitted QPM classifier (a torch-free stand-in for QPMClassifier)."""
+
+    classes_: np.ndarray
+
+    def predict(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = ...) -> np.ndarray: ...
+
+    def feature_maps(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = ...) -> np.ndarray: ...
+
+    def pooled_features(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = ...) -> np.ndarray: ...
+
+    def class_weights(self, stage: Literal["sparse", "dense"] = ...) -> np.ndarray: ...
+
 
 # ---------------------------------------------------------------------------------------------
 # input checks
 
 
-def _check_maps_weights(maps, weights):
+def _check_maps_weights(maps: npt.ArrayLike, weights: npt.ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     maps = check_finite_array(maps, "maps", ndim=4)
     weights = check_finite_array(weights, "weights", ndim=2)
     if weights.shape != maps.shape[:2]:
@@ -61,7 +82,7 @@ def _check_maps_weights(maps, weights):
     return maps, weights
 
 
-def _check_features(F):
+def _check_features(F: npt.ArrayLike) -> np.ndarray:
     F = check_finite_array(F, "F", ndim=2)
     if F.shape[0] < 2 or F.shape[1] < 1:
         raise ValueError(f"F must have at least 2 samples and 1 feature; got shape {F.shape}.")
@@ -72,7 +93,7 @@ def _check_features(F):
 # SID@k (docs/method.md#sid)
 
 
-def _sid_per_image(maps, weights, k):
+def _sid_per_image(maps: np.ndarray, weights: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-image ``(1/k) sum_p max_{j in T_k} P_ij(p)`` and the mask of images that count."""
     n, K = weights.shape
     # Stable sort: among tied weights (binary heads with more than k ones) the lowest ids win.
@@ -88,7 +109,7 @@ def _sid_per_image(maps, weights, k):
     return values, counts
 
 
-def sid_at_k(maps, weights, k=5):
+def sid_at_k(maps: npt.ArrayLike, weights: npt.ArrayLike, k: int = 5) -> float:
     """Spatial diversity SID@k of the predicted class's k top-weighted feature maps (docs/method.md#sid).
 
     Each map is divided by its mean magnitude (at least 1e-5) and turned into a distribution over
@@ -137,7 +158,7 @@ def sid_at_k(maps, weights, k=5):
 # train-feature metrics (docs/method.md#metrics)
 
 
-def class_independence(F, y):
+def class_independence(F: npt.ArrayLike, y: npt.ArrayLike) -> float:
     """Class-Independence (docs/method.md#class-independence): ``1 - mean_j max_c S_cj / T_j``.
 
     ``F0 = F - min_i F`` per feature, ``S_cj`` = sum of ``F0[:, j]`` over the samples of class c,
@@ -173,7 +194,7 @@ def class_independence(F, y):
     return float(1.0 - np.mean(per_class.max(axis=0) / total))
 
 
-def contrastiveness(F, random_state=None):
+def contrastiveness(F: npt.ArrayLike, random_state: int | np.random.RandomState | None = None) -> float:
     """Contrastiveness (docs/method.md#contrastiveness): ``1 - mean_j OVL_j``.
 
     For every feature a two-component 1-D Gaussian mixture (scikit-learn defaults) is fitted to its
@@ -218,7 +239,7 @@ def contrastiveness(F, random_state=None):
     return float(1.0 - overlaps.mean())
 
 
-def correlation(F):
+def correlation(F: npt.ArrayLike) -> float:
     """Correlation (docs/method.md#correlation-metric): mean over features of the largest uncentred cosine to another feature.
 
     ``K_jl = <F_j, F_l> / (max(|F_j|, 1e-8) max(|F_l|, 1e-8))`` with a zero diagonal; the result is
@@ -315,7 +336,7 @@ def _resize_uint8(mask, h, w):
     return np.clip((upper + lower + 2) >> 2, 0, 255)
 
 
-def resize_masks(masks, size, dilate=True):
+def resize_masks(masks: _Masks, size: tuple[int, int], dilate: bool = True) -> npt.NDArray[np.bool_]:
     """Binary object masks at grid resolution, as the Plausibility metric uses them (docs/method.md#plausibility).
 
     Each mask is resized to ``size`` with bilinear interpolation (half-pixel centres, no
@@ -381,7 +402,7 @@ def resize_masks(masks, size, dilate=True):
     return out
 
 
-def _plausibility_per_image(maps, weights, masks):
+def _plausibility_per_image(maps: np.ndarray, weights: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """Per-image ``sum_p G m / sum_p G`` with ``G = sum_j w_j M_j - min`` (0 where ``sum G = 0``)."""
     gradcam = evidence_map(weights, maps)
     gradcam -= gradcam.min(axis=(1, 2), keepdims=True)
@@ -390,7 +411,7 @@ def _plausibility_per_image(maps, weights, masks):
     return np.divide(inside, total, out=np.zeros_like(total), where=total > 0)
 
 
-def plausibility(maps, weights, masks, dilate=True):
+def plausibility(maps: npt.ArrayLike, weights: npt.ArrayLike, masks: _Masks, dilate: bool = True) -> float:
     """Plausibility (docs/method.md#plausibility): share of the class evidence map that lies on the object mask.
 
     ``G = sum_j w_j M_j`` (the predicted class's weights on the raw maps), shifted so that its
@@ -445,7 +466,17 @@ def _class_codes(classes, labels, name):
     return order[position]
 
 
-def _table_row(predicted, y, weight_matrix, predicted_codes, maps_of, masks, train_features, y_train, random_state):
+def _table_row(
+    predicted: np.ndarray,
+    y: np.ndarray,
+    weight_matrix: np.ndarray,
+    predicted_codes: np.ndarray,
+    maps_of: Callable[[int, int], npt.ArrayLike],
+    masks: _Masks | None,
+    train_features: npt.ArrayLike,
+    y_train: npt.ArrayLike,
+    random_state: int | np.random.RandomState | None,
+) -> dict[str, float]:
     """The shared body of :func:`evaluate` and :func:`evaluate_linear_probe`.
 
     ``maps_of(start, stop)`` returns the maps ``(m, K, h, w)`` of the images ``start:stop`` on all
@@ -458,20 +489,22 @@ def _table_row(predicted, y, weight_matrix, predicted_codes, maps_of, masks, tra
     n = len(predicted_codes)
     if masks is not None and len(masks) != n:
         raise ValueError(f"masks must hold one mask per test sample ({n}); got {len(masks)}.")
-    sid_values, sid_counts, plausible = [], [], []
+    value_chunks: list[np.ndarray] = []
+    count_chunks: list[np.ndarray] = []
+    plausible: list[np.ndarray] = []
     for start in range(0, n, _CHUNK):
         stop = min(start + _CHUNK, n)
         maps, chunk_rows = _check_maps_weights(np.asarray(maps_of(start, stop))[:, used], rows[start:stop])
         values, counts = _sid_per_image(maps, chunk_rows, 5)
-        sid_values.append(values)
-        sid_counts.append(counts)
+        value_chunks.append(values)
+        count_chunks.append(counts)
         if masks is not None:
             grid_masks = resize_masks(masks[start:stop], maps.shape[2:], dilate=True)
             plausible.append(_plausibility_per_image(maps, chunk_rows, grid_masks))
     row = {"Accuracy": float(np.mean(np.asarray(predicted) == np.asarray(y)))}
     if masks is not None:
         row["Plausibility"] = float(np.concatenate(plausible).mean())
-    sid_values, sid_counts = np.concatenate(sid_values), np.concatenate(sid_counts)
+    sid_values, sid_counts = np.concatenate(value_chunks), np.concatenate(count_chunks)
     if sid_counts.any():
         row["SID@5"] = float(sid_values[sid_counts].mean())
     else:
@@ -491,7 +524,16 @@ def _check_train_split(X_train, y_train, X, y, names):
     return (X, y) if X_train is None else (X_train, y_train)
 
 
-def evaluate(estimator, X, y, masks=None, X_train=None, y_train=None, stage="sparse", random_state=None):
+def evaluate(
+    estimator: _FittedQPM,
+    X: npt.ArrayLike,
+    y: npt.ArrayLike,
+    masks: _Masks | None = None,
+    X_train: npt.ArrayLike | None = None,
+    y_train: npt.ArrayLike | None = None,
+    stage: Literal["sparse", "dense"] = "sparse",
+    random_state: int | np.random.RandomState | None = None,
+) -> dict[str, float]:
     """The paper's table row (docs/method.md#metrics) for a fitted QPM classifier.
 
     Parameters
@@ -584,7 +626,16 @@ def _probe_weights(probe):
     return coef / scale, classes
 
 
-def evaluate_linear_probe(probe, X_cls, X_patch, y, masks=None, X_cls_train=None, y_train=None, random_state=None):
+def evaluate_linear_probe(
+    probe: BaseEstimator,
+    X_cls: npt.ArrayLike,
+    X_patch: npt.ArrayLike,
+    y: npt.ArrayLike,
+    masks: _Masks | None = None,
+    X_cls_train: npt.ArrayLike | None = None,
+    y_train: npt.ArrayLike | None = None,
+    random_state: int | np.random.RandomState | None = None,
+) -> dict[str, float]:
     """The paper's table row for a linear probe on CLS embeddings (docs/baselines.md#the-cls-linear-probe, "DINO GradCAM").
 
     The probe predicts from CLS embeddings; its "feature maps" are the raw patch tokens (every

@@ -36,14 +36,21 @@ from __future__ import annotations
 
 import json
 import numbers
+import os
 import warnings
 import zipfile
 import zlib
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 
 from ._atomic import replace_atomically
+
+if TYPE_CHECKING:
+    from . import classifier
+
+_Classifier = TypeVar("_Classifier", bound="classifier.QPMClassifier")
 
 FORMAT_VERSION = 2
 _META = "__meta__.json"
@@ -80,8 +87,10 @@ def _encode(value, name: str):
     if isinstance(value, np.ndarray) and value.dtype.kind in "biufU":
         return {"__ndarray__": value.dtype.str, "value": value.tolist()}
     if isinstance(value, np.random.RandomState):
-        kind, keys, position, has_gauss, gauss = value.get_state(legacy=True)
-        return {"__random_state__": [kind, keys.tolist(), int(position), int(has_gauss), float(gauss)]}
+        state = value.get_state(legacy=True)
+        if isinstance(state, tuple):  # MT19937's state; another bit generator's (a dict) is refused below
+            kind, keys, position, has_gauss, gauss = state
+            return {"__random_state__": [kind, keys.tolist(), int(position), int(has_gauss), float(gauss)]}
     if type(value).__module__ == "torch" and type(value).__name__ == "device":
         return {"__torch_device__": str(value)}
     if isinstance(value, tuple):
@@ -168,7 +177,7 @@ def _storable_classes(classes: np.ndarray) -> np.ndarray:
     )
 
 
-def save_estimator(estimator, path) -> Path:
+def save_estimator(estimator: classifier.QPMClassifier, path: str | os.PathLike[str]) -> Path:
     """Write a fitted estimator's parameters and fitted state to ``path`` (``.npz``), atomically."""
     from . import __version__
 
@@ -199,7 +208,8 @@ def save_estimator(estimator, path) -> Path:
     path = Path(path)
     if path.suffix != ".npz":
         path = path.with_name(path.name + ".npz")
-    return replace_atomically(path, lambda handle: np.savez(handle, **arrays))
+    # mypy would also match **arrays to savez's allow_pickle (no key is that name).
+    return replace_atomically(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,7 +217,7 @@ def save_estimator(estimator, path) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def load_estimator(cls, path):
+def load_estimator(cls: type[_Classifier], path: str | os.PathLike[str]) -> _Classifier:
     """Rebuild an estimator of class ``cls`` from a file written by :func:`save_estimator`.
 
     Raises

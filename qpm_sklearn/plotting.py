@@ -7,9 +7,18 @@ script and save with ``fig.savefig("file.png")`` on any backend, Agg included.
 
 from __future__ import annotations
 
-import numpy as np
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from .explanation import estimator_feature_names, evidence_map, upsample_maps
+import numpy as np
+import numpy.typing as npt
+
+from .explanation import Explanation, estimator_feature_names, evidence_map, upsample_maps
+
+if TYPE_CHECKING:
+    import matplotlib.figure
+
+    from . import classifier
 
 __all__ = ["plot_explanation", "plot_class_comparison", "plot_assignment"]
 
@@ -78,7 +87,14 @@ def _overlay(ax, background, heat, title):
     ax.set_yticks([])
 
 
-def plot_explanation(explanation, index=0, image=None, class_names=None, feature_names=None, true_label=None):
+def plot_explanation(
+    explanation: Explanation,
+    index: int = 0,
+    image: npt.ArrayLike | None = None,
+    class_names: Sequence[str] | dict[Any, str] | None = None,
+    feature_names: Sequence[str] | dict[int, str] | None = None,
+    true_label: object = None,
+) -> matplotlib.figure.Figure:
     """Figure of one explained prediction: image, class evidence and each feature's saliency.
 
     Panels, left to right: the image (a blank canvas when none is given); the class evidence
@@ -163,7 +179,15 @@ def plot_explanation(explanation, index=0, image=None, class_names=None, feature
     return fig
 
 
-def plot_class_comparison(estimator, a, b, X=None, images=None, class_names=None, feature_names=None):
+def plot_class_comparison(
+    estimator: classifier.QPMClassifier,
+    a: object,
+    b: object,
+    X: npt.ArrayLike | None = None,
+    images: Sequence[npt.ArrayLike] | None = None,
+    class_names: Sequence[str] | dict[Any, str] | None = None,
+    feature_names: Sequence[str] | dict[int, str] | None = None,
+) -> matplotlib.figure.Figure:
     """Figure of the features two classes share and those that tell them apart.
 
     The top panel marks, for each feature used by class ``a`` or ``b`` (shared ones first), which
@@ -225,7 +249,7 @@ def plot_class_comparison(estimator, a, b, X=None, images=None, class_names=None
         f"{len(comparison['only_b'])} only {name_b}",
         fontsize=10,
     )
-    if with_maps:
+    if X is not None:
         maps = np.asarray(estimator.feature_maps(X))
         if maps.shape[0] != 2:
             raise ValueError(f"X must hold exactly 2 examples (one of {a!r}, one of {b!r}); got {maps.shape[0]}.")
@@ -244,7 +268,11 @@ def plot_class_comparison(estimator, a, b, X=None, images=None, class_names=None
     return fig
 
 
-def plot_assignment(estimator, class_names=None, feature_names=None):
+def plot_assignment(
+    estimator: classifier.QPMClassifier,
+    class_names: Sequence[str] | dict[Any, str] | None = None,
+    feature_names: Sequence[str] | dict[int, str] | None = None,
+) -> matplotlib.figure.Figure:
     """Figure of the global class x feature assignment (``assignment_``).
 
     Rows are classes, columns the selected features (``selected_features_`` order); a filled cell

@@ -25,7 +25,9 @@ Examples
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from typing import Any, Literal
 
 import torch
 
@@ -53,7 +55,7 @@ _STAGES = dict(hidden_sizes=[8, 12, 16, 32], depths=[1, 1, 1, 1])
 # family → (model class, config class, config, processor class, processor settings). The
 # processors' settings are those of the family's hub models, at the tiny models' 64 px
 # (56 px, four 14-px patches, for DINOv2).
-TINY_MODELS = {
+TINY_MODELS: dict[str, tuple[str, str, dict[str, Any], str, dict[str, Any]]] = {
     "dinov2": ("Dinov2Model", "Dinov2Config", dict(_VIT, patch_size=14, image_size=56, layerscale_value=1.0),
                "BitImageProcessorPil", dict(_IMAGENET, size={"shortest_edge": 64}, crop_size={"height": 56, "width": 56})),
     "dinov2_with_registers": ("Dinov2WithRegistersModel", "Dinov2WithRegistersConfig",
@@ -78,7 +80,9 @@ TINY_MODELS = {
 }  # fmt: skip
 
 
-def save_random_model(folder, family: str, *, seed: int = 0, image_processor: bool = True, **config_overrides) -> Path:
+def save_random_model(
+    folder: str | os.PathLike[str], family: str, *, seed: int = 0, image_processor: bool = True, **config_overrides: Any
+) -> Path:
     """Build a tiny random-weight model of ``family`` and save it to ``folder``.
 
     Parameters
@@ -111,13 +115,13 @@ def save_random_model(folder, family: str, *, seed: int = 0, image_processor: bo
 
 
 def save_random_backbone(
-    folder,
-    size: str = "tiny",
+    folder: str | os.PathLike[str],
+    size: Literal["tiny", "small", "base", "large"] = "tiny",
     *,
     num_register_tokens: int = 4,
     patch_size: int = 14,
     seed: int = 0,
-    **config_overrides,
+    **config_overrides: Any,
 ) -> Path:
     """Build a random-weight DINOv2(-with-registers) model and save it to ``folder``.
 
@@ -157,8 +161,10 @@ def save_random_backbone(
 
     if size not in BACKBONE_SIZES:
         raise ValueError(f"size must be one of {sorted(BACKBONE_SIZES)}; got {size!r}.")
-    settings = dict(BACKBONE_SIZES[size], patch_size=patch_size, layerscale_value=1.0)
+    settings: dict[str, Any] = dict(BACKBONE_SIZES[size], patch_size=patch_size, layerscale_value=1.0)
     settings.update(config_overrides)
+    model_class: type[Dinov2Model | Dinov2WithRegistersModel]
+    config: Dinov2Config | Dinov2WithRegistersConfig
     if num_register_tokens > 0:
         model_class, config = Dinov2WithRegistersModel, Dinov2WithRegistersConfig(num_register_tokens=num_register_tokens, **settings)
     else:

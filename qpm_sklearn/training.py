@@ -14,8 +14,10 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from collections.abc import Callable, Iterable
 
 import numpy as np
+import numpy.typing as npt
 import torch
 import torch.nn.functional as F
 
@@ -31,6 +33,7 @@ from ._device import (
     wait_upload,
 )
 from ._utils import check_class_codes, check_finite_array, logger, progress
+from .adapter import QPMNetwork
 
 __all__ = [
     "diversity_loss",
@@ -55,7 +58,14 @@ _SERIAL_REDUCTION = 32768
 _ROW_WIDTH = 256
 
 
-def diversity_loss(logits, maps, features, head_weight, beta, sample_weight=None):
+def diversity_loss(
+    logits: torch.Tensor,
+    maps: torch.Tensor,
+    features: torch.Tensor,
+    head_weight: torch.Tensor,
+    beta: float,
+    sample_weight: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Feature diversity loss ``L_div`` (docs/method.md#losses).
 
     ``-beta/B * sum_b sum_p max_n w[b,n] * s[b,n] * softmax_p(maps[b,n])[p]`` with
@@ -90,17 +100,17 @@ def diversity_loss(logits, maps, features, head_weight, beta, sample_weight=None
     return -beta / sample_weight.sum() * thread_stable_sum(per_sample * sample_weight[:, None])
 
 
-def l1_maps(maps, sample_weight=None):
+def l1_maps(maps: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
     """L1 on the maps (docs/method.md#losses): mean absolute value over all map entries (samples weighted by ``sample_weight``)."""
     return _weighted_mean_abs(maps, sample_weight)
 
 
-def l1_features(features, sample_weight=None):
+def l1_features(features: torch.Tensor, sample_weight: torch.Tensor | None = None) -> torch.Tensor:
     """L1 on the features (docs/method.md#losses): mean absolute feature value (samples weighted)."""
     return _weighted_mean_abs(features, sample_weight)
 
 
-def _weighted_mean_abs(values, sample_weight):
+def _weighted_mean_abs(values: torch.Tensor, sample_weight: torch.Tensor | None) -> torch.Tensor:
     if sample_weight is None:
         return thread_stable_sum(values.abs()) / values.numel()
     per_sample = values.abs().reshape(len(values), -1) * sample_weight[:, None]
@@ -133,7 +143,13 @@ def cosine_schedule(total_steps: int, steps_per_epoch: int) -> np.ndarray:
     return np.where(steps < warmup, (steps + 1) / warmup, decay)
 
 
-def tokens_on_device(tokens, device, *, resident=None, check_input=True):
+def tokens_on_device(
+    tokens: np.ndarray | torch.Tensor,
+    device: str | torch.device,
+    *,
+    resident: bool | None = None,
+    check_input: bool = True,
+) -> np.ndarray | torch.Tensor:
     """Tokens staged once for several ``train_network`` / ``forward_in_batches`` calls.
 
     On CUDA the tokens are copied to the GPU in bfloat16 (the MLP's autocast
@@ -165,28 +181,28 @@ def tokens_on_device(tokens, device, *, resident=None, check_input=True):
 
 
 def train_network(
-    network,
-    tokens,
-    y,
+    network: QPMNetwork,
+    tokens: np.ndarray | torch.Tensor,
+    y: npt.ArrayLike | torch.Tensor,
     *,
-    grid,
-    epochs,
-    batch_size,
-    lr,
-    weight_decay,
-    diversity,
-    l1_maps=0.0,
-    l1_features=0.0,
-    device,
-    seed,
-    verbose=False,
-    desc="",
-    resident=None,
-    cuda_graphs=None,
-    sample_weight=None,
-    epoch_callback=None,
-    check_input=True,
-):
+    grid: tuple[int, int],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    diversity: float,
+    l1_maps: float = 0.0,
+    l1_features: float = 0.0,
+    device: str | torch.device,
+    seed: int,
+    verbose: int | bool = False,
+    desc: str = "",
+    resident: bool | None = None,
+    cuda_graphs: bool | None = None,
+    sample_weight: npt.ArrayLike | None = None,
+    epoch_callback: Callable[[QPMNetwork, dict[str, float]], bool | None] | None = None,
+    check_input: bool = True,
+) -> list[dict[str, float]]:
     """Train the parameters of ``network`` that require grad; one stage of QPM.
 
     Loss per batch: ``CE + L_div(beta=diversity) + l1_maps * L1_FM + l1_features * L1_FV``
@@ -252,7 +268,8 @@ def train_network(
     """
     device = _resolve_device(device)
     n_samples, n_tokens = _token_counts(tokens) if check_input else tuple(tokens.shape[:2])
-    grid = _check_grid(grid, n_tokens) if check_input else tuple(grid)
+    if check_input:
+        grid = _check_grid(grid, n_tokens)
     n_classes = network.head.weight.shape[0]
     labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     if check_input:
@@ -330,7 +347,7 @@ def train_network(
                     train_step(*batches.get(order, index))
                 step += 1
             sums = totals.cpu().numpy().astype(np.float64)  # the one synchronisation per epoch
-            row = dict(epoch=epoch + 1)
+            row: dict[str, float] = {"epoch": epoch + 1}
             row.update({name: float(value / sums[-1]) for name, value in zip(_TERMS, sums[:-1])})
             row.update(lr=float(schedule[step - 1]), seconds=time.perf_counter() - start)
             if not all(math.isfinite(row[name]) for name in _TERMS):
@@ -349,7 +366,16 @@ def train_network(
     return history
 
 
-def forward_in_batches(network, tokens, *, grid, batch_size, device, return_maps=False, check_input=True):
+def forward_in_batches(
+    network: QPMNetwork,
+    tokens: np.ndarray | torch.Tensor,
+    *,
+    grid: tuple[int, int],
+    batch_size: int,
+    device: str | torch.device,
+    return_maps: bool = False,
+    check_input: bool = True,
+) -> dict[str, np.ndarray]:
     """Evaluate ``network`` in eval mode under ``inference_mode``; outputs as float32 numpy.
 
     Parameters
@@ -372,13 +398,14 @@ def forward_in_batches(network, tokens, *, grid, batch_size, device, return_maps
     """
     device = _resolve_device(device)
     n_samples, n_tokens = _token_counts(tokens) if check_input else tuple(tokens.shape[:2])
-    grid = _check_grid(grid, n_tokens) if check_input else tuple(grid)
+    if check_input:
+        grid = _check_grid(grid, n_tokens)
     batch_size = int(batch_size)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1; got {batch_size!r}.")
     was_training = network.training
     network.to(device).eval()
-    outputs = {}
+    outputs: dict[str, np.ndarray] = {}
     try:
         with torch.inference_mode(), autocast(device):
             for start in range(0, n_samples, batch_size):
@@ -404,7 +431,18 @@ def forward_in_batches(network, tokens, *, grid, batch_size, device, return_maps
     return outputs
 
 
-def _loss_terms(logits, maps, features, head_weight, y_batch, w_batch, *, beta, maps_weight, features_weight):
+def _loss_terms(
+    logits: torch.Tensor,
+    maps: torch.Tensor,
+    features: torch.Tensor,
+    head_weight: torch.Tensor,
+    y_batch: torch.Tensor,
+    w_batch: torch.Tensor | None,
+    *,
+    beta: float,
+    maps_weight: float,
+    features_weight: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Total loss and the detached (5,) vector of its terms (order of ``_TERMS``); ``w_batch`` weights samples."""
     if w_batch is None:
         ce = F.cross_entropy(logits, y_batch)
@@ -546,7 +584,7 @@ class _GraphedStep:
         graph.replay()
 
 
-def _resolve_device(device):
+def _resolve_device(device: str | torch.device | None) -> torch.device:
     """``resolve_device`` with the CUDA index made explicit, so ``tensor.device == device`` holds."""
     device = resolve_device(device)
     if device.type == "cuda" and device.index is None:
@@ -554,7 +592,9 @@ def _resolve_device(device):
     return device
 
 
-def _decide_resident(tokens, device, resident, dtype):
+def _decide_resident(
+    tokens: np.ndarray | torch.Tensor, device: torch.device, resident: bool | None, dtype: torch.dtype
+) -> bool:
     if isinstance(tokens, torch.Tensor) and tokens.device == device:
         return True
     if resident is not None:
@@ -569,7 +609,9 @@ def _decide_resident(tokens, device, resident, dtype):
     return fits
 
 
-def _to_device(tokens, device, dtype, chunk=512):
+def _to_device(
+    tokens: np.ndarray | torch.Tensor, device: torch.device, dtype: torch.dtype, chunk: int = 512
+) -> torch.Tensor:
     """All tokens on ``device``: as they are on the CPU or when already there; else chunk-wise in ``dtype``."""
     if isinstance(tokens, torch.Tensor) and (tokens.device == device or device.type == "cpu"):
         return tokens.detach().to(device)
@@ -583,7 +625,7 @@ def _to_device(tokens, device, dtype, chunk=512):
     return out
 
 
-def _slice_to_device(tokens, start, stop, device):
+def _slice_to_device(tokens: np.ndarray | torch.Tensor, start: int, stop: int, device: torch.device) -> torch.Tensor:
     if isinstance(tokens, torch.Tensor):
         x = tokens[start:stop].to(device)
     else:
@@ -592,7 +634,7 @@ def _slice_to_device(tokens, start, stop, device):
     return x if device.type == "cuda" and x.dtype != torch.float64 else x.float()
 
 
-def _token_counts(tokens):
+def _token_counts(tokens: object) -> tuple[int, int]:
     """``(n, P)`` of a floating-point token array or tensor of shape ``(n, P, D)``; raises otherwise."""
     if not isinstance(tokens, (np.ndarray, torch.Tensor)):
         raise TypeError(
@@ -609,7 +651,7 @@ def _token_counts(tokens):
     return int(tokens.shape[0]), int(tokens.shape[1])
 
 
-def _check_grid(grid, n_tokens):
+def _check_grid(grid: Iterable[int], n_tokens: int) -> tuple[int, int]:
     try:
         height, width = (int(side) for side in grid)
     except (TypeError, ValueError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def _read_annotations(path: Path, what: str) -> tuple[list[str], np.ndarray]:
     return fnames, labels
 
 
-def load_stanford_cars(root) -> Bunch:
+def load_stanford_cars(root: str | os.PathLike[str]) -> Bunch:
     """Load Stanford Cars (196 classes) with the official devkit split.
 
     Reads the layout of the DINO-QPM code (docs/datasets.md) with :func:`scipy.io.loadmat`::

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 from sklearn.utils import Bunch
 
 from ._folder import dataset_bunch, first_missing, require_file
@@ -76,7 +79,7 @@ def _class_names(cub_dir: Path, labels: np.ndarray, relpaths: list[str]) -> list
         if missing:
             raise ValueError(f"{classes_file} has no name for the class ids {missing[:5]}.")
         return [names[i].strip() for i in ids]
-    folder_of = {}
+    folder_of: dict[int, str] = {}
     for label, relpath in zip(labels, relpaths):
         folder_of.setdefault(int(label), relpath.split("/")[0])
     return [folder_of.get(c, str(c + 1)) for c in range(n_classes)]
@@ -87,7 +90,7 @@ def _without_number(name: str) -> str:
     return re.sub(r"^\d+\.", "", name)
 
 
-def load_cub(root, *, labels="codes") -> Bunch:
+def load_cub(root: str | os.PathLike[str], *, labels: Literal["codes", "names"] = "codes") -> Bunch:
     """Load CUB-200-2011 (Wah et al., 2011) with its official train/test split.
 
     Reads the metadata files of the official archive, as the DINO-QPM code does:
@@ -189,7 +192,9 @@ def _mask_paths(cub_dir: Path, relpaths: list[str]) -> list[str] | None:
     return None
 
 
-def load_masks(mask_paths, size=None):
+def load_masks(
+    mask_paths: Sequence[str | os.PathLike[str]], size: int | tuple[int, int] | None = None
+) -> list[npt.NDArray[np.uint8]] | npt.NDArray[np.bool_]:
     """Read segmentation masks (grayscale PNGs, > 0 = object), optionally resized to a grid.
 
     Parameters
@@ -222,7 +227,7 @@ def load_masks(mask_paths, size=None):
     from ..metrics import resize_masks
 
     if size is not None:
-        height, width = (size, size) if np.isscalar(size) else tuple(size)
+        height, width = tuple(size) if isinstance(size, Iterable) else (size, size)
         if not all(isinstance(v, (int, np.integer)) and v >= 1 for v in (height, width)):
             raise ValueError(f"size must be None, a positive int or a pair of positive ints; got {size!r}.")
     masks = []

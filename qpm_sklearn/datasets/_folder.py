@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def _is_hidden(name: str) -> bool:
 
 def _class_images(folder: Path) -> list[str]:
     """Image files under ``folder`` (recursively, hidden entries skipped), in sorted order."""
-    found = []
+    found: list[str] = []
     for directory, subdirs, files in os.walk(folder):
         subdirs[:] = sorted(d for d in subdirs if not _is_hidden(d))
         found.extend(
@@ -102,7 +103,7 @@ def _refuse_split_layout(folder: Path, classes: dict[str, list[str]]) -> None:
         )
 
 
-def load_image_folder(root, *, split_dirs=None) -> Bunch:
+def load_image_folder(root: str | os.PathLike[str], *, split_dirs: Sequence[str] | None = None) -> Bunch:
     """Load an image-classification dataset stored as one subfolder per class.
 
     ``root/<class>/<image>`` (``split_dirs=None``) or ``root/<split>/<class>/<image>`` for every
@@ -145,6 +146,7 @@ def load_image_folder(root, *, split_dirs=None) -> Bunch:
     >>> X_train = [p for p, t in zip(data.paths, data.is_train) if t]  # doctest: +SKIP
     """
     root = Path(root).expanduser().resolve()
+    per_split: dict[str | None, dict[str, list[str]]]
     if split_dirs is None:
         per_split = {None: _scan_classes(root)}
         _refuse_split_layout(root, per_split[None])

@@ -7,10 +7,11 @@ from math import comb
 from numbers import Integral, Real
 
 import numpy as np
+import numpy.typing as npt
 from sklearn.utils import check_random_state
 
 
-def _check_int(value, name, low):
+def _check_int(value: object, name: str, low: int) -> int:
     if not isinstance(value, Integral) or isinstance(value, bool) or value < low:
         raise ValueError(f"{name} must be an integer >= {low}; got {value!r}.")
     return int(value)
@@ -57,19 +58,19 @@ def _place_squares(occupied, n_squares, size, rng):
 
 
 def make_parts(
-    n_samples=400,
-    n_classes=4,
+    n_samples: int = 400,
+    n_classes: int = 4,
     *,
-    grid=(8, 8),
-    n_dims=16,
-    n_parts_per_class=2,
-    n_prototypes=None,
-    part_size=1,
-    part_strength=6.0,
-    n_distractors=2,
-    noise=0.5,
-    random_state=None,
-):
+    grid: tuple[int, int] = (8, 8),
+    n_dims: int = 16,
+    n_parts_per_class: int = 2,
+    n_prototypes: int | None = None,
+    part_size: int = 1,
+    part_strength: float = 6.0,
+    n_distractors: int = 2,
+    noise: float = 0.5,
+    random_state: int | np.random.RandomState | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
     """Patch grids whose class is decided by a few localised parts, with the parts' masks.
 
     Every class is a combination of ``n_parts_per_class`` part prototypes drawn from a pool shared
