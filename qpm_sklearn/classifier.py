@@ -1070,5 +1070,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = False
+        # X is (n, d), (n, p, d) or (n, h, w, d); scikit-learn's tags have no 4-D entry.
+        tags.input_tags.three_d_array = True
         return tags
 

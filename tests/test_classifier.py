@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
+from sklearn.utils import get_tags
 from sklearn.utils.estimator_checks import check_class_weight_classifiers, check_estimator
 
 from qpm_sklearn import Dinov2Embedder, QPMClassifier
@@ -34,6 +35,17 @@ def make_grid_data(n_per_class=20, n_classes=3, grid=(4, 4), dims=8, seed=0):
 def fitted():
     X, y = make_grid_data()
     return QPMClassifier(**SMALL, random_state=0).fit(X, y), X, y
+
+
+def test_tags_describe_the_inputs_fit_takes():
+    X, y = make_grid_data(n_per_class=4)
+    tags = get_tags(QPMClassifier())
+    assert tags.input_tags.two_d_array and tags.input_tags.three_d_array and not tags.input_tags.allow_nan
+    assert tags.estimator_type == "classifier" and tags.classifier_tags.multi_class
+    for shape in (X.shape, (len(X), 16, X.shape[-1]), (len(X), X.shape[-1])):  # 4-D, 3-D and 2-D all fit
+        QPMClassifier(**dict(SMALL, dense_epochs=1, sparse_epochs=1), random_state=0).fit(
+            X.reshape(shape) if len(shape) > 2 else X.mean(axis=(1, 2)), y
+        )
 
 
 def test_sklearn_estimator_checks():
