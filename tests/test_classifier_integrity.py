@@ -83,8 +83,13 @@ def test_interrupted_refit_leaves_the_previous_model(monkeypatch):
 
     monkeypatch.setattr(classifier, "train_network", interrupted)
     X4, y4 = data(n=32, n_classes=4, seed=1)  # another set of classes
-    with pytest.raises(KeyboardInterrupt):
-        clf.fit(X4, y4)
+    # Python's own handler, also where SIGINT is inherited as ignored (a shell's background job).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            clf.fit(X4, y4)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert fitted_state(clf) == before
     np.testing.assert_array_equal(clf.predict_proba(X), proba)
 
