@@ -262,29 +262,71 @@ def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
 def _clique_by_removal(compatible: np.ndarray, target: int) -> set:
     """The authors' approximate maximum clique with early stop (the ascending pass of docs/method.md#penalty).
 
-    Independent sets of the complement graph (cliques of ``compatible``), found by networkx's
-    ``ramsey_R2`` and repeated removal of the complement's Ramsey clique; stops once one has
-    ``target`` nodes and returns the first largest. networkx itself, not a re-implementation:
-    which node its recursion splits off first follows its graph views' node order, and only the
-    same library reproduces the authors' tau*. ``ramsey_R2`` recurses about once per node, so
-    the recursion limit is raised for the call (and restored).
+    Independent sets of the complement graph (cliques of ``compatible``), found by Ramsey's
+    recursion (:func:`_ramsey_r2`) and repeated removal of the complement's Ramsey clique; stops
+    once one has ``target`` nodes and returns the first largest. The complement is held as
+    networkx's ``complement(from_numpy_array(compatible))`` holds it: nodes and neighbours in
+    ascending id order, and removing nodes keeps the order of the rest.
     """
-    import networkx as nx
-    from networkx.algorithms.approximation import ramsey_R2
-
-    conflict = nx.complement(nx.from_numpy_array(compatible))
+    n = len(compatible)
+    conflict = {i: dict.fromkeys(np.flatnonzero(~compatible[i] & (np.arange(n) != i)).tolist()) for i in range(n)}
     limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 10 * len(compatible) + 1000))
+    sys.setrecursionlimit(max(limit, 10 * n + 1000))  # the recursion is about one level per node deep
     try:
-        clique, best = ramsey_R2(conflict)
+        clique, best = _ramsey_r2(conflict)
         while conflict and len(best) < target:
-            conflict.remove_nodes_from(clique)
-            clique, iset = ramsey_R2(conflict)
-            if len(iset) > len(best):
-                best = iset
+            for node in clique:
+                for neighbour in conflict.pop(node):
+                    del conflict[neighbour][node]
+            clique, independent = _ramsey_r2(conflict)
+            if len(independent) > len(best):
+                best = independent
     finally:
         sys.setrecursionlimit(limit)
     return best
+
+
+def _ramsey_r2(graph: dict[int, dict[int, None]]) -> tuple[set[int], set[int]]:
+    """A clique and an independent set of ``graph``, exactly as networkx's ``ramsey_R2`` finds them.
+
+    ``graph`` is a dict of neighbour dicts in networkx's layout (``Graph._adj``), whose orders
+    decide the result: the recursion splits off the graph's first node and recurses into the
+    subgraphs induced by its neighbours and by its non-neighbours (:func:`_induced_subgraph`),
+    adding the node to the first's clique and the second's independent set and keeping the
+    larger of each pair (the first on ties). The non-neighbours are the set difference
+    networkx >= 3.3 computes (``non_neighbors``); before 3.3 networkx visited them in graph
+    order instead, which can give other sets, so this rule does not depend on the installed
+    networkx. tests/test_redundancy.py checks it against networkx's own function.
+    """
+    if len(graph) <= 1:
+        return set(graph), set(graph)
+    node = next(iter(graph))
+    neighbours = graph[node]
+    clique_1, independent_1 = _ramsey_r2(_induced_subgraph(graph, [v for v in neighbours if v != node]))
+    clique_2, independent_2 = _ramsey_r2(_induced_subgraph(graph, list(graph.keys() - neighbours.keys() - {node})))
+    clique_1.add(node)
+    independent_2.add(node)
+    return max(clique_1, clique_2, key=len), max(independent_1, independent_2, key=len)
+
+
+def _induced_subgraph(graph: dict[int, dict[int, None]], nodes: list[int]) -> dict[int, dict[int, None]]:
+    """``graph.subgraph(nodes).copy()`` of networkx, orders included.
+
+    networkx keeps the nodes in a set built one node at a time; its view iterates that set when
+    it holds fewer than half the graph's nodes and the graph's order otherwise. The copy adds
+    every edge ``(u, v)`` as ``u``'s neighbours are visited in the parent's order, inserting
+    ``v`` into ``u``'s dict and ``u`` into ``v``'s; a neighbour already present keeps its place.
+    """
+    keep = set(nodes)
+    order = [v for v in keep] if 2 * len(keep) < len(graph) else [v for v in graph if v in keep]
+    induced: dict[int, dict[int, None]] = {v: {} for v in order}
+    for u in order:
+        row = induced[u]
+        for v in graph[u]:
+            if v in keep and v not in row:  # present: inserted when v's own neighbours were visited
+                row[v] = None
+                induced[v][u] = None
+    return induced
 
 
 def _paper_threshold(R: np.ndarray, target: int) -> float:
@@ -394,12 +436,12 @@ def redundancy_penalty(
         ``tau*/2 <= R < tau*`` count as incompatible in the search but are not penalised, and
         when ``tau*`` exceeds ``max R`` nothing is. Penalty ``(R - m) / max(R - m)`` with ``m``
         the smallest non-zero entry of ``R`` (the diagonal counts in the maximum). The clique
-        heuristics break ties and order nodes as the authors' code does (Python sets, networkx's
-        ``ramsey_R2``; networkx comes with torch), which makes this rule slow: about a minute at
-        512 features on a 2-core CPU. Where the authors' code fails (first estimate already
-        too small, a level beyond the largest value, ``n_selected < 2``), we choose:
-        the ascent starts at step 0, a level beyond the values is ``inf``, and an ascent that
-        finds no clique in its 100 steps gives ``inf``.
+        heuristics break ties and order nodes as the authors' code does (Python sets, and
+        networkx's ``ramsey_R2`` reproduced order for order, as networkx >= 3.3 orders it,
+        whatever networkx is installed); about 1 s at 512 features on one CPU core. Where the
+        authors' code fails (first estimate already too small, a level beyond the largest
+        value, ``n_selected < 2``), we choose: the ascent starts at step 0, a level beyond the
+        values is ``inf``, and an ascent that finds no clique in its 100 steps gives ``inf``.
 
     Parameters
     ----------

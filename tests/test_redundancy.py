@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from qpm_sklearn.selection import redundancy_penalty
+from qpm_sklearn import selection
+from qpm_sklearn.selection import feature_similarity, redundancy_penalty
 
 
 def _similarity(n, pairs):
@@ -87,6 +88,68 @@ def test_paper_rule_degenerate_inputs():
     # A single selected feature needs no threshold.
     penalty, tau = redundancy_penalty(SIX, 1, rule="paper")
     assert tau == math.inf and not penalty.any()
+
+
+# ------------------------------------------------------------------ the Ramsey recursion, against networkx
+networkx = pytest.importorskip("networkx")
+# networkx >= 3.3 returns non-neighbours as a set (earlier: a generator in graph order); the rule
+# follows the set order, which is what the reference must produce to be one.
+SET_ORDER_NETWORKX = isinstance(networkx.non_neighbors(networkx.path_graph(3), 0), set)
+needs_set_order = pytest.mark.skipif(not SET_ORDER_NETWORKX, reason="networkx < 3.3 orders non-neighbours differently")
+
+
+def _random_compatibility(rng, n, density):
+    upper = np.triu(rng.random((n, n)) < density, 1)
+    return upper | upper.T
+
+
+def _networkx_clique_by_removal(compatible, target):
+    """The removal loop written on networkx's own graphs and ramsey_R2 (the authors' way)."""
+    from networkx.algorithms.approximation import ramsey_R2
+
+    conflict = networkx.complement(networkx.from_numpy_array(compatible))
+    clique, best = ramsey_R2(conflict)
+    while conflict and len(best) < target:
+        conflict.remove_nodes_from(clique)
+        clique, independent = ramsey_R2(conflict)
+        if len(independent) > len(best):
+            best = independent
+    return best
+
+
+@needs_set_order
+def test_ramsey_recursion_finds_the_sets_networkx_finds():
+    from networkx.algorithms.approximation import ramsey_R2
+
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        n, density = int(rng.integers(1, 60)), float(rng.random())
+        compatible = _random_compatibility(rng, n, density)
+        graph = networkx.complement(networkx.from_numpy_array(compatible))
+        layout = {node: dict.fromkeys(graph.adj[node]) for node in graph}
+        assert selection._ramsey_r2(layout) == ramsey_R2(graph), (n, density)
+
+
+@needs_set_order
+def test_clique_removal_finds_the_set_networkx_finds():
+    rng = np.random.default_rng(1)
+    for _ in range(60):
+        n, density = int(rng.integers(2, 80)), float(rng.random())
+        compatible, target = _random_compatibility(rng, n, density), int(rng.integers(2, 12))
+        assert selection._clique_by_removal(compatible, target) == _networkx_clique_by_removal(compatible, target)
+
+
+@needs_set_order
+@pytest.mark.parametrize("seed", range(3))
+def test_paper_threshold_equals_the_networkx_procedure(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    A = rng.normal(size=(96, 12)) + (rng.random((96, 12)) < 0.2) * 2.0
+    R = feature_similarity(A)
+    ours = redundancy_penalty(R, 16, rule="paper")
+    monkeypatch.setattr(selection, "_clique_by_removal", _networkx_clique_by_removal)
+    reference = redundancy_penalty(R, 16, rule="paper")
+    assert ours[1] == reference[1]
+    np.testing.assert_array_equal(ours[0], reference[0])
 
 
 def test_rule_is_validated():
