@@ -19,8 +19,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 
-if TYPE_CHECKING:  # an optional dependency, imported where used
+if TYPE_CHECKING:  # optional dependencies, imported where used
     import pandas
+    import shap
 
 # The fields of an Explanation that have one entry per sample (all but ``classes`` and ``feature_names``).
 _PER_SAMPLE = ("prediction", "proba", "logit", "intercept", "features", "contributions", "weights", "maps")
@@ -221,7 +222,7 @@ class Explanation:
         """
         return explanation_frame(self)
 
-    def to_shap(self) -> Any:
+    def to_shap(self) -> shap.Explanation:
         """The contributions as a :class:`shap.Explanation` (needs shap), for shap's plots.
 
         See :func:`explanation_to_shap`.
@@ -229,7 +230,6 @@ class Explanation:
         Returns
         -------
         explanation : shap.Explanation
-            Annotated ``Any``: shap is optional, so its type cannot be named where it is absent.
         """
         return explanation_to_shap(self)
 
@@ -383,7 +383,7 @@ def explanation_frame(explanation: Explanation) -> pandas.DataFrame:
     )
 
 
-def explanation_to_shap(explanation: Explanation) -> Any:
+def explanation_to_shap(explanation: Explanation) -> shap.Explanation:
     """An explanation as a :class:`shap.Explanation` of each sample's predicted logit.
 
     Columns are the features any sample's predicted class uses (adapter channel
@@ -402,7 +402,6 @@ def explanation_to_shap(explanation: Explanation) -> Any:
     Returns
     -------
     explanation : shap.Explanation
-        Annotated ``Any``: shap is optional, so its type cannot be named where it is absent.
     """
     shap = _optional_import("shap", "to_shap()", "shap")
     features, samples, ranks = _used_entries(explanation)
