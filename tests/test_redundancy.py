@@ -90,6 +90,40 @@ def test_paper_rule_degenerate_inputs():
     assert tau == math.inf and not penalty.any()
 
 
+def _recounting_greedy_clique(compatible, size, n_starts=16):
+    """The greedy clique search written plainly: neighbour counts recounted at every step."""
+    degree = compatible.sum(1)
+    eligible = degree >= size - 1
+    if eligible.sum() < size:
+        return None
+    for start in np.argsort(-degree, kind="stable")[:n_starts]:
+        clique, candidates = [start], compatible[start] & eligible
+        while len(clique) < size and candidates.any():
+            counts = [int((compatible[v] & candidates).sum()) if candidates[v] else -1 for v in range(len(compatible))]
+            node = int(np.argmax(counts))
+            clique.append(node)
+            candidates = candidates & compatible[node]
+        if len(clique) >= size:
+            return np.array(clique)
+    return None
+
+
+def test_greedy_clique_with_updated_counts_equals_recounting():
+    rng = np.random.default_rng(3)
+    found = 0
+    for _ in range(200):
+        n = int(rng.integers(2, 60))
+        upper = np.triu(rng.random((n, n)) < rng.random(), 1)
+        compatible, size = upper | upper.T, int(rng.integers(2, max(3, n // 2)))
+        ours, reference = selection._greedy_clique(compatible, size), _recounting_greedy_clique(compatible, size)
+        assert (ours is None) == (reference is None)
+        if ours is not None:
+            np.testing.assert_array_equal(ours, reference)
+            assert len(ours) == size and compatible[np.ix_(ours, ours)].sum() == size * (size - 1)  # a clique
+            found += 1
+    assert 20 < found < 200, "both outcomes must occur"
+
+
 # ------------------------------------------------------------------ the Ramsey recursion, against networkx
 networkx = pytest.importorskip("networkx")
 # networkx >= 3.3 returns non-neighbours as a set (earlier: a generator in graph order); the rule
