@@ -274,10 +274,11 @@ def _clique_by_removal(compatible: np.ndarray, target: int) -> set:
     networkx's ``complement(from_numpy_array(compatible))`` holds it: nodes and neighbours in
     ascending id order, and removing nodes keeps the order of the rest.
     """
-    n = len(compatible)
-    conflict = {i: dict.fromkeys(np.flatnonzero(~compatible[i] & (np.arange(n) != i)).tolist()) for i in range(n)}
+    incompatible = ~compatible
+    np.fill_diagonal(incompatible, False)  # no self-loops
+    conflict = {i: dict.fromkeys(np.flatnonzero(row).tolist()) for i, row in enumerate(incompatible)}
     limit = sys.getrecursionlimit()
-    sys.setrecursionlimit(max(limit, 10 * n + 1000))  # the recursion is about one level per node deep
+    sys.setrecursionlimit(max(limit, 10 * len(compatible) + 1000))  # the recursion is about one level per node deep
     try:
         clique, best = _ramsey_r2(conflict)
         while conflict and len(best) < target:

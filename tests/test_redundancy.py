@@ -3,6 +3,7 @@
 
 import math
 
+import networkx  # the reference for the Ramsey recursion (a test dependency)
 import numpy as np
 import pytest
 
@@ -125,7 +126,6 @@ def test_greedy_clique_with_updated_counts_equals_recounting():
 
 
 # ------------------------------------------------------------------ the Ramsey recursion, against networkx
-networkx = pytest.importorskip("networkx")
 # networkx >= 3.3 returns non-neighbours as a set (earlier: a generator in graph order); the rule
 # follows the set order, which is what the reference must produce to be one.
 SET_ORDER_NETWORKX = isinstance(networkx.non_neighbors(networkx.path_graph(3), 0), set)
