@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
 import os
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -27,47 +23,31 @@ from sklearn.utils.validation import (
     _check_feature_names,
     _check_sample_weight,
     _get_feature_names,
-    check_array,
     check_is_fitted,
     check_memory,
     column_or_1d,
 )
 
 from ._doc_links import DocLinkMixin
-from ._device import as_numpy, resolve_device, torch_generator, torch_seed
-from ._utils import StrictInterval
-from .adapter import (
-    DenseHead,
-    QPMNetwork,
-    SparseHead,
-    TokenMLP,
-    empty_network,
-    init_parameters,
-    load_network_state,
-    mlp_from_state,
-    network_state,
-    standardise,
+from ._device import resolve_device, torch_seed
+from ._head import HeadRecord, qpm_head
+from ._stages import (
+    INFERENCE_BATCH_SIZE,
+    cached_dense_stage,
+    check_tokens,
+    dense_network,
+    fit_sparse_stage,
+    sparse_network,
 )
-from .baselines import HeadRecord, qsenn_refit, sparse_head
+from ._utils import StrictInterval
+from .adapter import QPMNetwork, standardise
+from .baselines import sparse_head
 from .explanation import Explanation, class_summary, estimator_feature_names
 from .persistence import load_estimator, save_estimator
-from .selection import (
-    check_selection_budget,
-    check_solver_options,
-    feature_class_correlation,
-    feature_similarity,
-    redundancy_penalty,
-    solve_selection,
-)
-from .training import forward_in_batches, tokens_on_device, train_network
+from .selection import check_selection_budget, check_solver_options
+from .training import forward_in_batches
 
 _STAGES = ("sparse", "dense")
-_INFERENCE_BATCH_SIZE = 256
-# docs/baselines.md: the comparison systems fine-tune with dropout 0.1 and Q-SENN runs 4 rounds.
-_BASELINE_DROPOUT = 0.1
-_QSENN_ROUNDS = 4
-# Bytes per block of tokens_fingerprint (hashed in parallel).
-_FINGERPRINT_BLOCK = 32 * 2**20
 
 _Classifier = TypeVar("_Classifier", bound="QPMClassifier")
 
@@ -88,340 +68,6 @@ PARAMETER_GROUPS = {
     ),
     "runtime": ("device", "memory", "random_state", "verbose", "feature_names"),
 }  # fmt: skip
-
-
-def _check_tokens(
-    X: npt.ArrayLike, *, n_features_in: int | None = None, min_samples: int = 1
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """Validate X once per public call and return ``(tokens (n, p, d), grid (h, w))``.
-
-    Accepts ``(n, h, w, d)`` patch grids, ``(n, p, d)`` tokens with a square
-    ``p`` and ``(n, d)`` single tokens. float32 and float16 arrays (such as the
-    float16 memory map of an embedding cache) are used without a copy, so a
-    collection larger than memory is streamed rather than loaded; float64 is
-    cast to float32 and other dtypes converted. ``n_features_in`` (when given)
-    is the embedding size the fitted model expects. The internals called after
-    this run with ``check_input=False``.
-    """
-    array = check_array(
-        X,
-        dtype=(np.float32, np.float16, np.float64),
-        allow_nd=True,
-        ensure_min_samples=min_samples,
-        input_name="X",
-    )
-    if array.ndim == 2:
-        grid = (1, 1)
-    elif array.ndim == 3:
-        side = math.isqrt(array.shape[1])
-        if side * side != array.shape[1]:
-            raise ValueError(
-                f"X of shape (n, p, d) must hold a square grid of p patch tokens; got p={array.shape[1]}, "
-                "which is not a perfect square. Pass the grid as (n, h, w, d) instead."
-            )
-        grid = (side, side)
-    elif array.ndim == 4:
-        grid = (array.shape[1], array.shape[2])
-    else:
-        raise ValueError(
-            f"X must be a patch grid (n, h, w, d), tokens (n, p, d) or vectors (n, d); got shape {array.shape}."
-        )
-    n_dims = array.shape[-1]
-    if n_features_in is not None and n_dims != n_features_in:
-        raise ValueError(
-            f"X has {n_dims} features, but QPMClassifier is expecting "
-            f"{n_features_in} features as input (the embedding size d of the last axis)."
-        )
-    tokens = np.ascontiguousarray(array.reshape(array.shape[0], grid[0] * grid[1], n_dims))
-    if tokens.dtype == np.float64:
-        with np.errstate(over="ignore"):
-            tokens = tokens.astype(np.float32)
-        if not np.isfinite(tokens).all():
-            raise ValueError("X has values beyond the float32 range (about ±3.4e38); rescale the embeddings.")
-    return tokens, grid
-
-
-def tokens_fingerprint(tokens: np.ndarray) -> str:
-    """A content hash of an array: SHA-256 of its bytes in 32 MB blocks hashed in parallel, with shape and dtype.
-
-    The ``memory=`` key of the dense stage: exact (never stale, unlike a file date or an
-    object id), and faster than ``joblib.hash`` of the array -- SHA-256 runs in the CPU's
-    SHA instructions where it has them, and hashlib releases the GIL, so the blocks are
-    hashed on all cores (benchmarks/dense_cache_key.py).
-    """
-    # numpy declares ndarray.__buffer__ for Python >= 3.12 only; every ndarray is a buffer.
-    flat = memoryview(np.ascontiguousarray(tokens).reshape(-1)).cast("B")  # type: ignore[arg-type]
-    blocks = [flat[start : start + _FINGERPRINT_BLOCK] for start in range(0, len(flat), _FINGERPRINT_BLOCK)]
-    workers = min(len(blocks), os.cpu_count() or 1)
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            digests = list(pool.map(lambda block: hashlib.sha256(block).digest(), blocks))
-    else:
-        digests = [hashlib.sha256(block).digest() for block in blocks]
-    summary = hashlib.sha256(repr((tokens.shape, np.dtype(tokens.dtype).str)).encode())
-    for digest in digests:
-        summary.update(digest)
-    return summary.hexdigest()
-
-
-def _fit_dense_stage(tokens, fingerprint, y, sample_weight, grid, n_classes, settings, seed, device, verbose=False):
-    """Train the token-wise MLP with a dense linear head (stage 1) and describe the training set.
-
-    A module-level function of plain arguments so that ``joblib.Memory`` can
-    cache it: a budget search refits only the selection and the sparse stage.
-    The cache key holds ``fingerprint`` (a content hash of ``tokens``) instead of
-    ``tokens``, which may already be staged on the device. The MLP is initialised
-    from a generator seeded by ``seed``; the global torch RNG is left alone.
-
-    Returns
-    -------
-    result : dict
-        ``mlp`` and ``head`` (numpy weights of the network), ``features`` (n, n_features)
-        pooled training features in eval mode, ``history`` (per-epoch rows).
-    """
-    del fingerprint  # part of the cache key only
-    network = empty_network(
-        lambda: QPMNetwork(
-            TokenMLP(tokens.shape[-1], settings["hidden_size"], settings["n_features"], settings["n_layers"]),
-            DenseHead(settings["n_features"], n_classes, settings["dropout"]),
-        )
-    )
-    init_parameters(network.to_empty(device="cpu"), torch_generator(seed))
-    train_tokens, train_y, train_weight, stopping = tokens, y, sample_weight, None
-    if settings["early_stopping"]:
-        train_rows, stopping = _EarlyStopping.split(tokens, y, sample_weight, grid, settings, seed, device)
-        train_tokens, train_y = _take(tokens, train_rows), y[train_rows]
-        train_weight = None if sample_weight is None else sample_weight[train_rows]
-    history = train_network(
-        network,
-        train_tokens,
-        train_y,
-        grid=grid,
-        **_stage_options(settings, "dense"),
-        device=device,
-        seed=seed,
-        verbose=verbose,
-        desc="dense",
-        sample_weight=train_weight,
-        epoch_callback=stopping,
-        check_input=False,
-    )
-    if stopping is not None:
-        stopping.restore_best(network)
-    features = forward_in_batches(
-        network, tokens, grid=grid, batch_size=_INFERENCE_BATCH_SIZE, device=device, check_input=False
-    )["features"]
-    return {
-        "mlp": network_state(network.mlp),
-        "head": network_state(network.head),
-        "features": features,
-        "history": history,
-    }
-
-
-def _stage_options(settings, stage):
-    """``train_network``'s options of one stage from its parameter group (``epochs`` is ``{stage}_epochs`` ...)."""
-    return {option: settings[f"{stage}_{option}"] for option in ("epochs", "batch_size", "lr", "weight_decay", "diversity")}
-
-
-def _take(tokens, rows):
-    """Rows of staged tokens (a device tensor or a host array)."""
-    if isinstance(tokens, torch.Tensor):
-        return tokens.index_select(0, torch.as_tensor(rows, device=tokens.device))
-    return tokens[rows]
-
-
-class _EarlyStopping:
-    """Epoch callback of the dense stage: validation accuracy, patience, best weights kept.
-
-    Stops when the accuracy on the held-out rows has not risen above its best for
-    ``n_iter_no_change`` epochs; :meth:`restore_best` then loads the weights of the best
-    epoch (as scikit-learn's MLP does). Each epoch's history row gets ``validation_score``.
-    """
-
-    def __init__(self, tokens, y, weight, grid, patience, device):
-        self.tokens, self.y, self.weight, self.grid = tokens, y, weight, grid
-        self.patience, self.device = patience, device
-        self.best_score, self.best_state, self.waited = -np.inf, None, 0
-
-    @classmethod
-    def split(cls, tokens, y, sample_weight, grid, settings, seed, device):
-        """The training rows and the callback holding the stratified, seeded validation rows."""
-        from sklearn.model_selection import train_test_split
-
-        try:
-            train_rows, validation_rows = train_test_split(
-                np.arange(len(y)), test_size=settings["validation_fraction"], stratify=y, random_state=seed
-            )
-        except ValueError as exc:
-            raise ValueError(
-                f"early_stopping: validation_fraction={settings['validation_fraction']} of {len(y)} samples cannot "
-                f"hold out every class ({exc}); raise validation_fraction or turn early_stopping off."
-            ) from exc
-        train_rows, validation_rows = np.sort(train_rows), np.sort(validation_rows)
-        weight = None if sample_weight is None else sample_weight[validation_rows]
-        callback = cls(_take(tokens, validation_rows), y[validation_rows], weight, grid,
-                       settings["n_iter_no_change"], device)  # fmt: skip
-        return train_rows, callback
-
-    def __call__(self, network, row) -> bool:
-        logits = forward_in_batches(
-            network, self.tokens, grid=self.grid, batch_size=_INFERENCE_BATCH_SIZE, device=self.device,
-            check_input=False,
-        )["logits"]  # fmt: skip
-        score = float(np.average(np.argmax(logits, axis=1) == self.y, weights=self.weight))
-        row["validation_score"] = score
-        if score > self.best_score:
-            self.best_score, self.waited = score, 0
-            self.best_state = (network_state(network.mlp), network_state(network.head))
-        else:
-            self.waited += 1
-        return self.waited >= self.patience
-
-    def restore_best(self, network):
-        load_network_state(network.mlp, self.best_state[0])
-        load_network_state(network.head, self.best_state[1])
-        network.to(self.device)
-
-
-def _cached_dense_stage(memory, tokens, y, sample_weight, grid, n_classes, settings, seed, device, verbose):
-    """:func:`_fit_dense_stage` through ``memory``; concurrent fits of one key compute it once.
-
-    With a cache location, a file lock per key (beside the cache) makes a second process
-    or thread that asks for the same dense stage wait for the first and then load its
-    result instead of training it again.
-    """
-    location = getattr(memory, "location", None)
-    fingerprint = tokens_fingerprint(tokens) if location is not None else None
-    staged = tokens_on_device(tokens, device, check_input=False)  # once per fit, for both stages
-    cached = memory.cache(_fit_dense_stage, ignore=["tokens", "verbose"])
-    args = (staged, fingerprint, y, sample_weight, grid, n_classes, settings, seed, str(device), verbose)
-    if location is None:
-        return cached(*args), staged
-    from filelock import FileLock
-    from joblib import hash as joblib_hash
-
-    key = joblib_hash((fingerprint, y, sample_weight, grid, n_classes, settings, seed, str(device)))
-    lock_dir = Path(location) / "qpm_sklearn_locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_dir / f"dense-{key}.lock")):
-        return cached(*args), staged
-
-
-def _qpm_head(
-    features, y_codes, n_classes, *, n_selected, n_per_class, redundancy, solver_options, seed, verbose,
-    sample_weight=None,
-):
-    """The DINO-QPM head from the dense training features (stage 2): A, R, penalty, quadratic program."""
-    A = feature_class_correlation(features, y_codes, sample_weight=sample_weight)
-    penalty, tau = redundancy_penalty(feature_similarity(A), n_selected, rule=redundancy)
-    result = solve_selection(
-        A,
-        n_selected=n_selected,
-        n_per_class=n_per_class,
-        penalty=penalty,
-        random_state=seed,
-        verbose=verbose,
-        **solver_options,
-    )
-    selected = np.asarray(result.selected, dtype=np.int64)
-    if sample_weight is None:  # population std (docs/method.md#sparse-head)
-        mean, std = features.mean(axis=0, dtype=np.float64), features.std(axis=0, dtype=np.float64)
-    else:  # weighted mean and population std: a weight of 2 is the sample counted twice
-        mean = np.average(features, axis=0, weights=sample_weight)
-        std = np.sqrt(np.average((features - mean) ** 2, axis=0, weights=sample_weight))
-    return HeadRecord(
-        selected=selected,
-        weight=np.asarray(result.assignment, dtype=np.float32),
-        bias=np.zeros(n_classes, dtype=np.float32),
-        mean=mean[selected],
-        std=std[selected],
-        info=dict(result.as_dict(), tau=float(tau), redundancy=redundancy, method="qpm"),
-    )
-
-
-def _sparse_network(mlp_state, head: HeadRecord, *, train_stats=False, dropout=0.0) -> QPMNetwork:
-    """The sparse-stage network from numpy state, without random initialisation."""
-    return QPMNetwork(
-        mlp_from_state(mlp_state),
-        SparseHead(head.weight, head.mean, head.std, bias=head.bias, train_stats=train_stats, dropout=dropout),
-        selected=head.selected,
-    )
-
-
-def _dense_network(mlp_state, head_state) -> QPMNetwork:
-    """The dense-stage network from numpy state, without random initialisation (dropout is off in eval)."""
-    n_classes, n_features = np.shape(head_state["linear.weight"])
-    head = load_network_state(empty_network(lambda: DenseHead(n_features, n_classes)), head_state)
-    return QPMNetwork(mlp_from_state(mlp_state), head)
-
-
-def _fit_sparse_stage(tokens, y_codes, grid, n_classes, mlp_state, head, settings, *, split_seed, seed, device,
-                      sample_weight=None, verbose=False):  # fmt: skip
-    """Fine-tune the MLP under the sparse head (stage 3), beside :func:`_fit_dense_stage`.
-
-    DINO-QPM trains with frozen head and statistics, CE + diversity + the two L1
-    terms. The comparison systems (docs/baselines.md) train the standardisation too,
-    with dropout 0.1 and without L1 terms; Q-SENN refits and re-quantises its head
-    on the current features before each of its rounds after the first.
-
-    Parameters
-    ----------
-    tokens : ndarray or Tensor (n, P, D), validated (and staged) by the caller
-    y_codes : ndarray (n,) int64
-    grid : (h, w)
-    n_classes : int
-    mlp_state : dict of ndarray
-        The dense stage's MLP, where fine-tuning starts.
-    head : HeadRecord
-        The selected head.
-    settings : dict
-        The ``sparse`` parameter group (:data:`PARAMETER_GROUPS`).
-
-    Returns
-    -------
-    mlp_state : dict of ndarray
-    head : HeadRecord
-        The final head (Q-SENN's last refit; trained statistics for the baselines).
-    history : list of dict
-    """
-    method = settings["selection"]
-    baseline = method != "qpm"
-    rounds = _QSENN_ROUNDS if method == "qsenn" else 1
-    history, network = [], None
-    for round_index in range(rounds):
-        if round_index > 0:
-            features = forward_in_batches(
-                network, tokens, grid=grid, batch_size=_INFERENCE_BATCH_SIZE, device=device, check_input=False
-            )["features"]
-            refit = qsenn_refit(
-                features, y_codes, settings["n_per_class"], n_classes=n_classes, random_state=split_seed,
-                selected=head.selected, verbose=verbose,
-            )  # fmt: skip
-            head = replace(refit, info=dict(refit.info, round=round_index, rounds=rounds))
-        network = _sparse_network(
-            mlp_state, head, train_stats=baseline, dropout=_BASELINE_DROPOUT if baseline else 0.0
-        )
-        rows = train_network(
-            network,
-            tokens,
-            y_codes,
-            grid=grid,
-            **_stage_options(settings, "sparse"),
-            l1_maps=0.0 if baseline else settings["l1_maps"],
-            l1_features=0.0 if baseline else settings["l1_features"],
-            device=device,
-            seed=seed + round_index,
-            verbose=verbose,
-            desc="sparse",
-            sample_weight=sample_weight,
-            check_input=False,
-        )
-        history += [dict(row, round=round_index) for row in rows]
-        mlp_state = network_state(network.mlp)
-        if baseline:  # the standardisation was trained
-            head = replace(head, mean=as_numpy(network.head.mean), std=as_numpy(network.head.std))
-    return mlp_state, head, history
 
 
 class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
@@ -754,7 +400,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
             )
         feature_names = _get_feature_names(X)
-        tokens, grid = _check_tokens(X, min_samples=2)
+        tokens, grid = check_tokens(X, min_samples=2)
         labels = column_or_1d(y, warn=True)
         if len(labels) != len(tokens):
             raise ValueError(
@@ -784,12 +430,12 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         dense_seed, selection_seed, sparse_seed = (torch_seed(rng) for _ in range(3))
 
-        dense, staged = _cached_dense_stage(
+        dense, staged = cached_dense_stage(
             memory, tokens, y_codes, sample_weight, grid, n_classes, self._group_settings("dense"), dense_seed, device,
             self.verbose,
         )
         if self.selection == "qpm":
-            head = _qpm_head(
+            head = qpm_head(
                 dense["features"], y_codes, n_classes, n_selected=self.n_selected, n_per_class=self.n_per_class,
                 redundancy=self.redundancy, solver_options=solver_options, seed=selection_seed, verbose=self.verbose,
                 sample_weight=sample_weight,
@@ -799,7 +445,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
                 self.selection, dense["features"], y_codes, n_selected=self.n_selected,
                 n_per_class=self.n_per_class, n_classes=n_classes, random_state=selection_seed, verbose=self.verbose,
             )  # fmt: skip
-        sparse_mlp_state, head, sparse_history = _fit_sparse_stage(
+        sparse_mlp_state, head, sparse_history = fit_sparse_stage(
             staged, y_codes, grid, n_classes, dense["mlp"], head, self._group_settings("sparse"),
             split_seed=selection_seed, seed=sparse_seed, device=device, sample_weight=sample_weight,
             verbose=self.verbose,
@@ -868,11 +514,11 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         if entry is not None and entry[0] == str(device) and all(a is b for a, b in zip(entry[1], sources)):
             return entry[2]
         if stage == "dense":
-            network = _dense_network(*sources)
+            network = dense_network(*sources)
         else:
             head = HeadRecord(selected=sources[1], weight=sources[2], bias=sources[3], mean=sources[4],
                               std=sources[5], info={})  # fmt: skip
-            network = _sparse_network(sources[0], head)
+            network = sparse_network(sources[0], head)
         network = network.to(device).eval()
         cache[stage] = (str(device), sources, network)
         return network
@@ -882,13 +528,13 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         if stage not in _STAGES:
             raise ValueError(f"stage must be one of {_STAGES}; got {stage!r}.")
         _check_feature_names(self, X, reset=False)
-        tokens, grid = _check_tokens(X, n_features_in=self.n_features_in_)
+        tokens, grid = check_tokens(X, n_features_in=self.n_features_in_)
         device = resolve_device(self.device)
         out: dict[str, Any] = forward_in_batches(
             self._network(stage, device),
             tokens,
             grid=grid,
-            batch_size=_INFERENCE_BATCH_SIZE,
+            batch_size=INFERENCE_BATCH_SIZE,
             device=device,
             return_maps=return_maps,
             check_input=False,
