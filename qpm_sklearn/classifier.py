@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 from collections.abc import Sequence
@@ -40,10 +41,19 @@ from ._stages import (
     sparse_network,
 )
 from ._utils import StrictInterval
-from .adapter import QPMNetwork, standardise
+from .adapter import DenseHead, QPMNetwork, SparseHead, TokenMLP, empty_network, load_network_state, standardise
 from .baselines import sparse_head
 from .explanation import Explanation, class_summary, estimator_feature_names
-from .persistence import load_estimator, save_estimator
+from .persistence import (
+    FORMAT_VERSION,
+    ModelFileDefect,
+    read_model_file,
+    short,
+    take_array,
+    take_state,
+    take_value,
+    write_model_file,
+)
 from .selection import check_selection_budget, check_solver_options
 from .training import forward_in_batches
 
@@ -68,6 +78,53 @@ PARAMETER_GROUPS = {
     ),
     "runtime": ("device", "memory", "random_state", "verbose", "feature_names"),
 }  # fmt: skip
+
+#: The fitted state of QPMClassifier: every attribute ``fit`` writes, ``save`` stores and
+#: ``load`` reads back, by kind. Arrays with their dtype (``None``: the labels' own, numbers
+#: or strings), network states (dicts of arrays, checked on load by building the networks
+#: the parameters describe), JSON values, and ``feature_names_in_`` only when X had
+#: column names. ``assignment_`` is derived from ``sparse_weight_``: stored for readers
+#: of the file and checked on load, never set.
+FITTED_ARRAYS: dict[str, type | None] = {
+    "classes_": None,
+    "selected_features_": np.int64,
+    "sparse_weight_": np.float32,
+    "sparse_bias_": np.float32,
+    "feature_mean_": np.float32,
+    "feature_std_": np.float32,
+}
+FITTED_STATES = ("dense_mlp_state_", "dense_head_state_", "sparse_mlp_state_")
+FITTED_VALUES = ("n_features_in_", "selection_info_", "history_")
+OPTIONAL_FITTED_VALUES = ("feature_names_in_",)
+
+
+def _fitted_state(classes, n_features_in, dense, sparse_mlp_state, head: HeadRecord, sparse_history, feature_names):
+    """The fitted attributes of :data:`FITTED_ARRAYS`, :data:`FITTED_STATES` and :data:`FITTED_VALUES` from fit's locals."""
+    head_arrays = {"selected_features_": head.selected, "sparse_weight_": head.weight, "sparse_bias_": head.bias,
+                   "feature_mean_": head.mean, "feature_std_": head.std}  # fmt: skip
+    fitted: dict[str, Any] = {"classes_": classes}
+    fitted.update({name: np.asarray(head_arrays[name], dtype=FITTED_ARRAYS[name]) for name in head_arrays})
+    fitted.update(dense_mlp_state_=dense["mlp"], dense_head_state_=dense["head"], sparse_mlp_state_=sparse_mlp_state)
+    fitted.update(
+        n_features_in_=n_features_in,
+        selection_info_=head.info,
+        history_=[dict(row, stage="dense") for row in dense["history"]]
+        + [dict(row, stage="sparse") for row in sparse_history],
+    )
+    if feature_names is not None:
+        fitted["feature_names_in_"] = feature_names
+    return fitted
+
+
+def _storable_classes(classes: np.ndarray) -> np.ndarray:
+    if classes.dtype.kind in "biufU":
+        return classes
+    if classes.dtype == object and all(isinstance(c, str) for c in classes):
+        return classes.astype(str)
+    raise TypeError(
+        "save() stores class labels that are numbers or strings; classes_ holds "
+        f"{sorted({type(c).__name__ for c in classes})}. Use pickle/joblib for such a model."
+    )
 
 
 class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
@@ -452,33 +509,15 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         )  # fmt: skip
 
         # The one place fitted state is written: a single dict update, after all the work.
-        fitted = {
-            "classes_": classes,
-            "n_features_in_": tokens.shape[-1],
-            "dense_mlp_state_": dense["mlp"],
-            "dense_head_state_": dense["head"],
-            "sparse_mlp_state_": sparse_mlp_state,
-            "selected_features_": np.asarray(head.selected, dtype=np.int64),
-            "sparse_weight_": np.asarray(head.weight, dtype=np.float32),
-            "sparse_bias_": np.asarray(head.bias, dtype=np.float32),
-            "feature_mean_": np.asarray(head.mean, dtype=np.float32),
-            "feature_std_": np.asarray(head.std, dtype=np.float32),
-            "selection_info_": head.info,
-            "history_": [dict(row, stage="dense") for row in dense["history"]]
-            + [dict(row, stage="sparse") for row in sparse_history],
-            "_networks": {},
-        }
-        if feature_names is not None:
-            fitted["feature_names_in_"] = feature_names
+        fitted = _fitted_state(
+            classes, tokens.shape[-1], dense, sparse_mlp_state, head, sparse_history, feature_names
+        )
+        fitted["_networks"] = {}
         self.__dict__.pop("feature_names_in_", None)
         self.__dict__.update(fitted)
         return self
 
     # ------------------------------------------------------ derived state
-    #: Read-only attributes computed from the fitted state, not stored on the estimator
-    #: (persistence writes them for readers of the file and does not set them on load).
-    _derived_attributes = ("assignment_",)
-
     @property
     def assignment_(self) -> np.ndarray:
         return (self.sparse_weight_ != 0).astype(np.int8)
@@ -693,7 +732,14 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save the fitted model to ``path`` (``.npz``: arrays + JSON, no pickle).
 
-        Loading it with :meth:`load` executes no code, unlike pickle.
+        Loading it with :meth:`load` executes no code, unlike pickle. The file holds the
+        parameters (``memory`` as ``null``) and the attributes of :data:`FITTED_ARRAYS`,
+        :data:`FITTED_STATES` and :data:`FITTED_VALUES`; see :mod:`qpm_sklearn.persistence`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Where to write, atomically (a failed save leaves a previous file intact).
 
         Returns
         -------
@@ -701,17 +747,143 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             The file written (``.npz`` is appended when missing).
         """
         check_is_fitted(self)
-        return save_estimator(self, path)
+        name = type(self).__name__
+        declared = set(FITTED_ARRAYS) | set(FITTED_STATES) | set(FITTED_VALUES) | set(OPTIONAL_FITTED_VALUES)
+        undeclared = sorted(k for k in vars(self) if k.endswith("_") and not k.startswith("_") and k not in declared)
+        if undeclared:
+            raise TypeError(f"save(): {name} has fitted attributes {undeclared} that format version {FORMAT_VERSION} does not declare.")
+        arrays = {attribute: np.asarray(getattr(self, attribute)) for attribute in FITTED_ARRAYS}
+        arrays["classes_"] = _storable_classes(arrays["classes_"])
+        arrays["assignment_"] = self.assignment_
+        values = {attribute: getattr(self, attribute) for attribute in FITTED_VALUES}
+        if "feature_names_in_" in vars(self):
+            values["feature_names_in_"] = [str(feature) for feature in self.feature_names_in_]
+        params = self.get_params(deep=False)
+        params["memory"] = None  # a cache location belongs to a machine, not to the model
+        states = {attribute: getattr(self, attribute) for attribute in FITTED_STATES}
+        return write_model_file(path, name, params, arrays, states, values)
 
     @classmethod
     def load(cls: type[_Classifier], path: str | os.PathLike[str]) -> _Classifier:
         """Load a model written by :meth:`save`, checked as ``fit`` checks its inputs.
 
-        Any defect of the file (another format version, invalid parameters, a missing,
-        extra or misshapen array) raises one ``ValueError`` naming the file; see
-        :mod:`qpm_sklearn.persistence`.
+        The parameters go through the parameter validation and the budget checks of
+        ``fit``; the fitted attributes must be exactly those :meth:`save` writes, with
+        their dtypes and shapes consistent with each other and with the parameters; the
+        network states are loaded, strictly, into networks built from the parameters.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by :meth:`save`.
+
+        Returns
+        -------
+        estimator : QPMClassifier
+            The fitted estimator (``memory=None``; set it again with ``set_params``).
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``path`` does not exist.
+        ValueError
+            For any defect of the file (another format version, invalid parameters, a
+            missing, extra or misshapen array), naming the file and the defect.
         """
-        return load_estimator(cls, path)
+        return read_model_file(path, cls.__name__, cls._from_model_file)
+
+    @classmethod
+    def _from_model_file(cls: type[_Classifier], params: dict, contents: dict, values: dict) -> _Classifier:
+        """The estimator of a model file's decoded parameters and stored fitted state, checked."""
+        estimator = cls()
+        expected = set(estimator.get_params(deep=False))
+        if set(params) != expected:
+            missing, unknown = sorted(expected - set(params)), sorted(set(params) - expected)
+            raise ModelFileDefect(f"the parameters do not match {cls.__name__}'s: missing {missing}, unknown {unknown}")
+        if params["memory"] is not None:
+            raise ModelFileDefect(f"parameter 'memory' must be null in a model file (it is never saved); got {params['memory']!r}")
+        try:
+            estimator.set_params(**params)
+            estimator._validate_params()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "ignored with selection=..." is no defect of the file
+                estimator._solver_options()
+        except (ValueError, TypeError) as exc:
+            raise ModelFileDefect(f"invalid parameters: {exc}") from None
+        vars(estimator).update(estimator._checked_fitted_state(contents, values))
+        return estimator
+
+    def _checked_fitted_state(self, contents: dict, values: dict) -> dict:
+        """The fitted attributes of a model file, checked against the schema and the parameters."""
+        fitted: dict[str, Any] = {}
+
+        def is_count(value):
+            return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= 1
+
+        def is_records(value):
+            return isinstance(value, list) and all(isinstance(row, dict) for row in value)
+
+        n_in = fitted["n_features_in_"] = take_value(values, "n_features_in_", is_count, "a positive int")
+        fitted["selection_info_"] = take_value(values, "selection_info_", lambda v: isinstance(v, dict), "a dict")
+        fitted["history_"] = take_value(values, "history_", is_records, "a list of dicts")
+        if "feature_names_in_" in values:
+            names = values.pop("feature_names_in_")
+            if not (isinstance(names, list) and len(names) == n_in and all(type(n) is str for n in names)):
+                raise ModelFileDefect(f"feature_names_in_ must be a list of {n_in} strings; got {short(names)}")
+            fitted["feature_names_in_"] = np.asarray(names, dtype=object)
+        if values:
+            raise ModelFileDefect(f"unexpected values {sorted(values)}: format version {FORMAT_VERSION} does not declare them")
+
+        classes = fitted["classes_"] = take_array(contents, "classes_", "biufU", (None,))
+        if len(classes) < 2 or not np.array_equal(classes, np.unique(classes)):
+            raise ModelFileDefect(f"classes_ must be at least 2 distinct labels in sorted order; got {short(classes.tolist())}")
+        n_classes = len(classes)
+        try:
+            self._check_budgets(n_classes)
+        except ValueError as exc:
+            raise ModelFileDefect(f"invalid parameters: {exc}") from None
+        selected = fitted["selected_features_"] = take_array(
+            contents, "selected_features_", FITTED_ARRAYS["selected_features_"], (None,)
+        )
+        n_selected = len(selected)
+        if n_selected == 0 or np.any(np.diff(selected) <= 0) or selected[0] < 0 or selected[-1] >= self.n_features:
+            raise ModelFileDefect(f"selected_features_ must be increasing channel ids in [0, n_features={self.n_features})")
+        shapes = {"sparse_weight_": (n_classes, n_selected), "sparse_bias_": (n_classes,),
+                  "feature_mean_": (n_selected,), "feature_std_": (n_selected,)}  # fmt: skip
+        for name, shape in shapes.items():
+            fitted[name] = take_array(contents, name, FITTED_ARRAYS[name], shape)
+        weight = fitted["sparse_weight_"]
+        if np.any(fitted["feature_std_"] < 0):
+            raise ModelFileDefect("feature_std_ holds negative values")
+        if self.selection == "qpm":
+            ones = weight != 0
+            if n_selected != self.n_selected or np.any(weight[ones] != 1) or np.any(ones.sum(axis=1) != self.n_per_class):
+                raise ModelFileDefect(
+                    f"with selection='qpm' the sparse head must be 0/1 with n_per_class={self.n_per_class} ones per "
+                    f"class over n_selected={self.n_selected} features; got shape {weight.shape}"
+                )
+        assignment = take_array(contents, "assignment_", "iub", (n_classes, n_selected))
+        if not np.array_equal(assignment, weight != 0):
+            raise ModelFileDefect("assignment_ does not match the non-zeros of sparse_weight_")
+        try:
+            SparseHead(weight, fitted["feature_mean_"], fitted["feature_std_"], bias=fitted["sparse_bias_"])
+        except (ValueError, TypeError) as exc:
+            raise ModelFileDefect(str(exc)) from None
+
+        def mlp():
+            return TokenMLP(n_in, self.hidden_size, self.n_features, self.n_layers)
+
+        builders = {"dense_mlp_state_": mlp, "sparse_mlp_state_": mlp,
+                    "dense_head_state_": lambda: DenseHead(self.n_features, n_classes)}  # fmt: skip
+        for attribute in FITTED_STATES:
+            state = fitted[attribute] = take_state(contents, attribute)
+            try:
+                load_network_state(empty_network(builders[attribute]), state)
+            except (ValueError, TypeError, RuntimeError) as exc:
+                raise ModelFileDefect(f"{attribute} does not fit the network the parameters describe: {exc}") from None
+        if contents:
+            raise ModelFileDefect(f"unexpected entries {sorted(contents)}: format version {FORMAT_VERSION} does not declare them")
+        return fitted
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
