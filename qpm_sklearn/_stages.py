@@ -301,7 +301,7 @@ def fit_sparse_stage(tokens, y_codes, grid, n_classes, mlp_state, head, settings
     head : HeadRecord
         The selected head.
     settings : dict
-        The ``sparse`` parameter group (:data:`PARAMETER_GROUPS`).
+        The ``sparse`` parameter group (:data:`qpm_sklearn.classifier.PARAMETER_GROUPS`).
 
     Returns
     -------

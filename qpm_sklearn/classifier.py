@@ -588,6 +588,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
         stage : {"sparse", "dense"}, default="sparse"
             The fine-tuned interpretable model, or the stage-1 dense model.
 
@@ -599,20 +600,64 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
 
     def predict_proba(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
-        """Class probabilities (softmax of the logits), columns in ``classes_`` order."""
+        """Class probabilities (softmax of the logits), columns in ``classes_`` order.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
+        stage : {"sparse", "dense"}, default="sparse"
+            The fine-tuned interpretable model, or the stage-1 dense model.
+
+        Returns
+        -------
+        proba : ndarray of shape (n, n_classes)
+        """
         return softmax(self._forward(X, stage)["logits"], axis=1)
 
     def predict_log_proba(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
-        """Logarithm of :meth:`predict_proba` (computed stably from the logits)."""
+        """Logarithm of :meth:`predict_proba` (computed stably from the logits).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
+        stage : {"sparse", "dense"}, default="sparse"
+            The fine-tuned interpretable model, or the stage-1 dense model.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n, n_classes)
+        """
         return log_softmax(self._forward(X, stage)["logits"], axis=1)
 
     def predict(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
-        """Predicted class labels."""
+        """Predicted class labels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
+        stage : {"sparse", "dense"}, default="sparse"
+            The fine-tuned interpretable model, or the stage-1 dense model.
+
+        Returns
+        -------
+        labels : ndarray of shape (n,)
+            Labels from ``classes_``.
+        """
         logits = self._forward(X, stage)["logits"]
         return self.classes_[np.argmax(logits, axis=1)]
 
     def feature_maps(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
         """Raw feature maps on the patch grid.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
+        stage : {"sparse", "dense"}, default="sparse"
+            The fine-tuned interpretable model, or the stage-1 dense model.
 
         Returns
         -------
@@ -623,11 +668,36 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         return self._forward(X, stage, return_maps=True)["maps"]
 
     def pooled_features(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
-        """Spatial means of the feature maps (raw, not standardised), shape (n, K)."""
+        """Spatial means of the feature maps (raw, not standardised).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
+        stage : {"sparse", "dense"}, default="sparse"
+            The fine-tuned interpretable model, or the stage-1 dense model.
+
+        Returns
+        -------
+        features : ndarray of shape (n, K)
+            K = ``n_selected`` (in ``selected_features_`` order) for the sparse stage,
+            ``n_features`` for the dense stage.
+        """
         return self._forward(X, stage)["features"]
 
     def class_weights(self, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
-        """Head weights, shape (n_classes, K): ``sparse_weight_`` or the dense linear weight."""
+        """Head weights: ``sparse_weight_`` or the dense linear weight.
+
+        Parameters
+        ----------
+        stage : {"sparse", "dense"}, default="sparse"
+            The fine-tuned interpretable model, or the stage-1 dense model.
+
+        Returns
+        -------
+        weights : ndarray of shape (n_classes, K)
+            K = ``n_selected`` for the sparse stage, ``n_features`` for the dense stage.
+        """
         check_is_fitted(self)
         if stage not in _STAGES:
             raise ValueError(f"stage must be one of {_STAGES}; got {stage!r}.")
@@ -643,12 +713,28 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         return int(matches[0])
 
     def class_features(self, label: object) -> np.ndarray:
-        """Adapter channel ids of the features class ``label`` uses, ascending."""
+        """Adapter channel ids of the features class ``label`` uses, ascending.
+
+        Parameters
+        ----------
+        label : object
+            One of ``classes_``.
+
+        Returns
+        -------
+        features : ndarray of shape (k,)
+            Channel ids from ``selected_features_`` (k = ``n_per_class`` for DINO-QPM).
+        """
         row = self.sparse_weight_[self._class_index(label)]
         return self.selected_features_[row != 0]
 
     def compare_classes(self, a: object, b: object) -> dict[str, np.ndarray]:
         """Shared and distinguishing features of two classes.
+
+        Parameters
+        ----------
+        a, b : object
+            Two of ``classes_``.
 
         Returns
         -------
@@ -668,6 +754,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
 
         Returns
         -------
