@@ -80,13 +80,13 @@ PARAMETER_GROUPS = {
 }  # fmt: skip
 
 #: The fitted state of QPMClassifier: every attribute ``fit`` writes, ``save`` stores and
-#: ``load`` reads back, by kind. Arrays with their dtype (``None``: the labels' own, numbers
-#: or strings), network states (dicts of arrays, checked on load by building the networks
+#: ``load`` reads back, by kind. Arrays with their dtype (for ``classes_`` the dtype kinds
+#: allowed: numbers or strings, the labels' own), network states (dicts of arrays, checked on load by building the networks
 #: the parameters describe), JSON values, and ``feature_names_in_`` only when X had
 #: column names. ``assignment_`` is derived from ``sparse_weight_``: stored for readers
 #: of the file and checked on load, never set.
-FITTED_ARRAYS: dict[str, type | None] = {
-    "classes_": None,
+FITTED_ARRAYS: dict[str, Any] = {
+    "classes_": "biufU",
     "selected_features_": np.int64,
     "sparse_weight_": np.float32,
     "sparse_bias_": np.float32,
@@ -553,11 +553,11 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         if entry is not None and entry[0] == str(device) and all(a is b for a, b in zip(entry[1], sources)):
             return entry[2]
         if stage == "dense":
-            network = dense_network(*sources)
+            network = dense_network(self.dense_mlp_state_, self.dense_head_state_)
         else:
-            head = HeadRecord(selected=sources[1], weight=sources[2], bias=sources[3], mean=sources[4],
-                              std=sources[5], info={})  # fmt: skip
-            network = sparse_network(sources[0], head)
+            head = HeadRecord(selected=self.selected_features_, weight=self.sparse_weight_, bias=self.sparse_bias_,
+                              mean=self.feature_mean_, std=self.feature_std_, info={})  # fmt: skip
+            network = sparse_network(self.sparse_mlp_state_, head)
         network = network.to(device).eval()
         cache[stage] = (str(device), sources, network)
         return network
@@ -897,7 +897,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
                 estimator._solver_options()
         except (ValueError, TypeError) as exc:
             raise ModelFileDefect(f"invalid parameters: {exc}") from None
-        vars(estimator).update(estimator._checked_fitted_state(contents, values))
+        estimator.__dict__.update(estimator._checked_fitted_state(contents, values))
         return estimator
 
     def _checked_fitted_state(self, contents: dict, values: dict) -> dict:
@@ -921,7 +921,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         if values:
             raise ModelFileDefect(f"unexpected values {sorted(values)}: format version {FORMAT_VERSION} does not declare them")
 
-        classes = fitted["classes_"] = take_array(contents, "classes_", "biufU", (None,))
+        classes = fitted["classes_"] = take_array(contents, "classes_", FITTED_ARRAYS["classes_"], (None,))
         if len(classes) < 2 or not np.array_equal(classes, np.unique(classes)):
             raise ModelFileDefect(f"classes_ must be at least 2 distinct labels in sorted order; got {short(classes.tolist())}")
         n_classes = len(classes)
