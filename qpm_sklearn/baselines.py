@@ -11,8 +11,8 @@ Plain numpy: the classifier trains the networks and only calls these functions b
 
 Both keep the real-valued head weights: ``weight`` (C, K) and ``bias`` (C,) act on
 ``(f_S − mean)/std`` with ``mean``/``std`` the training statistics of the selected features.
-Every head builder here -- and the classifier's DINO-QPM selection -- returns one
-:class:`HeadRecord`.
+Every head builder here -- and the DINO-QPM selection, :func:`qpm_sklearn._head.qpm_head` --
+returns one :class:`HeadRecord` (defined beside that head).
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from sklearn.utils import check_random_state
 
+from ._head import HeadRecord
 from ._utils import check_class_codes, check_finite_array, check_int
 from .glm import elastic_net_path, group_elastic_net_selection, max_regularisation, standardisation
 
@@ -42,33 +43,6 @@ __all__ = [
 
 #: SLDD step 4 (docs/baselines.md): the chosen path point has at most ``n_per_class / SLDD_DENSITY_FACTOR`` non-zeros per class.
 SLDD_DENSITY_FACTOR = 0.5
-
-
-@dataclass(frozen=True, eq=False)
-class HeadRecord:
-    """A sparse head in plain numpy: what every head builder returns and the sparse stage trains under.
-
-    ``logits = weight @ ((f[selected] − mean) / max(std, 1e-6)) + bias`` (docs/method.md#sparse-head).
-
-    Attributes
-    ----------
-    selected : ndarray of shape (K,)
-        Adapter channel ids of the head's inputs, ascending.
-    weight : ndarray of shape (C, K)
-        Class-feature weights (the 0/1 assignment for DINO-QPM).
-    bias : ndarray of shape (C,)
-    mean, std : ndarray of shape (K,)
-        Standardisation of the selected features.
-    info : dict
-        How the head was found (method, timing, solver status ...).
-    """
-
-    selected: np.ndarray
-    weight: np.ndarray
-    bias: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    info: dict[str, Any]
 
 
 def sldd_sparsify(

@@ -2,7 +2,7 @@
 
 ``train_network`` runs one stage (dense or sparse: the network decides which
 parameters train); ``forward_in_batches`` evaluates a network on many samples.
-Speed matters here (issue "Speed"): on CUDA the tokens are moved to the GPU once
+Speed matters here: on CUDA the tokens are moved to the GPU once
 when they fit, batches are gathered on the device from a device permutation,
 losses are accumulated as device tensors (one host synchronisation per epoch),
 and the full-size training steps are replayed from a CUDA graph. The CPU path is

@@ -25,14 +25,14 @@ def tiny_backbone_noreg(tmp_path_factory):
 @pytest.fixture
 def count_stages(monkeypatch):
     """The ``desc`` ("dense" / "sparse") of every training run QPMClassifier starts, in order."""
-    import qpm_sklearn.classifier as classifier
+    import qpm_sklearn._stages as stages
 
     calls = []
-    original = classifier.train_network
+    original = stages.train_network
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("desc"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(classifier, "train_network", counting)
+    monkeypatch.setattr(stages, "train_network", counting)
     return calls

@@ -238,7 +238,7 @@ def _cached_dense_results(memory_dir) -> int:
 def test_grid_search_on_dask_matches_single_process_and_trains_the_dense_stage_once(
     client, tmp_path, monkeypatch
 ):
-    import qpm_sklearn.classifier as classifier
+    import qpm_sklearn._stages as _stages
     from qpm_sklearn import QPMClassifier
 
     X, y = _grid_data()
@@ -251,9 +251,9 @@ def test_grid_search_on_dask_matches_single_process_and_trains_the_dense_stage_o
     single_proba = single.best_estimator_.predict_proba(X)
 
     log, memory_dir = str(tmp_path / "log"), tmp_path / "memory"
-    original = classifier.train_network
-    monkeypatch.setattr(classifier, "train_network", count_dense_trainings(original, str(tmp_path / "driver_log")))
-    with patched(client, "qpm_sklearn.classifier", "train_network", count_dense_trainings, log):
+    original = _stages.train_network
+    monkeypatch.setattr(_stages, "train_network", count_dense_trainings(original, str(tmp_path / "driver_log")))
+    with patched(client, "qpm_sklearn._stages", "train_network", count_dense_trainings, log):
         with joblib.parallel_config(backend="dask"):
             on_dask = search.set_params(estimator__memory=str(memory_dir), n_jobs=-1).fit(X, y)
     driver_log = _lines(tmp_path / "driver_log")
