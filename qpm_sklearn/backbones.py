@@ -25,11 +25,14 @@ A CLIP or SigLIP checkpoint holding both towers is loaded as its vision tower on
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from ._utils import logger, quiet_transformers
 
 if TYPE_CHECKING:
     import torch
@@ -38,6 +41,12 @@ if TYPE_CHECKING:
 # PIL's resampling filter codes, as image-processor configurations store them.
 _PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 _TOWERS = {"clip": "vision_config", "siglip": "vision_config", "siglip2": "vision_config"}
+# What huggingface_hub / requests / httpx raise (or say) when the hub cannot be reached.
+_NETWORK_ERRORS = {
+    "ConnectionError", "ConnectError", "ConnectTimeout", "ReadTimeout", "Timeout", "TimeoutError",
+    "ProxyError", "SSLError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
+}
+_NETWORK_PHRASES = ("couldn't connect", "could not connect", "offline mode", "connection", "timed out")
 
 
 @dataclass(frozen=True)
@@ -273,9 +282,156 @@ def _output_side(settings: dict) -> int | None:
     return None
 
 
+# --------------------------------------------------------------------------------------------
+# Loading from the hub or a local folder
+# --------------------------------------------------------------------------------------------
+
+
+def hub_name(model: str | os.PathLike[str]) -> str:
+    """The name transformers loads ``model`` by: an expanded local folder, or the hub id.
+
+    Parameters
+    ----------
+    model : str or path-like
+        A hub id (``name`` or ``org/name``) or a local folder.
+
+    Returns
+    -------
+    name : str
+        The folder with ``~`` expanded when it exists, else ``model`` itself.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``model`` is written as a path (``./x``, ``/x``, ``a/b/c`` ...) that is no folder.
+
+    Examples
+    --------
+    >>> from qpm_sklearn.backbones import hub_name
+    >>> hub_name("facebook/dinov2-small")
+    'facebook/dinov2-small'
+    """
+    name = os.fspath(model)
+    folder = Path(name).expanduser()
+    if _looks_like_path(name) and not folder.is_dir():
+        raise FileNotFoundError(f"model={name!r}: no such model folder.")
+    return str(folder) if folder.is_dir() else name
+
+
+def from_pretrained(
+    auto_class: Any,
+    model: str | os.PathLike[str],
+    *,
+    local_files_only: bool = False,
+    verbose: bool | int = False,
+    **kwargs: Any,
+) -> Any:
+    """``auto_class.from_pretrained(model)`` with errors that say what to do.
+
+    Parameters
+    ----------
+    auto_class : type
+        A transformers class with ``from_pretrained`` (``AutoConfig``, a model class ...).
+    model : str or path-like
+        Hub id or local folder.
+    local_files_only : bool, default=False
+        Never contact the hub.
+    verbose : bool or int, default=False
+        Let transformers print its warnings and download bars.
+    **kwargs
+        Passed to ``from_pretrained``.
+
+    Returns
+    -------
+    loaded : object
+        What ``from_pretrained`` returns.
+
+    Raises
+    ------
+    OSError
+        When the model is not local and the hub may not (``local_files_only``) or could
+        not be reached.
+    ValueError
+        When anything else prevents loading it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from transformers import AutoConfig
+    >>> from qpm_sklearn.backbones import from_pretrained
+    >>> from qpm_sklearn.testing import save_random_model
+    >>> folder = save_random_model(tempfile.mkdtemp(), "resnet")
+    >>> from_pretrained(AutoConfig, folder, local_files_only=True).model_type
+    'resnet'
+    """
+    name = hub_name(model)
+    try:
+        with quiet_transformers(verbose):
+            return auto_class.from_pretrained(name, local_files_only=local_files_only, **kwargs)
+    except Exception as exc:  # transformers raises OSError, ValueError, hub errors ...
+        if not Path(name).is_dir() and local_files_only:
+            raise OSError(
+                f"model={name!r} is not a local folder and was not found in the local Hugging "
+                f"Face cache; local_files_only=True forbids downloading it ({exc})."
+            ) from exc
+        if not Path(name).is_dir() and _looks_like_network_failure(exc):
+            raise OSError(
+                f"model={name!r} could not be loaded, apparently because the Hugging Face hub "
+                f"could not be reached ({exc}). Download it once with network access, or pass "
+                f"local_files_only=True with the model in the local hub cache, or give a local "
+                f"folder saved with save_pretrained."
+            ) from exc
+        raise ValueError(f"model={name!r} could not be loaded as a pretrained model: {exc}") from exc
+
+
+def load_config(
+    model: str | os.PathLike[str], *, local_files_only: bool = False, verbose: bool | int = False
+) -> transformers.PretrainedConfig:
+    """The configuration of ``model``, refused when its family's token layout is unknown.
+
+    Parameters
+    ----------
+    model : str or path-like
+        Hub id or local folder.
+    local_files_only : bool, default=False
+        Never contact the hub.
+    verbose : bool or int, default=False
+        Let transformers print its warnings and download bars.
+
+    Returns
+    -------
+    config : transformers.PretrainedConfig
+        The top-level configuration (for a two-tower checkpoint, both towers').
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from qpm_sklearn.backbones import load_config
+    >>> from qpm_sklearn.testing import save_random_model
+    >>> load_config(save_random_model(tempfile.mkdtemp(), "vit")).model_type
+    'vit'
+    """
+    from transformers import AutoConfig
+
+    config = from_pretrained(AutoConfig, model, local_files_only=local_files_only, verbose=verbose)
+    layout_of(config, os.fspath(model))  # an unknown family fails here
+    return config
+
 
 def load_layout(model: str | os.PathLike[str], *, local_files_only: bool = False) -> Layout:
     """The :class:`Layout` of a hub id or local folder; reads only its configuration.
+
+    Parameters
+    ----------
+    model : str or path-like
+        Hub id or local folder.
+    local_files_only : bool, default=False
+        Never contact the hub.
+
+    Returns
+    -------
+    layout : Layout
+        Where the model's CLS, register and patch tokens sit.
 
     Examples
     --------
@@ -286,7 +442,117 @@ def load_layout(model: str | os.PathLike[str], *, local_files_only: bool = False
     >>> layout.family, layout.stride, layout.n_prefix, layout.has_cls
     ('dinov3_vit', 16, 5, True)
     """
-    from .embedding import PatchEmbedder
+    return layout_of(load_config(model, local_files_only=local_files_only), os.fspath(model))
 
-    embedder = PatchEmbedder(model, local_files_only=local_files_only)
-    return layout_of(embedder._load_config(), os.fspath(model))
+
+def load_backbone(
+    model: str | os.PathLike[str], layout: Layout, *, local_files_only: bool = False, verbose: bool | int = False
+) -> torch.nn.Module:
+    """The weights of ``model`` as ``layout.model_class`` (a two-tower checkpoint's vision tower).
+
+    Parameters
+    ----------
+    model : str or path-like
+        Hub id or local folder.
+    layout : Layout
+        Its layout (:func:`load_layout`), which names the class to load.
+    local_files_only : bool, default=False
+        Never contact the hub.
+    verbose : bool or int, default=False
+        Let transformers print its warnings and download bars.
+
+    Returns
+    -------
+    backbone : torch.nn.Module
+        The model on the CPU, as loaded (not yet frozen or in ``eval`` mode).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from qpm_sklearn.backbones import load_backbone, load_layout
+    >>> from qpm_sklearn.testing import save_random_model
+    >>> folder = save_random_model(tempfile.mkdtemp(), "resnet")
+    >>> type(load_backbone(folder, load_layout(folder))).__name__
+    'ResNetModel'
+    """
+    import transformers
+
+    model_class = getattr(transformers, layout.model_class)
+    return from_pretrained(model_class, model, local_files_only=local_files_only, verbose=verbose, config=layout.config)
+
+
+def folder_signature(model: str | os.PathLike[str]) -> str | None:
+    """Names, sizes and modification times of a local model folder's files, hashed.
+
+    Parameters
+    ----------
+    model : str or path-like
+        Hub id or local folder.
+
+    Returns
+    -------
+    signature : str or None
+        A hex digest that changes when the folder is re-saved; None for a hub id.
+
+    Examples
+    --------
+    >>> from qpm_sklearn.backbones import folder_signature
+    >>> folder_signature("facebook/dinov2-small") is None
+    True
+    """
+    folder = Path(os.fspath(model)).expanduser()
+    if not folder.is_dir():
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for file in sorted(folder.iterdir()):
+        if file.is_file():
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def model_revision(model: str | os.PathLike[str], config: transformers.PretrainedConfig) -> str:
+    """What identifies the weights: a local folder's signature or the hub commit hash.
+
+    Parameters
+    ----------
+    model : str or path-like
+        Hub id or local folder.
+    config : transformers.PretrainedConfig
+        Its configuration as loaded (:func:`load_config`), which carries the commit hash.
+
+    Returns
+    -------
+    revision : str
+        ``"folder:<signature>"`` or ``"hub:<commit hash>"`` (``"hub:None"`` when the hub
+        gave none, with a logged warning).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from qpm_sklearn.backbones import load_config, model_revision
+    >>> from qpm_sklearn.testing import save_random_model
+    >>> folder = save_random_model(tempfile.mkdtemp(), "vit")
+    >>> model_revision(folder, load_config(folder)).startswith("folder:")
+    True
+    """
+    signature = folder_signature(model)
+    if signature is not None:
+        return "folder:" + signature
+    commit = getattr(config, "_commit_hash", None)
+    if commit is None:
+        logger.warning("model=%r has no hub commit hash; the cache is keyed by its name only.", os.fspath(model))
+    return f"hub:{commit}"
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a folder."""
+    return name.startswith((".", "~", "/")) or "\\" in name or Path(name).is_absolute() or name.count("/") > 1
+
+
+def _looks_like_network_failure(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if type(exc).__name__ in _NETWORK_ERRORS or any(p in str(exc).lower() for p in _NETWORK_PHRASES):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
