@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._utils import logger, quiet_transformers
+from . import _utils
 
 if TYPE_CHECKING:
     import torch
@@ -53,7 +53,9 @@ _NETWORK_PHRASES = ("couldn't connect", "could not connect", "offline mode", "co
 class Layout:
     """Where a backbone's features sit in its output.
 
-    Attributes
+    Built by :func:`layout_of`; each parameter is kept as the attribute of the same name.
+
+    Parameters
     ----------
     family : str
         The configuration's ``model_type`` (a key of :data:`FAMILIES`).
@@ -90,7 +92,25 @@ class Layout:
     forward_kwargs: dict = field(default_factory=dict)
 
     def grid(self, image_size: int, model: str) -> int:
-        """Grid side for a square input of ``image_size`` pixels; refuses sizes off the stride."""
+        """Grid side for a square input of ``image_size`` pixels; refuses sizes off the stride.
+
+        Parameters
+        ----------
+        image_size : int
+            Side of the square input in pixels.
+        model : str
+            The model's name, for the error message.
+
+        Returns
+        -------
+        grid : int
+            ``image_size // stride``.
+
+        Raises
+        ------
+        ValueError
+            When ``image_size`` is not a multiple of the stride.
+        """
         if image_size % self.stride:
             raise ValueError(
                 f"image_size must be a multiple of the model's {self._stride_name} {self.stride}; got "
@@ -104,7 +124,19 @@ class Layout:
         return "total stride" if self.channels_first or self.family == "dinov3_convnext" else "patch size"
 
     def model_inputs(self, pixel_values: torch.Tensor) -> dict[str, object]:
-        """Keyword arguments of the forward pass for normalised pixels ``(B, 3, S, S)``."""
+        """Keyword arguments of the forward pass for normalised pixels ``(B, 3, S, S)``.
+
+        Parameters
+        ----------
+        pixel_values : torch.Tensor of shape (B, 3, S, S)
+            Normalised pixels.
+
+        Returns
+        -------
+        inputs : dict
+            ``pixel_values`` (as patches for NaFlex models, with their mask and spatial
+            shapes) and :attr:`forward_kwargs`.
+        """
         if not self.patchified:
             return {"pixel_values": pixel_values, **self.forward_kwargs}
         import torch
@@ -122,7 +154,30 @@ class Layout:
         }
 
     def split(self, hidden: torch.Tensor, grid: int, model: str) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """``last_hidden_state`` → (CLS ``(B, d)`` or None, patch grid ``(B, grid, grid, d)``)."""
+        """``last_hidden_state`` → (CLS ``(B, d)`` or None, patch grid ``(B, grid, grid, d)``).
+
+        Parameters
+        ----------
+        hidden : torch.Tensor
+            The model's ``last_hidden_state``: tokens ``(B, n_prefix + grid², d)``, or a map
+            ``(B, d, grid, grid)`` when :attr:`channels_first`.
+        grid : int
+            The expected grid side (:meth:`grid`).
+        model : str
+            The model's name, for the error message.
+
+        Returns
+        -------
+        cls : torch.Tensor of shape (B, d) or None
+            Token 0 when :attr:`has_cls`, else None.
+        patches : torch.Tensor of shape (B, grid, grid, d)
+            The patch tokens in row-major order (a view, channels last).
+
+        Raises
+        ------
+        ValueError
+            When the output has another token count or map shape than the layout expects.
+        """
         if self.channels_first:
             if tuple(hidden.shape[1:]) != (self.width, grid, grid):
                 raise ValueError(
@@ -202,6 +257,18 @@ FAMILIES = {
 def layout_of(config: transformers.PretrainedConfig, model: str) -> Layout:
     """The :class:`Layout` of the model whose (top-level) configuration is ``config``.
 
+    Parameters
+    ----------
+    config : transformers.PretrainedConfig
+        The model's configuration (for a two-tower checkpoint, its vision tower is used).
+    model : str
+        The model's name, for error messages.
+
+    Returns
+    -------
+    layout : Layout
+        Where the model's CLS, register and patch tokens sit.
+
     Raises
     ------
     ValueError
@@ -224,12 +291,24 @@ def layout_of(config: transformers.PretrainedConfig, model: str) -> Layout:
 
 @dataclass(frozen=True)
 class ProcessorSettings:
-    """What ``preprocessing="auto"`` takes from ``preprocessor_config.json``."""
+    """What ``preprocessing="auto"`` takes from ``preprocessor_config.json``.
+
+    Built by :func:`processor_settings`; each parameter is kept as the attribute of the same name.
+
+    Parameters
+    ----------
+    mean, std : tuple of 3 floats
+        The normalisation statistics.
+    resample : str
+        A PIL filter name (see :data:`qpm_sklearn.images.RESAMPLING_FILTERS`).
+    image_size : int or None
+        The side of the processor's output, if its configuration says.
+    """
 
     mean: tuple
     std: tuple
-    resample: str  # a PIL filter name
-    image_size: int | None  # the side the processor's output has, if it says
+    resample: str
+    image_size: int | None
 
 
 def processor_settings(name: str, *, local_files_only: bool) -> ProcessorSettings:
@@ -238,6 +317,24 @@ def processor_settings(name: str, *, local_files_only: bool) -> ProcessorSetting
     The normalisation, the resampling filter and the processor's output side are taken;
     its resize-then-crop geometry is not (the embedder squash-resizes the whole image,
     docs/method.md#preprocessing, so the grid covers all of it).
+
+    Parameters
+    ----------
+    name : str
+        Hub id or local folder (as :func:`hub_name` gives it).
+    local_files_only : bool
+        Never contact the hub.
+
+    Returns
+    -------
+    settings : ProcessorSettings
+        Statistics, filter and output side.
+
+    Raises
+    ------
+    ValueError
+        When the configuration is missing, rescales other than by 1/255, has no
+        statistics, or names an unknown filter.
     """
     from transformers.image_processing_utils import ImageProcessingMixin
 
@@ -366,7 +463,7 @@ def from_pretrained(
     """
     name = hub_name(model)
     try:
-        with quiet_transformers(verbose):
+        with _utils.quiet_transformers(verbose):
             return auto_class.from_pretrained(name, local_files_only=local_files_only, **kwargs)
     except Exception as exc:  # transformers raises OSError, ValueError, hub errors ...
         if not Path(name).is_dir() and local_files_only:
@@ -541,7 +638,7 @@ def model_revision(model: str | os.PathLike[str], config: transformers.Pretraine
         return "folder:" + signature
     commit = getattr(config, "_commit_hash", None)
     if commit is None:
-        logger.warning("model=%r has no hub commit hash; the cache is keyed by its name only.", os.fspath(model))
+        _utils.logger.warning("model=%r has no hub commit hash; the cache is keyed by its name only.", os.fspath(model))
     return f"hub:{commit}"
 
 
