@@ -10,14 +10,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory):
-    from qpm_sklearn._testing import save_random_backbone
+    from qpm_sklearn.testing import save_random_backbone
 
     return str(save_random_backbone(tmp_path_factory.mktemp("dinov2_reg"), "tiny", num_register_tokens=4))
 
 
 @pytest.fixture(scope="session")
 def tiny_backbone_noreg(tmp_path_factory):
-    from qpm_sklearn._testing import save_random_backbone
+    from qpm_sklearn.testing import save_random_backbone
 
     return str(save_random_backbone(tmp_path_factory.mktemp("dinov2"), "tiny", num_register_tokens=0))
 
