@@ -1,6 +1,6 @@
 """Speed of the ``memory=`` cache key of QPMClassifier's dense stage, one JSON file.
 
-The key used to be ``joblib.hash`` of the whole token array on every fit; it is now
+It compares ``joblib.hash`` of the whole token array with
 :func:`qpm_sklearn._stages.tokens_fingerprint` (SHA-256 of the array's bytes in parallel blocks, with shape and
 dtype). Both are exact content hashes -- never stale -- so only their speed differs. Measured on
 random float32 and float16 token arrays of ``--megabytes`` MB (best of ``--repeats``).

@@ -68,6 +68,19 @@ class ModelFileDefect(Exception):
 def encode_value(value: Any, name: str) -> Any:
     """``value`` as JSON that :func:`decode_value` turns back into an equal value (tags in the module doc).
 
+    Parameters
+    ----------
+    value : object
+        A parameter or fitted value: None, bool, int, float, str, lists, tuples, dicts, numpy
+        scalars and arrays, class labels, a RandomState.
+    name : str
+        What ``value`` is called in an error message.
+
+    Returns
+    -------
+    object
+        Plain JSON (dicts, lists, str, numbers, None).
+
     Raises
     ------
     TypeError
@@ -101,7 +114,20 @@ def encode_value(value: Any, name: str) -> Any:
 
 
 def decode_value(value: Any, name: str) -> Any:
-    """The value :func:`encode_value` stored as ``value``; a malformed one raises :class:`ModelFileDefect`."""
+    """The value :func:`encode_value` stored as ``value``; a malformed one raises :class:`ModelFileDefect`.
+
+    Parameters
+    ----------
+    value : object
+        JSON as read from a model file.
+    name : str
+        What the value is called in an error message.
+
+    Returns
+    -------
+    object
+        The value that was encoded.
+    """
     if value is None or type(value) in (bool, int, float, str):
         return value
     if isinstance(value, list):
@@ -153,7 +179,19 @@ def decode_value(value: Any, name: str) -> Any:
 
 
 def short(value: Any, limit: int = 80) -> str:
-    """``repr(value)``, cut to ``limit`` characters for an error message."""
+    """``repr(value)``, cut to ``limit`` characters for an error message.
+
+    Parameters
+    ----------
+    value : object
+        What to show.
+    limit : int, default=80
+        Most characters returned.
+
+    Returns
+    -------
+    str
+    """
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -487,7 +487,7 @@ def test_verbose_levels(caplog, capfd):
     messages = [record.getMessage() for record in caplog.records]
     assert any("objective" in text and "bound" in text and "gap" in text for text in messages)
     assert "OSQP" not in capfd.readouterr().out  # solver logs only from level 2
-    # OSQP accepts only a 0/1 flag: level 2 used to crash it; now it logs
+    # OSQP takes only a 0/1 verbosity flag: level 2 must map onto it and log
     again = solve_selection(A, n_selected=6, n_per_class=2, penalty=penalty, random_state=0, verbose=2)
     assert "OSQP" in capfd.readouterr().out
     np.testing.assert_array_equal(again.selected, result.selected)

@@ -69,7 +69,7 @@ __all__ = [
 class SelectionResult:
     """Outcome of :func:`solve_selection`.
 
-    Attributes
+    Parameters
     ----------
     selected : ndarray of shape (n_selected,)
         Sorted ids of the selected features.
@@ -109,7 +109,14 @@ class SelectionResult:
     cpu_seconds: float = float("nan")
 
     def as_dict(self) -> dict[str, float | str]:
-        """The scalar numbers as plain Python types (for ``selection_info_`` and JSON)."""
+        """The scalar numbers as plain Python types (for ``selection_info_`` and JSON).
+
+        Returns
+        -------
+        dict
+            ``objective``, ``upper_bound``, ``gap``, ``seconds``, ``cpu_seconds``, ``status`` and
+            ``bound_method``.
+        """
         return {
             "objective": float(self.objective),
             "upper_bound": float(self.upper_bound),
@@ -165,6 +172,16 @@ def check_solver_options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     ``solver="osqp"`` (the default); ``mip_rel_gap`` for ``solver="exact"``. An unknown key, a key
     of the other solver, a key the estimator sets itself (``random_state``, ``verbose``, the
     budgets, ...) or a bad value raises ValueError naming the key and the valid ones.
+
+    Parameters
+    ----------
+    options : mapping or None
+        The options; None means none.
+
+    Returns
+    -------
+    dict
+        A copy of the options.
 
     Examples
     --------

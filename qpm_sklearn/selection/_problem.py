@@ -92,6 +92,17 @@ def build_problem(A, n_selected, n_per_class, penalty, bias) -> Problem:
 def assignment_scale(n_per_class: int, n_classes: int) -> float:
     """The factor alpha = 1000 / (n_per_class * n_classes) of the assignment term (docs/method.md#problem).
 
+    Parameters
+    ----------
+    n_per_class : int
+        Features per class.
+    n_classes : int
+        Number of classes.
+
+    Returns
+    -------
+    float
+
     Examples
     --------
     >>> assignment_scale(5, 200)
@@ -107,6 +118,20 @@ def check_selection_budget(n_selected: int, n_per_class: int, n_classes: int) ->
 
     Every class needs a different set of ``n_per_class`` features, so
     ``comb(n_selected, n_per_class)`` must be at least ``n_classes``.
+
+    Parameters
+    ----------
+    n_selected : int
+        Features selected in all.
+    n_per_class : int
+        Features per class.
+    n_classes : int
+        Number of classes.
+
+    Raises
+    ------
+    ValueError
+        When the budgets cannot give every class its own set (the message says how to change them).
 
     Examples
     --------
@@ -150,6 +175,10 @@ def selection_objective(
     n_per_class : int, optional
         The k of ``alpha = 1000 / (k * C)``. Default: the number of ones per row, which must
         then be the same in every row.
+
+    Returns
+    -------
+    float
 
     Examples
     --------

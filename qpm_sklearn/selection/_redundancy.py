@@ -79,6 +79,16 @@ def feature_similarity(A: ArrayLike) -> np.ndarray:
     Row norms are clamped at 1e-8; the matrix is divided by its largest absolute entry
     (diagonal included, i.e. a no-op unless some rows are zero) before the diagonal is zeroed.
 
+    Parameters
+    ----------
+    A : array-like of shape (n_features, n_classes)
+        Feature-class scores (:func:`feature_class_correlation`).
+
+    Returns
+    -------
+    R : ndarray of shape (n_features, n_features)
+        Symmetric, zero diagonal, entries in [-1, 1].
+
     Examples
     --------
     >>> feature_similarity([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]]).round(3)
