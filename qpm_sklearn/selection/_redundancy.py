@@ -1,4 +1,4 @@
-"""The redundancy penalty between features (docs/method.md#redundancy).
+"""The redundancy penalty between features (docs/method.md#penalty).
 
 Owns the problem data the solvers read besides the budgets: the feature-class correlation ``A``
 (:func:`feature_class_correlation`), the feature-feature similarity ``R``
