@@ -165,16 +165,6 @@ def test_quickstart_cpu_sized_on_a_model_folder_and_an_image_folder(tmp_path, ti
     check_figure(tmp_path / "e.png", out)
 
 
-def test_quickstart_quiet_hides_the_progress(tmp_path, tiny_backbone, image_folder, capsys):
-    load_example("quickstart").main(
-        ["--model", tiny_backbone, "--images", str(image_folder), "--out", str(tmp_path / "e.png"),
-         "--device", "cpu", "--cpu-sized", "--quiet"]
-    )  # fmt: skip
-    captured = capsys.readouterr()
-    assert captured.err == ""
-    assert "test accuracy  QPM model" in captured.out
-
-
 def test_the_paper_configuration_on_a_cpu_warns_once_and_names_the_cpu_sized_option():
     quickstart = load_example("quickstart")
     with pytest.warns(UserWarning) as records:
@@ -205,16 +195,19 @@ def test_cpu_sized_without_a_model_is_a_usage_error(capsys):
     assert "--cpu-sized" in capsys.readouterr().err
 
 
-def test_quickstart_without_matplotlib_says_so_and_writes_no_figure(tmp_path, tiny_backbone, image_folder, capsys,
-                                                                    monkeypatch):  # fmt: skip
+def test_quickstart_quiet_and_without_matplotlib_prints_only_results_and_no_figure(
+    tmp_path, tiny_backbone, image_folder, capsys, monkeypatch
+):
     monkeypatch.setitem(sys.modules, "qpm_sklearn.plotting", None)  # `import` of it raises ImportError
     load_example("quickstart").main(
         ["--model", tiny_backbone, "--images", str(image_folder), "--out", str(tmp_path / "e.png"),
          "--device", "cpu", "--cpu-sized", "--quiet"]
     )  # fmt: skip
-    out = capsys.readouterr().out
-    assert "matplotlib is not installed: no figure (pip install 'qpm_sklearn[plot]')." in out
-    assert "figure saved" not in out
+    captured = capsys.readouterr()
+    assert captured.err == "", "--quiet: no progress bars, no stage lines"
+    assert "test accuracy  QPM model" in captured.out
+    assert "matplotlib is not installed: no figure (pip install 'qpm_sklearn[plot]')." in captured.out
+    assert "figure saved" not in captured.out
     assert not (tmp_path / "e.png").exists()
 
 
