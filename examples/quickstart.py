@@ -62,13 +62,17 @@ PAPER_IMAGE_SIZE = 224
 
 
 def on_a_cpu(device):
-    """Whether ``device`` (None: auto, as the estimators choose) runs on the CPU."""
+    """Whether ``device`` (None: auto, as the estimators choose) runs on the CPU.
+
+    An accelerator this machine lacks counts as the CPU: the estimators fall back to it.
+    """
     import torch
 
+    mps = getattr(torch.backends, "mps", None)
+    available = {"cuda": torch.cuda.is_available(), "mps": mps is not None and mps.is_available()}
     if device is None:
-        mps = getattr(torch.backends, "mps", None)
-        return not (torch.cuda.is_available() or (mps is not None and mps.is_available()))
-    return torch.device(device).type == "cpu"
+        return not any(available.values())
+    return not available.get(torch.device(device).type, False)
 
 
 def own_data_configuration(cpu_sized, device, seed, verbose):

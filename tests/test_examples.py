@@ -165,10 +165,14 @@ def test_quickstart_cpu_sized_on_a_model_folder_and_an_image_folder(tmp_path, ti
     check_figure(tmp_path / "e.png", out)
 
 
-def test_the_paper_configuration_on_a_cpu_warns_once_and_names_the_cpu_sized_option():
+@pytest.mark.parametrize("device", ["cpu", None, "cuda"])  # None and "cuda" fall back to the CPU here
+def test_the_paper_configuration_on_a_cpu_warns_once_and_names_the_cpu_sized_option(device, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     quickstart = load_example("quickstart")
     with pytest.warns(UserWarning) as records:
-        classifier, image_size = quickstart.own_data_configuration(False, "cpu", seed=0, verbose=1)
+        classifier, image_size = quickstart.own_data_configuration(False, device, seed=0, verbose=1)
     assert len(records) == 1
     message = str(records[0].message)
     assert "--cpu-sized" in message and "hours" in message
@@ -185,7 +189,9 @@ def test_the_paper_configuration_on_a_cpu_warns_once_and_names_the_cpu_sized_opt
         warnings.simplefilter("error")
         classifier, image_size = quickstart.own_data_configuration(True, "cpu", seed=0, verbose=0)
         assert image_size == quickstart.CPU_SIZED_IMAGE_SIZE and classifier.hidden_size == 256
-        quickstart.own_data_configuration(False, "cuda", seed=0, verbose=0)
+        if device != "cpu":  # on a machine with a GPU, auto and "cuda" run there
+            monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+            quickstart.own_data_configuration(False, device, seed=0, verbose=0)
 
 
 def test_cpu_sized_without_a_model_is_a_usage_error(capsys):
