@@ -202,7 +202,8 @@ def test_grid_search_and_cross_val_over_budgets():
     np.testing.assert_array_equal(search.best_estimator_.assignment_.sum(axis=1), best["n_per_class"])
     # cross_val_score over the same folds gives the grid's scores for SMALL's own budget
     scores = cross_val_score(QPMClassifier(**SMALL, random_state=0), X, y, cv=2)
-    candidate = search.cv_results_["params"].index({"n_per_class": SMALL["n_per_class"], "n_selected": SMALL["n_selected"]})
+    own_budget = {"n_per_class": SMALL["n_per_class"], "n_selected": SMALL["n_selected"]}
+    candidate = search.cv_results_["params"].index(own_budget)
     np.testing.assert_allclose(scores, [search.cv_results_[f"split{k}_test_score"][candidate] for k in (0, 1)])
     # three separable classes: every budget scores well above chance (1/3) on held-out folds
     assert np.all(search.cv_results_["mean_test_score"] > 0.6), search.cv_results_["mean_test_score"]
@@ -236,7 +237,8 @@ def test_pipeline_from_pil_images_and_paths(tiny_backbone, tmp_path):
     pipeline.fit(images, y)
     np.testing.assert_array_equal(pipeline.classes_, ["cat", "dog"])
     # the labels predicted are those of the most probable class
-    np.testing.assert_array_equal(pipeline.predict(images), pipeline.classes_[pipeline.predict_proba(images).argmax(axis=1)])
+    most_probable = pipeline.classes_[pipeline.predict_proba(images).argmax(axis=1)]
+    np.testing.assert_array_equal(pipeline.predict(images), most_probable)
     paths = []
     for i, image in enumerate(images):
         path = tmp_path / f"{i}.png"
