@@ -379,25 +379,57 @@ def _store_or_record(tmp_path, errors):
         errors.append(exc)
 
 
-def test_a_writer_killed_mid_run_leaves_only_verified_rows(tmp_path):
-    import time
+# A writer that commits ``batches`` blocks of 3 rows, then stops inside the next store at its
+# ``phase``-th fsync (1: the rows are written to the data file but no record says so; 2: the
+# record is appended but not yet synced), tells the test on stdout and waits on stdin, which
+# stays open until the test has killed it: the kill lands at that exact point, with no timing.
+_STOPPED_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    sys.path.insert(0, {tests!r})
+    from test_cache import _keys, _truth, ROW_SHAPE, SETTINGS
+    from qpm_sklearn._cache import EmbeddingCache
 
-    n = 3000
-    script = _WRITER.format(tests=os.path.join(ROOT, "tests"), folder=str(tmp_path / "cache"))
+    n, batches, phase = (int(v) for v in sys.argv[1:4])
+    cache = EmbeddingCache({folder!r}, SETTINGS, _keys(n), ROW_SHAPE, copy_from_siblings=False)
+    for start in range(0, 3 * batches, 3):
+        cache.store(list(range(start, start + 3)), _truth(range(start, start + 3)))
+
+    fsync, calls = os.fsync, []
+
+    def stop_at_phase(fd):
+        calls.append(fd)
+        if len(calls) == phase:
+            sys.stdout.write("stopped\\n")
+            sys.stdout.flush()
+            sys.stdin.read()  # returns only when the test closes it, after the kill
+        fsync(fd)
+
+    os.fsync = stop_at_phase
+    rows = list(range(3 * batches, 3 * batches + 3))
+    cache.store(rows, _truth(rows))
+    sys.stdout.write("finished\\n")
+    """
+)
+
+
+@pytest.mark.parametrize(("phase", "committed"), [(1, 15), (2, 18)], ids=["rows-written-unrecorded", "record-unsynced"])
+def test_a_writer_killed_mid_store_leaves_only_verified_rows(tmp_path, phase, committed):
+    n, batches = 60, 5
+    script = _STOPPED_WRITER.format(tests=os.path.join(ROOT, "tests"), folder=str(tmp_path / "cache"))
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-c", script, "0", str(n), "1", str(n)], env=env)
-    log = None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        log = next((tmp_path / "cache").glob("*/*/commits.log"), None)
-        if log is not None and log.stat().st_size > 2000:  # some blocks committed, more under way
-            break
-        time.sleep(0.05)
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, str(n), str(batches), str(phase)],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    signal = process.stdout.readline()  # blocks until the writer is inside its store
     process.kill()  # SIGKILL: no cleanup of any kind
-    process.wait()
-    assert log is not None
+    _, error = process.communicate()
+    assert signal == b"stopped\n", error.decode()
     cache = EmbeddingCache(tmp_path / "cache", SETTINGS, _keys(n), ROW_SHAPE)
-    assert 0 < len(cache.missing()) < n
+    # exactly the rows whose record was written count as committed; the rows the killed
+    # store wrote without a record are missing, whatever bytes they left in the data file
+    np.testing.assert_array_equal(cache.missing(), np.arange(committed, n))
     computer = Computer(cache, batch=500)
     np.testing.assert_array_equal(cache.fill(computer), _truth(np.arange(n)))
-    assert len(computer.rows) < n  # the committed rows were kept
+    assert sorted(computer.rows) == list(range(committed, n))  # the committed rows were kept, not recomputed

@@ -21,6 +21,15 @@ def png_size(path):
     return struct.unpack(">II", data[16:24])
 
 
+def figure_texts(fig):
+    """The figure-level texts, top to bottom: the suptitle first, the supxlabel last.
+
+    ``fig.texts`` is public on every supported matplotlib (``Figure.get_suptitle``
+    arrived only in 3.8).
+    """
+    return [text.get_text() for text in sorted(fig.texts, key=lambda text: -text.get_position()[1])]
+
+
 def save(fig, tmp_path, name):
     path = tmp_path / name
     fig.savefig(path, dpi=60)
@@ -77,7 +86,7 @@ def test_plot_explanation_panels_titles_and_png(tmp_path):
     titles = [ax.get_title() for ax in axes]
     assert titles[0] == "(no image)" and titles[1].startswith("class evidence")
     assert titles[2] == "beak\ncontribution +1.50" and titles[4] == "feature 40\ncontribution -0.25"
-    suptitle = fig._suptitle.get_text()
+    suptitle = figure_texts(fig)[0]
     assert "Great owl" in suptitle and "p = 0.70" in suptitle and "2.25" in suptitle
     # Without an image the canvas has the size of the grid's image (14 px per cell); overlays match it.
     assert axes[2].images[1].get_array().shape == (56, 56)
@@ -91,12 +100,15 @@ def test_plot_explanation_skips_padding_and_uses_image(tmp_path):
     axes = image_axes(fig)
     assert len(axes) == 2 + 2  # the -1 padded feature is not drawn
     assert axes[0].get_title() == "image" and axes[3].images[1].get_array().shape == (30, 40)
-    assert fig._suptitle.get_text().startswith("predicted Cat")
-    assert "average training image" in fig._supxlabel.get_text()  # contributions are relative
+    texts = figure_texts(fig)
+    assert len(texts) == 2
+    assert texts[0].startswith("predicted Cat")
+    assert "average training image" in texts[-1]  # contributions are relative
     wrong = plot_explanation(expl, index=1, class_names=["Cat", "Dog", "Owl"], true_label="dog")
-    assert wrong._suptitle.get_text().startswith("predicted Cat (p = 0.60); true Dog (misclassified)")
+    assert figure_texts(wrong)[0].startswith("predicted Cat (p = 0.60); true Dog (misclassified)")
     right = plot_explanation(expl, index=1, class_names=["Cat", "Dog", "Owl"], true_label="cat")
-    assert "true Cat\n" in right._suptitle.get_text() and "misclassified" not in right._suptitle.get_text()
+    title = figure_texts(right)[0]
+    assert "true Cat\n" in title and "misclassified" not in title
     save(fig, tmp_path, "explanation_image.png")
     with pytest.raises(ValueError, match="index"):
         plot_explanation(expl, index=2)
