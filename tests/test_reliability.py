@@ -264,3 +264,76 @@ def test_early_stopping_with_zero_weight_validation_rows_is_refused(monkeypatch)
     params = dict(SMALL, early_stopping=True, validation_fraction=0.1, random_state=0)
     with pytest.raises(ValueError, match="early_stopping.*held-out.*sample_weight 0"):
         QPMClassifier(**params).fit(X, y, sample_weight=weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# Explanation indexing follows numpy, and every method works on what it selects (empty included)
+
+_SAMPLE_FIELDS = ("prediction", "proba", "logit", "intercept", "features", "contributions", "weights", "maps")
+
+
+def _explanation(n=3, k=2, grid=(2, 3)):
+    from qpm_sklearn import Explanation
+
+    rng = np.random.default_rng(0)
+    features = rng.permutation(10)[: n * k].reshape(n, k)
+    features[1, -1] = -1  # a padded entry
+    return Explanation(
+        prediction=np.arange(n) % 2, proba=rng.random((n, 2)), classes=np.array([0, 1]), logit=rng.random(n),
+        intercept=np.zeros(n), features=features, contributions=rng.random((n, k)), weights=np.ones((n, k)),
+        maps=rng.random((n, k, *grid)), feature_names={int(features[0, 0]): "wing"},
+    )  # fmt: skip
+
+
+INDICES = [
+    [], np.array([], dtype=int), np.zeros(3, dtype=bool), slice(3, None), slice(5, 9), slice(None, None, -1),
+    np.array([True, False, True]), [True, True, False], -1, np.int64(2), [2, 0, 2], np.array([-1, 0]), range(2),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("index", INDICES, ids=repr)
+def test_explanation_indexing_is_numpys_on_every_field(index):
+    e = _explanation()
+    part = e[index]
+    for name in _SAMPLE_FIELDS:
+        expected = getattr(e, name)[index]
+        if isinstance(index, (int, np.integer)):
+            expected = expected[None]  # an int keeps the sample axis
+        np.testing.assert_array_equal(getattr(part, name), expected, err_msg=name)
+    assert len(part) == len(np.arange(3)[index].reshape(-1))
+    np.testing.assert_array_equal(part.classes, e.classes)
+    assert part.feature_names == e.feature_names
+
+
+@pytest.mark.parametrize("index", INDICES, ids=repr)
+def test_explanation_methods_work_on_every_selection(index):
+    pytest.importorskip("pandas")
+    import pandas as pd
+
+    e = _explanation()
+    positions = np.arange(3)[index].reshape(-1)
+    part = e[index]
+    np.testing.assert_allclose(part.saliency(8), e.saliency(8)[positions])
+    assert part.saliency(8).shape == (len(positions), 2, 8, 8)
+    np.testing.assert_allclose(part.evidence_map(), e.evidence_map()[positions])
+    whole = e.to_frame()
+    pieces = [whole[whole["sample"] == p].assign(sample=j) for j, p in enumerate(positions)]
+    expected = pd.concat(pieces, ignore_index=True) if pieces else whole.iloc[:0]
+    pd.testing.assert_frame_equal(part.to_frame().reset_index(drop=True), expected.reset_index(drop=True))
+    assert repr(part).startswith(f"Explanation({len(positions)} samples")
+    assert [len(one) for one in part] == [1] * len(positions)
+
+
+@pytest.mark.parametrize("index", [3, -4, [3], np.array([0, 5]), 1.0, "a", np.array([0.0])], ids=repr)
+def test_explanation_refuses_what_numpy_refuses_with_index_error(index):
+    with pytest.raises(IndexError):
+        np.arange(3)[index]
+    with pytest.raises(IndexError):
+        _explanation()[index]
+
+
+@pytest.mark.parametrize("index", [[[0, 1]], None, True], ids=repr)
+def test_explanation_refuses_an_index_that_adds_a_sample_axis(index):
+    assert np.arange(3)[index].ndim == 2  # numpy would add an axis an Explanation does not have
+    with pytest.raises(IndexError, match="Explanation"):
+        _explanation()[index]
