@@ -15,6 +15,7 @@ from typing import TypeVar
 import numpy as np
 import numpy.typing as npt
 from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
 
 __all__ = [
     "logger",
@@ -26,6 +27,7 @@ __all__ = [
     "check_class_codes",
     "check_sample_weight",
     "check_split_weights",
+    "check_fitted",
 ]
 
 logger = logging.getLogger("qpm_sklearn")
@@ -154,6 +156,26 @@ def check_class_codes(
                 f"{name} must be class codes in [0, {high}); got values in [{labels.min()}, {labels.max()}]."
             )
     return labels.astype(np.int64)
+
+
+def check_fitted(estimator: object) -> None:
+    """Raise scikit-learn's ``NotFittedError`` when ``estimator`` is an unfitted estimator.
+
+    An object without ``fit`` (a stand-in that only offers the fitted attributes a
+    function reads) is taken as fitted. Functions that read a classifier's fitted
+    state call this first, so that an unfitted model gets the error scikit-learn's
+    own functions give rather than an ``AttributeError``.
+
+    Examples
+    --------
+    >>> from sklearn.linear_model import LogisticRegression
+    >>> check_fitted(LogisticRegression())  # doctest: +IGNORE_EXCEPTION_DETAIL
+    Traceback (most recent call last):
+    ...
+    sklearn.exceptions.NotFittedError: This LogisticRegression instance is not fitted yet.
+    """
+    if hasattr(estimator, "fit"):
+        check_is_fitted(estimator)
 
 
 # Training computes in float32: every positive weight, divided by the largest, must stay a

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import ArrayLike
 
+from ._utils import check_fitted
+
 
 if TYPE_CHECKING:  # optional dependencies, imported where used
     import pandas
@@ -338,7 +340,10 @@ def estimator_feature_names(estimator: Any) -> dict[int, str]:
     ...     feature_names, selected_features_ = ["crown", "wing"], np.array([4, 9])
     >>> estimator_feature_names(Fitted())
     {4: 'crown', 9: 'wing'}
+
+    Raises ``sklearn.exceptions.NotFittedError`` for an unfitted classifier.
     """
+    check_fitted(estimator)
     return resolve_feature_names(getattr(estimator, "feature_names", None), estimator.selected_features_)
 
 

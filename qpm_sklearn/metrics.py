@@ -31,7 +31,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.mixture import GaussianMixture
 from sklearn.utils import check_random_state
 
-from ._utils import check_finite_array
+from ._utils import check_finite_array, check_fitted, check_int
 from .explanation import evidence_map
 
 __all__ = [
@@ -336,6 +336,17 @@ def _resize_uint8(mask, h, w):
     return np.clip((upper + lower + 2) >> 2, 0, 255)
 
 
+def _check_size(size: object) -> tuple[int, int]:
+    """``size`` as ``(h, w)``, two positive ints; ValueError / TypeError naming ``size`` otherwise."""
+    try:
+        sides = tuple(size)  # type: ignore[arg-type]
+    except TypeError:
+        sides = ()
+    if len(sides) != 2:
+        raise ValueError(f"size must be a pair (h, w) of positive ints (the grid of the feature maps); got {size!r}.")
+    return check_int(sides[0], "size[0] (h)", low=1), check_int(sides[1], "size[1] (w)", low=1)
+
+
 def resize_masks(masks: _Masks, size: tuple[int, int], dilate: bool = True) -> npt.NDArray[np.bool_]:
     """Binary object masks at grid resolution, as the Plausibility metric uses them (docs/method.md#plausibility).
 
@@ -351,7 +362,7 @@ def resize_masks(masks: _Masks, size: tuple[int, int], dilate: bool = True) -> n
         object). A sequence may mix sizes. Images squashed to a square for the backbone must have
         their masks passed unsquashed: the resize does the same squash.
     size : tuple (h, w)
-        The grid of the feature maps.
+        The grid of the feature maps: two positive ints (``ValueError`` naming ``size`` otherwise).
     dilate : bool, default=True
         Dilate the binarised mask with a 3x3 square.
 
@@ -376,7 +387,7 @@ def resize_masks(masks: _Masks, size: tuple[int, int], dilate: bool = True) -> n
     >>> resize_masks(mask, (2, 2), dilate=False)[0].astype(int).tolist()
     [[1, 0], [0, 0]]
     """
-    h, w = (int(v) for v in size)
+    h, w = _check_size(size)
     if isinstance(masks, np.ndarray) and masks.ndim != 3:
         raise ValueError(
             f"masks must be an array of shape (n, H, W) or a sequence of 2-D arrays; got shape {masks.shape}."
@@ -575,6 +586,7 @@ def evaluate(
     >>> row = evaluate(model, X_test, y_test, masks=masks_test, X_train=X, y_train=y)  # doctest: +SKIP
     >>> round(100 * row["Plausibility"], 1)  # doctest: +SKIP
     """
+    check_fitted(estimator)
     if stage not in ("sparse", "dense"):
         raise ValueError(f"stage must be 'sparse' or 'dense'; got {stage!r}.")
     X_fit, y_fit = _check_train_split(X_train, y_train, X, y, ("X_train", "y_train"))
@@ -675,6 +687,7 @@ def evaluate_linear_probe(
     >>> probe = LogisticRegression(max_iter=1000).fit(cls_train, y_train)  # doctest: +SKIP
     >>> evaluate_linear_probe(probe, cls_test, patches_test, y_test, masks=masks_test)  # doctest: +SKIP
     """
+    check_fitted(probe)
     X_fit, y_fit = _check_train_split(X_cls_train, y_train, X_cls, y, ("X_cls_train", "y_train"))
     weight_matrix, classes = _probe_weights(probe)
     patches = np.asarray(X_patch)

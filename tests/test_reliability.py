@@ -337,3 +337,100 @@ def test_explanation_refuses_an_index_that_adds_a_sample_axis(index):
     assert np.arange(3)[index].ndim == 2  # numpy would add an axis an Explanation does not have
     with pytest.raises(IndexError, match="Explanation"):
         _explanation()[index]
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics and figures: sizes, unfitted models, empty images
+
+
+@pytest.mark.parametrize("size", [(0, 0), (0, 3), (3, -1), (-2, -2)])
+def test_resize_masks_refuses_a_non_positive_size_naming_it(size):
+    from qpm_sklearn.metrics import resize_masks
+
+    with pytest.raises(ValueError, match=r"size\[[01]\]"):
+        resize_masks(np.ones((1, 4, 4), bool), size)
+
+
+@pytest.mark.parametrize("size", [(2.5, 2), 3, (2, 2, 2), "ab"])
+def test_resize_masks_refuses_a_size_that_is_not_two_ints_naming_it(size):
+    from qpm_sklearn.metrics import resize_masks
+
+    with pytest.raises((ValueError, TypeError), match="size"):
+        resize_masks(np.ones((1, 4, 4), np.uint8), size)
+
+
+def test_resize_masks_accepts_numpy_ints_as_from_a_shape():
+    from qpm_sklearn.metrics import resize_masks
+
+    mask = np.zeros((1, 4, 4), bool)
+    mask[0, 0, 0] = True
+    got = resize_masks(mask, np.array([2, 2]), dilate=False)
+    np.testing.assert_array_equal(got, [[[True, False], [False, False]]])
+
+
+def _unfitted_calls():
+    from qpm_sklearn import plotting
+    from qpm_sklearn.explanation import estimator_feature_names
+    from qpm_sklearn.metrics import evaluate
+
+    X, y = _data(n_per_class=2)
+    return {
+        "plot_assignment": lambda clf: plotting.plot_assignment(clf),
+        "plot_class_comparison": lambda clf: plotting.plot_class_comparison(clf, 0, 1),
+        "plot_class_comparison with X": lambda clf: plotting.plot_class_comparison(clf, 0, 1, X=X[[0, 2]]),
+        "evaluate": lambda clf: evaluate(clf, X, y),
+        "estimator_feature_names": estimator_feature_names,
+    }
+
+
+@pytest.mark.parametrize("name", list(_unfitted_calls()))
+def test_functions_reading_a_classifier_raise_not_fitted_error(name):
+    pytest.importorskip("matplotlib")
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        _unfitted_calls()[name](QPMClassifier(**SMALL))
+
+
+def test_evaluate_linear_probe_on_an_unfitted_probe_raises_not_fitted_error():
+    from sklearn.exceptions import NotFittedError
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from qpm_sklearn.metrics import evaluate_linear_probe
+
+    rng = np.random.default_rng(0)
+    for probe in (LogisticRegression(), make_pipeline(StandardScaler(), LogisticRegression())):
+        with pytest.raises(NotFittedError):
+            evaluate_linear_probe(probe, rng.random((4, 3)), rng.random((4, 2, 2, 3)), np.array([0, 1, 0, 1]))
+
+
+@pytest.mark.filterwarnings("ignore:SID@5 is left out")
+def test_the_same_functions_work_on_the_fitted_classifier(fitted):
+    # The NotFittedError checks must not refuse a fitted model.
+    pytest.importorskip("matplotlib")
+    clf = fitted[0]
+    for name, call in _unfitted_calls().items():
+        call(clf)
+
+
+@pytest.mark.xfail(strict=True, reason="QPMClassifier.class_features reads sparse_weight_ before checking it is fitted")
+def test_class_features_of_an_unfitted_classifier_raises_not_fitted_error():
+    from sklearn.exceptions import NotFittedError
+
+    with pytest.raises(NotFittedError):
+        QPMClassifier(**SMALL).class_features(0)
+
+
+@pytest.mark.parametrize("image", [np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5)), np.zeros((4, 0, 3))], ids=lambda a: str(a.shape))
+def test_an_empty_image_is_refused_naming_image(image, fitted):
+    pytest.importorskip("matplotlib")
+    from qpm_sklearn.plotting import plot_class_comparison, plot_explanation
+
+    clf, X, y = fitted
+    with pytest.raises(ValueError, match="image.*empty"):
+        plot_explanation(clf.explain(X[:1]), image=image)
+    a, b = clf.classes_[:2]
+    with pytest.raises(ValueError, match="image.*empty"):
+        plot_class_comparison(clf, a, b, X=X[[0, 10]], images=[image, image])
