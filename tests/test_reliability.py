@@ -423,7 +423,9 @@ def test_class_features_of_an_unfitted_classifier_raises_not_fitted_error():
         QPMClassifier(**SMALL).class_features(0)
 
 
-@pytest.mark.parametrize("image", [np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5)), np.zeros((4, 0, 3))], ids=lambda a: str(a.shape))
+@pytest.mark.parametrize(
+    "image", [np.zeros((0, 0, 3), np.uint8), np.zeros((0, 5)), np.zeros((4, 0, 3))], ids=lambda a: str(a.shape)
+)
 def test_an_empty_image_is_refused_naming_image(image, fitted):
     pytest.importorskip("matplotlib")
     from qpm_sklearn.plotting import plot_class_comparison, plot_explanation
@@ -434,3 +436,13 @@ def test_an_empty_image_is_refused_naming_image(image, fitted):
     a, b = clf.classes_[:2]
     with pytest.raises(ValueError, match="image.*empty"):
         plot_class_comparison(clf, a, b, X=X[[0, 10]], images=[image, image])
+
+
+@pytest.mark.parametrize("size", [(0, 0), (0, 5), (7, 0)])
+def test_an_empty_pil_image_is_refused_before_it_is_resized_into_a_blank_one(size):
+    from PIL import Image
+
+    from qpm_sklearn.images import load_resized
+
+    with pytest.raises(ValueError, match=r"X\[4\] is an empty image"):
+        load_resized(Image.new("RGB", size), 4, 28)
