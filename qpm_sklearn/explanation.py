@@ -207,7 +207,7 @@ class Explanation:
                 "an Explanation is indexed along its samples only: an int, a slice, a 1-D array of ints or a "
                 f"boolean mask; got an index that selects shape {positions.shape}."
             )
-        return replace(self, **{name: np.asarray(getattr(self, name))[positions] for name in _PER_SAMPLE})
+        return replace(self, **{name: getattr(self, name)[positions] for name in _PER_SAMPLE})
 
     def saliency(self, size: int | tuple[int, int] = 224) -> np.ndarray:
         """Feature maps upsampled to image resolution, each normalised to [0, 1].

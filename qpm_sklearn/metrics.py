@@ -338,10 +338,8 @@ def _resize_uint8(mask, h, w):
 
 def _check_size(size: object) -> tuple[int, int]:
     """``size`` as ``(h, w)``, two positive ints; ValueError / TypeError naming ``size`` otherwise."""
-    try:
-        sides = tuple(size)  # type: ignore[arg-type]
-    except TypeError:
-        sides = ()
+    one_dimensional = isinstance(size, (tuple, list)) or (isinstance(size, np.ndarray) and size.ndim == 1)
+    sides: tuple = tuple(size) if one_dimensional else ()  # type: ignore[arg-type]
     if len(sides) != 2:
         raise ValueError(f"size must be a pair (h, w) of positive ints (the grid of the feature maps); got {size!r}.")
     return check_int(sides[0], "size[0] (h)", low=1), check_int(sides[1], "size[1] (w)", low=1)
