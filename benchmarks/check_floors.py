@@ -68,7 +68,7 @@ with tempfile.TemporaryDirectory() as folder:
 assert importlib.resources.files("qpm_sklearn").joinpath("py.typed").is_file(), "py.typed not installed"
 print("smoke job passed:", X.shape, clf.score(X, y))
 with tempfile.TemporaryDirectory() as folder:  # the public test helpers work at the floors too
-    testing = importlib.import_module("qpm_sklearn.testing" if importlib.util.find_spec("qpm_sklearn.testing") else "qpm_sklearn._testing")
+    testing = importlib.import_module("qpm_sklearn.testing")
     testing.save_random_backbone(folder, "tiny")
 print("test helpers passed")
 """

@@ -147,7 +147,7 @@ def paper_fit(args) -> dict:
 
 def embedder(args) -> dict:
     from qpm_sklearn import Dinov2Embedder
-    from qpm_sklearn._testing import save_random_backbone
+    from qpm_sklearn.testing import save_random_backbone
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (args.embed_images, args.image_size, args.image_size, 3), dtype=np.uint8)

@@ -101,11 +101,11 @@ def embedding_section(work, n_images, image_size, repeats):
         with cluster(1) as one, cluster(2) as two:
             for n_workers, client in ((1, one), (2, two)):
                 # small shards, so that every worker gets some and loads its backbone before the timing
-                embed(embedder, warm_up, client=client, cache_dir=work / f"warm{n_workers}", shard_size=2)
+                embed(embedder, warm_up, client=client, embedding_cache=work / f"warm{n_workers}", shard_size=2)
             row.update(interleaved({
                 "single_process": lambda rep: embedder.set_params(embedding_cache=work / f"s{rep}").transform(paths),
-                "dask_1_workers": lambda rep: embed(embedder, paths, client=one, cache_dir=work / f"one{rep}", shard_size=SHARD),
-                "dask_2_workers": lambda rep: embed(embedder, paths, client=two, cache_dir=work / f"two{rep}", shard_size=SHARD),
+                "dask_1_workers": lambda rep: embed(embedder, paths, client=one, embedding_cache=work / f"one{rep}", shard_size=SHARD),
+                "dask_2_workers": lambda rep: embed(embedder, paths, client=two, embedding_cache=work / f"two{rep}", shard_size=SHARD),
             }, repeats))  # fmt: skip
     finally:
         torch.set_num_threads(threads)

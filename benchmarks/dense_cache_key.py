@@ -1,7 +1,7 @@
 """Speed of the ``memory=`` cache key of QPMClassifier's dense stage, one JSON file.
 
-The key used to be ``joblib.hash`` of the whole token array on every fit; it is now
-:func:`qpm_sklearn.classifier.tokens_fingerprint` (SHA-256 of the array's bytes in parallel blocks, with shape and
+It compares ``joblib.hash`` of the whole token array with
+:func:`qpm_sklearn._stages.tokens_fingerprint` (SHA-256 of the array's bytes in parallel blocks, with shape and
 dtype). Both are exact content hashes -- never stale -- so only their speed differs. Measured on
 random float32 and float16 token arrays of ``--megabytes`` MB (best of ``--repeats``).
 
@@ -26,7 +26,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from qpm_sklearn.classifier import tokens_fingerprint  # noqa: E402
+from qpm_sklearn._stages import tokens_fingerprint  # noqa: E402
 from speed import cpu_name  # noqa: E402
 
 

@@ -31,7 +31,7 @@ from PIL import Image
 from speed import write_jpegs  # this folder is on sys.path when the script runs
 
 from qpm_sklearn import Dinov2Embedder
-from qpm_sklearn._testing import save_random_backbone
+from qpm_sklearn.testing import save_random_backbone
 
 
 def _sync():
@@ -98,9 +98,9 @@ def main():
         results[f"jpeg_paths_n_jobs{n_jobs}_images_per_s"] = n / seconds
     # Cache: first run and a fully cached rerun (hashing the files only).
     cache = work / "cache"
-    emb = Dinov2Embedder(str(folder), image_size=image_size, batch_size=128, cache_dir=cache, output_dtype="float16")
+    emb = Dinov2Embedder(str(folder), image_size=image_size, batch_size=128, embedding_cache=cache, output_dtype="float16")
     first, _ = _timed(lambda: emb.transform(paths))
-    second, cached = _timed(lambda: Dinov2Embedder(str(folder), image_size=image_size, cache_dir=cache, output_dtype="float16").transform(paths))
+    second, cached = _timed(lambda: Dinov2Embedder(str(folder), image_size=image_size, embedding_cache=cache, output_dtype="float16").transform(paths))
     results["cache_first_run_s"] = first
     results["cache_cached_run_s"] = second
     results["cache_returns_memmap"] = isinstance(cached, np.memmap)

@@ -30,7 +30,7 @@ def main(argv=None):
     import torch
 
     from qpm_sklearn import Dinov2Embedder, QPMClassifier
-    from qpm_sklearn._testing import save_random_backbone
+    from qpm_sklearn.testing import save_random_backbone
     from qpm_sklearn.datasets import make_parts
 
     results = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__}

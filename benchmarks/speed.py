@@ -357,11 +357,11 @@ def section_embedder_jpeg(ctx):
 
 def _decode_rate(embedder, paths):
     """img/s of the embedder's decoding stage alone (no model): which stage limits the rate."""
-    from qpm_sklearn.images import decode_batches
+    from qpm_sklearn.images import PREPROCESSING_FILTERS, decode_batches
 
     batches = [np.arange(i, min(i + embedder.batch_size, len(paths))) for i in range(0, len(paths), embedder.batch_size)]
     start = time.perf_counter()
-    for _ in decode_batches(paths, batches, embedder.image_size, embedder.preprocessing, n_jobs=embedder.n_jobs):
+    for _ in decode_batches(paths, batches, embedder.image_size, PREPROCESSING_FILTERS[embedder.preprocessing], n_jobs=embedder.n_jobs):
         pass
     return len(paths) / (time.perf_counter() - start)
 

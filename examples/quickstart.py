@@ -25,7 +25,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.pipeline import make_pipeline
 
 from qpm_sklearn import Dinov2Embedder, QPMClassifier
-from qpm_sklearn._testing import save_random_backbone
+from qpm_sklearn.testing import save_random_backbone
 
 
 def digits_images():

@@ -166,6 +166,16 @@ def check_fitted(estimator: object) -> None:
     state call this first, so that an unfitted model gets the error scikit-learn's
     own functions give rather than an ``AttributeError``.
 
+    Parameters
+    ----------
+    estimator : object
+        A classifier (or probe) whose fitted state the caller is about to read.
+
+    Raises
+    ------
+    sklearn.exceptions.NotFittedError
+        When ``estimator`` has ``fit`` but is not fitted.
+
     Examples
     --------
     >>> from sklearn.linear_model import LogisticRegression

@@ -25,11 +25,14 @@ A CLIP or SigLIP checkpoint holding both towers is loaded as its vision tower on
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from . import _utils
 
 if TYPE_CHECKING:
     import torch
@@ -38,13 +41,21 @@ if TYPE_CHECKING:
 # PIL's resampling filter codes, as image-processor configurations store them.
 _PIL_FILTERS = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 _TOWERS = {"clip": "vision_config", "siglip": "vision_config", "siglip2": "vision_config"}
+# What huggingface_hub / requests / httpx raise (or say) when the hub cannot be reached.
+_NETWORK_ERRORS = {
+    "ConnectionError", "ConnectError", "ConnectTimeout", "ReadTimeout", "Timeout", "TimeoutError",
+    "ProxyError", "SSLError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
+}
+_NETWORK_PHRASES = ("couldn't connect", "could not connect", "offline mode", "connection", "timed out")
 
 
 @dataclass(frozen=True)
 class Layout:
     """Where a backbone's features sit in its output.
 
-    Attributes
+    Built by :func:`layout_of`; each parameter is kept as the attribute of the same name.
+
+    Parameters
     ----------
     family : str
         The configuration's ``model_type`` (a key of :data:`FAMILIES`).
@@ -81,7 +92,25 @@ class Layout:
     forward_kwargs: dict = field(default_factory=dict)
 
     def grid(self, image_size: int, model: str) -> int:
-        """Grid side for a square input of ``image_size`` pixels; refuses sizes off the stride."""
+        """Grid side for a square input of ``image_size`` pixels; refuses sizes off the stride.
+
+        Parameters
+        ----------
+        image_size : int
+            Side of the square input in pixels.
+        model : str
+            The model's name, for the error message.
+
+        Returns
+        -------
+        grid : int
+            ``image_size // stride``.
+
+        Raises
+        ------
+        ValueError
+            When ``image_size`` is not a multiple of the stride.
+        """
         if image_size % self.stride:
             raise ValueError(
                 f"image_size must be a multiple of the model's {self._stride_name} {self.stride}; got "
@@ -95,7 +124,19 @@ class Layout:
         return "total stride" if self.channels_first or self.family == "dinov3_convnext" else "patch size"
 
     def model_inputs(self, pixel_values: torch.Tensor) -> dict[str, object]:
-        """Keyword arguments of the forward pass for normalised pixels ``(B, 3, S, S)``."""
+        """Keyword arguments of the forward pass for normalised pixels ``(B, 3, S, S)``.
+
+        Parameters
+        ----------
+        pixel_values : torch.Tensor of shape (B, 3, S, S)
+            Normalised pixels.
+
+        Returns
+        -------
+        inputs : dict
+            ``pixel_values`` (as patches for NaFlex models, with their mask and spatial
+            shapes) and :attr:`forward_kwargs`.
+        """
         if not self.patchified:
             return {"pixel_values": pixel_values, **self.forward_kwargs}
         import torch
@@ -113,7 +154,30 @@ class Layout:
         }
 
     def split(self, hidden: torch.Tensor, grid: int, model: str) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """``last_hidden_state`` → (CLS ``(B, d)`` or None, patch grid ``(B, grid, grid, d)``)."""
+        """``last_hidden_state`` → (CLS ``(B, d)`` or None, patch grid ``(B, grid, grid, d)``).
+
+        Parameters
+        ----------
+        hidden : torch.Tensor
+            The model's ``last_hidden_state``: tokens ``(B, n_prefix + grid², d)``, or a map
+            ``(B, d, grid, grid)`` when :attr:`channels_first`.
+        grid : int
+            The expected grid side (:meth:`grid`).
+        model : str
+            The model's name, for the error message.
+
+        Returns
+        -------
+        cls : torch.Tensor of shape (B, d) or None
+            Token 0 when :attr:`has_cls`, else None.
+        patches : torch.Tensor of shape (B, grid, grid, d)
+            The patch tokens in row-major order (a view, channels last).
+
+        Raises
+        ------
+        ValueError
+            When the output has another token count or map shape than the layout expects.
+        """
         if self.channels_first:
             if tuple(hidden.shape[1:]) != (self.width, grid, grid):
                 raise ValueError(
@@ -193,6 +257,18 @@ FAMILIES = {
 def layout_of(config: transformers.PretrainedConfig, model: str) -> Layout:
     """The :class:`Layout` of the model whose (top-level) configuration is ``config``.
 
+    Parameters
+    ----------
+    config : transformers.PretrainedConfig
+        The model's configuration (for a two-tower checkpoint, its vision tower is used).
+    model : str
+        The model's name, for error messages.
+
+    Returns
+    -------
+    layout : Layout
+        Where the model's CLS, register and patch tokens sit.
+
     Raises
     ------
     ValueError
@@ -215,12 +291,24 @@ def layout_of(config: transformers.PretrainedConfig, model: str) -> Layout:
 
 @dataclass(frozen=True)
 class ProcessorSettings:
-    """What ``preprocessing="auto"`` takes from ``preprocessor_config.json``."""
+    """What ``preprocessing="auto"`` takes from ``preprocessor_config.json``.
+
+    Built by :func:`processor_settings`; each parameter is kept as the attribute of the same name.
+
+    Parameters
+    ----------
+    mean, std : tuple of 3 floats
+        The normalisation statistics.
+    resample : str
+        A PIL filter name (see :data:`qpm_sklearn.images.RESAMPLING_FILTERS`).
+    image_size : int or None
+        The side of the processor's output, if its configuration says.
+    """
 
     mean: tuple
     std: tuple
-    resample: str  # a PIL filter name
-    image_size: int | None  # the side the processor's output has, if it says
+    resample: str
+    image_size: int | None
 
 
 def processor_settings(name: str, *, local_files_only: bool) -> ProcessorSettings:
@@ -229,6 +317,24 @@ def processor_settings(name: str, *, local_files_only: bool) -> ProcessorSetting
     The normalisation, the resampling filter and the processor's output side are taken;
     its resize-then-crop geometry is not (the embedder squash-resizes the whole image,
     docs/method.md#preprocessing, so the grid covers all of it).
+
+    Parameters
+    ----------
+    name : str
+        Hub id or local folder (as :func:`hub_name` gives it).
+    local_files_only : bool
+        Never contact the hub.
+
+    Returns
+    -------
+    settings : ProcessorSettings
+        Statistics, filter and output side.
+
+    Raises
+    ------
+    ValueError
+        When the configuration is missing, rescales other than by 1/255, has no
+        statistics, or names an unknown filter.
     """
     from transformers.image_processing_utils import ImageProcessingMixin
 
@@ -273,9 +379,156 @@ def _output_side(settings: dict) -> int | None:
     return None
 
 
+# --------------------------------------------------------------------------------------------
+# Loading from the hub or a local folder
+# --------------------------------------------------------------------------------------------
+
+
+def hub_name(model: str | os.PathLike[str]) -> str:
+    """The name transformers loads ``model`` by: an expanded local folder, or the hub id.
+
+    Parameters
+    ----------
+    model : str or path-like
+        A hub id (``name`` or ``org/name``) or a local folder.
+
+    Returns
+    -------
+    name : str
+        The folder with ``~`` expanded when it exists, else ``model`` itself.
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``model`` is written as a path (``./x``, ``/x``, ``a/b/c`` ...) that is no folder.
+
+    Examples
+    --------
+    >>> from qpm_sklearn.backbones import hub_name
+    >>> hub_name("facebook/dinov2-small")
+    'facebook/dinov2-small'
+    """
+    name = os.fspath(model)
+    folder = Path(name).expanduser()
+    if _looks_like_path(name) and not folder.is_dir():
+        raise FileNotFoundError(f"model={name!r}: no such model folder.")
+    return str(folder) if folder.is_dir() else name
+
+
+def from_pretrained(
+    auto_class: Any,
+    model: str | os.PathLike[str],
+    *,
+    local_files_only: bool = False,
+    verbose: bool | int = False,
+    **kwargs: Any,
+) -> Any:
+    """``auto_class.from_pretrained(model)`` with errors that say what to do.
+
+    Parameters
+    ----------
+    auto_class : type
+        A transformers class with ``from_pretrained`` (``AutoConfig``, a model class ...).
+    model : str or path-like
+        Hub id or local folder.
+    local_files_only : bool, default=False
+        Never contact the hub.
+    verbose : bool or int, default=False
+        Let transformers print its warnings and download bars.
+    **kwargs
+        Passed to ``from_pretrained``.
+
+    Returns
+    -------
+    loaded : object
+        What ``from_pretrained`` returns.
+
+    Raises
+    ------
+    OSError
+        When the model is not local and the hub may not (``local_files_only``) or could
+        not be reached.
+    ValueError
+        When anything else prevents loading it.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from transformers import AutoConfig
+    >>> from qpm_sklearn.backbones import from_pretrained
+    >>> from qpm_sklearn.testing import save_random_model
+    >>> folder = save_random_model(tempfile.mkdtemp(), "resnet")
+    >>> from_pretrained(AutoConfig, folder, local_files_only=True).model_type
+    'resnet'
+    """
+    name = hub_name(model)
+    try:
+        with _utils.quiet_transformers(verbose):
+            return auto_class.from_pretrained(name, local_files_only=local_files_only, **kwargs)
+    except Exception as exc:  # transformers raises OSError, ValueError, hub errors ...
+        if not Path(name).is_dir() and local_files_only:
+            raise OSError(
+                f"model={name!r} is not a local folder and was not found in the local Hugging "
+                f"Face cache; local_files_only=True forbids downloading it ({exc})."
+            ) from exc
+        if not Path(name).is_dir() and _looks_like_network_failure(exc):
+            raise OSError(
+                f"model={name!r} could not be loaded, apparently because the Hugging Face hub "
+                f"could not be reached ({exc}). Download it once with network access, or pass "
+                f"local_files_only=True with the model in the local hub cache, or give a local "
+                f"folder saved with save_pretrained."
+            ) from exc
+        raise ValueError(f"model={name!r} could not be loaded as a pretrained model: {exc}") from exc
+
+
+def load_config(
+    model: str | os.PathLike[str], *, local_files_only: bool = False, verbose: bool | int = False
+) -> transformers.PretrainedConfig:
+    """The configuration of ``model``, refused when its family's token layout is unknown.
+
+    Parameters
+    ----------
+    model : str or path-like
+        Hub id or local folder.
+    local_files_only : bool, default=False
+        Never contact the hub.
+    verbose : bool or int, default=False
+        Let transformers print its warnings and download bars.
+
+    Returns
+    -------
+    config : transformers.PretrainedConfig
+        The top-level configuration (for a two-tower checkpoint, both towers').
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from qpm_sklearn.backbones import load_config
+    >>> from qpm_sklearn.testing import save_random_model
+    >>> load_config(save_random_model(tempfile.mkdtemp(), "vit")).model_type
+    'vit'
+    """
+    from transformers import AutoConfig
+
+    config = from_pretrained(AutoConfig, model, local_files_only=local_files_only, verbose=verbose)
+    layout_of(config, os.fspath(model))  # an unknown family fails here
+    return config
+
 
 def load_layout(model: str | os.PathLike[str], *, local_files_only: bool = False) -> Layout:
     """The :class:`Layout` of a hub id or local folder; reads only its configuration.
+
+    Parameters
+    ----------
+    model : str or path-like
+        Hub id or local folder.
+    local_files_only : bool, default=False
+        Never contact the hub.
+
+    Returns
+    -------
+    layout : Layout
+        Where the model's CLS, register and patch tokens sit.
 
     Examples
     --------
@@ -286,7 +539,117 @@ def load_layout(model: str | os.PathLike[str], *, local_files_only: bool = False
     >>> layout.family, layout.stride, layout.n_prefix, layout.has_cls
     ('dinov3_vit', 16, 5, True)
     """
-    from .embedding import PatchEmbedder
+    return layout_of(load_config(model, local_files_only=local_files_only), os.fspath(model))
 
-    embedder = PatchEmbedder(model, local_files_only=local_files_only)
-    return layout_of(embedder._load_config(), os.fspath(model))
+
+def load_backbone(
+    model: str | os.PathLike[str], layout: Layout, *, local_files_only: bool = False, verbose: bool | int = False
+) -> torch.nn.Module:
+    """The weights of ``model`` as ``layout.model_class`` (a two-tower checkpoint's vision tower).
+
+    Parameters
+    ----------
+    model : str or path-like
+        Hub id or local folder.
+    layout : Layout
+        Its layout (:func:`load_layout`), which names the class to load.
+    local_files_only : bool, default=False
+        Never contact the hub.
+    verbose : bool or int, default=False
+        Let transformers print its warnings and download bars.
+
+    Returns
+    -------
+    backbone : torch.nn.Module
+        The model on the CPU, as loaded (not yet frozen or in ``eval`` mode).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from qpm_sklearn.backbones import load_backbone, load_layout
+    >>> from qpm_sklearn.testing import save_random_model
+    >>> folder = save_random_model(tempfile.mkdtemp(), "resnet")
+    >>> type(load_backbone(folder, load_layout(folder))).__name__
+    'ResNetModel'
+    """
+    import transformers
+
+    model_class = getattr(transformers, layout.model_class)
+    return from_pretrained(model_class, model, local_files_only=local_files_only, verbose=verbose, config=layout.config)
+
+
+def folder_signature(model: str | os.PathLike[str]) -> str | None:
+    """Names, sizes and modification times of a local model folder's files, hashed.
+
+    Parameters
+    ----------
+    model : str or path-like
+        Hub id or local folder.
+
+    Returns
+    -------
+    signature : str or None
+        A hex digest that changes when the folder is re-saved; None for a hub id.
+
+    Examples
+    --------
+    >>> from qpm_sklearn.backbones import folder_signature
+    >>> folder_signature("facebook/dinov2-small") is None
+    True
+    """
+    folder = Path(os.fspath(model)).expanduser()
+    if not folder.is_dir():
+        return None
+    digest = hashlib.blake2b(digest_size=16)
+    for file in sorted(folder.iterdir()):
+        if file.is_file():
+            stat = file.stat()
+            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return digest.hexdigest()
+
+
+def model_revision(model: str | os.PathLike[str], config: transformers.PretrainedConfig) -> str:
+    """What identifies the weights: a local folder's signature or the hub commit hash.
+
+    Parameters
+    ----------
+    model : str or path-like
+        Hub id or local folder.
+    config : transformers.PretrainedConfig
+        Its configuration as loaded (:func:`load_config`), which carries the commit hash.
+
+    Returns
+    -------
+    revision : str
+        ``"folder:<signature>"`` or ``"hub:<commit hash>"`` (``"hub:None"`` when the hub
+        gave none, with a logged warning).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from qpm_sklearn.backbones import load_config, model_revision
+    >>> from qpm_sklearn.testing import save_random_model
+    >>> folder = save_random_model(tempfile.mkdtemp(), "vit")
+    >>> model_revision(folder, load_config(folder)).startswith("folder:")
+    True
+    """
+    signature = folder_signature(model)
+    if signature is not None:
+        return "folder:" + signature
+    commit = getattr(config, "_commit_hash", None)
+    if commit is None:
+        _utils.logger.warning("model=%r has no hub commit hash; the cache is keyed by its name only.", os.fspath(model))
+    return f"hub:{commit}"
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are ``name`` or ``org/name``; anything else is meant as a folder."""
+    return name.startswith((".", "~", "/")) or "\\" in name or Path(name).is_absolute() or name.count("/") > 1
+
+
+def _looks_like_network_failure(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if type(exc).__name__ in _NETWORK_ERRORS or any(p in str(exc).lower() for p in _NETWORK_PHRASES):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False

@@ -11,8 +11,8 @@ Plain numpy: the classifier trains the networks and only calls these functions b
 
 Both keep the real-valued head weights: ``weight`` (C, K) and ``bias`` (C,) act on
 ``(f_S − mean)/std`` with ``mean``/``std`` the training statistics of the selected features.
-Every head builder here -- and the classifier's DINO-QPM selection -- returns one
-:class:`HeadRecord`.
+Every head builder here -- and the DINO-QPM selection, :func:`qpm_sklearn._head.qpm_head` --
+returns one :class:`HeadRecord` (defined beside that head).
 """
 
 from __future__ import annotations
@@ -20,13 +20,14 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from sklearn.utils import check_random_state
 
+from ._head import HeadRecord
 from ._utils import check_class_codes, check_finite_array, check_int
 from .glm import elastic_net_path, group_elastic_net_selection, max_regularisation, standardisation
 
@@ -42,33 +43,6 @@ __all__ = [
 
 #: SLDD step 4 (docs/baselines.md): the chosen path point has at most ``n_per_class / SLDD_DENSITY_FACTOR`` non-zeros per class.
 SLDD_DENSITY_FACTOR = 0.5
-
-
-@dataclass(frozen=True, eq=False)
-class HeadRecord:
-    """A sparse head in plain numpy: what every head builder returns and the sparse stage trains under.
-
-    ``logits = weight @ ((f[selected] − mean) / max(std, 1e-6)) + bias`` (docs/method.md#sparse-head).
-
-    Attributes
-    ----------
-    selected : ndarray of shape (K,)
-        Adapter channel ids of the head's inputs, ascending.
-    weight : ndarray of shape (C, K)
-        Class-feature weights (the 0/1 assignment for DINO-QPM).
-    bias : ndarray of shape (C,)
-    mean, std : ndarray of shape (K,)
-        Standardisation of the selected features.
-    info : dict
-        How the head was found (method, timing, solver status ...).
-    """
-
-    selected: np.ndarray
-    weight: np.ndarray
-    bias: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    info: dict[str, Any]
 
 
 def sldd_sparsify(
@@ -217,11 +191,11 @@ def qsenn_quantise(weight: npt.ArrayLike, bias: npt.ArrayLike, n_per_class: int)
     return weight_q, bias_q
 
 
-def _train_split(n_samples: int, val_fraction: float, random_state: int | np.random.RandomState | None) -> np.ndarray:
+def _train_split(n_samples: int, validation_fraction: float, random_state: int | np.random.RandomState | None) -> np.ndarray:
     """Sorted indices of the seeded training part of the 90/10 split (docs/baselines.md#dino-sldd-selectionsldd, step 1)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1); got {val_fraction!r}.")
-    n_val = int(np.floor(val_fraction * n_samples))
+    if not 0.0 <= validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in [0, 1); got {validation_fraction!r}.")
+    n_val = int(np.floor(validation_fraction * n_samples))
     if n_samples - n_val < 2:
         raise ValueError(f"the training split must keep at least 2 samples; got {n_samples} samples in total.")
     order = check_random_state(random_state).permutation(n_samples)
@@ -241,9 +215,9 @@ def _path_on_standardised(
 
     λ_max is the authors' value: ``max|F_rawᵀ(Y − Ȳ)|/n / α`` on the raw features.
     """
-    options = {"alpha": 0.99, **(path_options or {})}
+    options = {"l1_ratio": 0.99, **(path_options or {})}
     mean, std = standardisation(F)
-    lam_max = max_regularisation(F, y, group=False) / options["alpha"]
+    lam_max = max_regularisation(F, y, group=False) / options["l1_ratio"]
     path = elastic_net_path((F - mean) / std, y, lam_max=lam_max, n_classes=n_classes, **options)
     return mean, std, path
 
@@ -255,7 +229,7 @@ def sldd_head(
     n_selected: int = 50,
     n_per_class: int = 5,
     n_classes: int | None = None,
-    val_fraction: float = 0.1,
+    validation_fraction: float = 0.1,
     random_state: int | np.random.RandomState | None = None,
     selection_options: Mapping[str, Any] | None = None,
     path_options: Mapping[str, Any] | None = None,
@@ -263,7 +237,7 @@ def sldd_head(
 ) -> HeadRecord:
     """The DINO-SLDD sparse head from the dense training features (docs/baselines.md#dino-sldd-selectionsldd, steps 1–4).
 
-    Steps: seeded split keeping ``1 − val_fraction`` of the samples (the authors' validation part
+    Steps: seeded split keeping ``1 − validation_fraction`` of the samples (the authors' validation part
     is only logged, never used, so it is dropped); :func:`~qpm_sklearn.glm.group_elastic_net_selection`
     on the raw features of that part; the elastic-net path on its standardised selected features;
     :func:`sldd_sparsify`.
@@ -278,7 +252,7 @@ def sldd_head(
         Features kept in total and per class.
     n_classes : int or None, default=None
         ``C`` (default ``max(y) + 1``).
-    val_fraction : float, default=0.1
+    validation_fraction : float, default=0.1
         Share held out by the authors' 90/10 split (0 uses every sample).
     random_state : int, RandomState or None
         Seeds the split (the solvers are deterministic).
@@ -296,7 +270,7 @@ def sldd_head(
     start = time.perf_counter()
     F, y = _features_and_codes(features, y)
     n_classes = int(y.max()) + 1 if n_classes is None else int(n_classes)
-    train = _train_split(len(y), val_fraction, random_state)
+    train = _train_split(len(y), validation_fraction, random_state)
     selected = group_elastic_net_selection(
         F[train], y[train], n_selected, n_classes=n_classes, verbose=verbose, **(selection_options or {})
     )
@@ -312,7 +286,7 @@ def qsenn_refit(
     n_per_class: int = 5,
     *,
     n_classes: int | None = None,
-    val_fraction: float = 0.1,
+    validation_fraction: float = 0.1,
     random_state: int | np.random.RandomState | None = None,
     path_options: Mapping[str, Any] | None = None,
     selected: npt.ArrayLike | None = None,
@@ -328,7 +302,7 @@ def qsenn_refit(
     ----------
     features : array-like of shape (n_samples, n_selected)
         Pooled training features of the selected channels from the *current* model.
-    y, n_per_class, n_classes, val_fraction, random_state, path_options, verbose
+    y, n_per_class, n_classes, validation_fraction, random_state, path_options, verbose
         As in :func:`sldd_head`.
     selected : array-like of shape (n_selected,), default=None
         The adapter channel ids of the columns of ``features`` (default ``0 … n_selected-1``).
@@ -341,7 +315,7 @@ def qsenn_refit(
     start = time.perf_counter()
     F, y = _features_and_codes(features, y)
     n_classes = int(y.max()) + 1 if n_classes is None else int(n_classes)
-    train = _train_split(len(y), val_fraction, random_state)
+    train = _train_split(len(y), validation_fraction, random_state)
     options = {"verbose": verbose, **(path_options or {})}
     mean, std, path = _path_on_standardised(F[train], y[train], n_classes, options)
     point = path[-2] if len(path) > 1 else path[-1]
@@ -360,7 +334,7 @@ def qsenn_head(
     n_selected: int = 50,
     n_per_class: int = 5,
     n_classes: int | None = None,
-    val_fraction: float = 0.1,
+    validation_fraction: float = 0.1,
     random_state: int | np.random.RandomState | None = None,
     selection_options: Mapping[str, Any] | None = None,
     path_options: Mapping[str, Any] | None = None,
@@ -375,12 +349,12 @@ def qsenn_head(
     n_classes = int(y.max()) + 1 if n_classes is None else int(n_classes)
     if not isinstance(random_state, (int, np.integer)):  # one split for the selection and the refit
         random_state = int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
-    train = _train_split(len(y), val_fraction, random_state)
+    train = _train_split(len(y), validation_fraction, random_state)
     selected = group_elastic_net_selection(
         F[train], y[train], n_selected, n_classes=n_classes, verbose=verbose, **(selection_options or {})
     )
     head = qsenn_refit(
-        F[:, selected], y, n_per_class, n_classes=n_classes, val_fraction=val_fraction,
+        F[:, selected], y, n_per_class, n_classes=n_classes, validation_fraction=validation_fraction,
         random_state=random_state, path_options=path_options, selected=selected, verbose=verbose,
     )  # fmt: skip
     return replace(head, info=dict(head.info, seconds=round(time.perf_counter() - start, 3)))

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
+import numbers
 import os
 import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -27,47 +24,40 @@ from sklearn.utils.validation import (
     _check_feature_names,
     _check_sample_weight,
     _get_feature_names,
-    check_array,
     check_is_fitted,
     check_memory,
     column_or_1d,
 )
 
 from ._doc_links import DocLinkMixin
-from ._device import as_numpy, resolve_device, torch_generator, torch_seed
+from ._device import resolve_device, torch_seed
+from ._head import HeadRecord, qpm_head
+from ._stages import (
+    INFERENCE_BATCH_SIZE,
+    cached_dense_stage,
+    check_tokens,
+    dense_network,
+    fit_sparse_stage,
+    sparse_network,
+)
 from ._utils import StrictInterval
-from .adapter import (
-    DenseHead,
-    QPMNetwork,
-    SparseHead,
-    TokenMLP,
-    empty_network,
-    init_parameters,
-    load_network_state,
-    mlp_from_state,
-    network_state,
-    standardise,
-)
-from .baselines import HeadRecord, qsenn_refit, sparse_head
+from .adapter import DenseHead, QPMNetwork, SparseHead, TokenMLP, empty_network, load_network_state, standardise
+from .baselines import sparse_head
 from .explanation import Explanation, class_summary, estimator_feature_names
-from .persistence import load_estimator, save_estimator
-from .selection import (
-    check_selection_budget,
-    check_solver_options,
-    feature_class_correlation,
-    feature_similarity,
-    redundancy_penalty,
-    solve_selection,
+from .persistence import (
+    FORMAT_VERSION,
+    ModelFileDefect,
+    read_model_file,
+    short,
+    take_array,
+    take_state,
+    take_value,
+    write_model_file,
 )
-from .training import forward_in_batches, tokens_on_device, train_network
+from .selection import check_selection_budget, check_solver_options
+from .training import forward_in_batches
 
 _STAGES = ("sparse", "dense")
-_INFERENCE_BATCH_SIZE = 256
-# docs/baselines.md: the comparison systems fine-tune with dropout 0.1 and Q-SENN runs 4 rounds.
-_BASELINE_DROPOUT = 0.1
-_QSENN_ROUNDS = 4
-# Bytes per block of tokens_fingerprint (hashed in parallel).
-_FINGERPRINT_BLOCK = 32 * 2**20
 
 _Classifier = TypeVar("_Classifier", bound="QPMClassifier")
 
@@ -89,339 +79,52 @@ PARAMETER_GROUPS = {
     "runtime": ("device", "memory", "random_state", "verbose", "feature_names"),
 }  # fmt: skip
 
+#: The fitted state of QPMClassifier: every attribute ``fit`` writes, ``save`` stores and
+#: ``load`` reads back, by kind. Arrays with their dtype (for ``classes_`` the dtype kinds
+#: allowed: numbers or strings, the labels' own), network states (dicts of arrays, checked on load by building the networks
+#: the parameters describe), JSON values, and ``feature_names_in_`` only when X had
+#: column names. ``assignment_`` is derived from ``sparse_weight_``: stored for readers
+#: of the file and checked on load, never set.
+FITTED_ARRAYS: dict[str, Any] = {
+    "classes_": "biufU",
+    "selected_features_": np.int64,
+    "sparse_weight_": np.float32,
+    "sparse_bias_": np.float32,
+    "feature_mean_": np.float32,
+    "feature_std_": np.float32,
+}
+FITTED_STATES = ("dense_mlp_state_", "dense_head_state_", "sparse_mlp_state_")
+FITTED_VALUES = ("n_features_in_", "selection_info_", "history_")
+OPTIONAL_FITTED_VALUES = ("feature_names_in_",)
 
-def _check_tokens(
-    X: npt.ArrayLike, *, n_features_in: int | None = None, min_samples: int = 1
-) -> tuple[np.ndarray, tuple[int, int]]:
-    """Validate X once per public call and return ``(tokens (n, p, d), grid (h, w))``.
 
-    Accepts ``(n, h, w, d)`` patch grids, ``(n, p, d)`` tokens with a square
-    ``p`` and ``(n, d)`` single tokens. float32 and float16 arrays (such as the
-    float16 memory map of an embedding cache) are used without a copy, so a
-    collection larger than memory is streamed rather than loaded; float64 is
-    cast to float32 and other dtypes converted. ``n_features_in`` (when given)
-    is the embedding size the fitted model expects. The internals called after
-    this run with ``check_input=False``.
-    """
-    array = check_array(
-        X,
-        dtype=(np.float32, np.float16, np.float64),
-        allow_nd=True,
-        ensure_min_samples=min_samples,
-        input_name="X",
+def _fitted_state(classes, n_features_in, dense, sparse_mlp_state, head: HeadRecord, sparse_history, feature_names):
+    """The fitted attributes of :data:`FITTED_ARRAYS`, :data:`FITTED_STATES` and :data:`FITTED_VALUES` from fit's locals."""
+    head_arrays = {"selected_features_": head.selected, "sparse_weight_": head.weight, "sparse_bias_": head.bias,
+                   "feature_mean_": head.mean, "feature_std_": head.std}  # fmt: skip
+    fitted: dict[str, Any] = {"classes_": classes}
+    fitted.update({name: np.asarray(head_arrays[name], dtype=FITTED_ARRAYS[name]) for name in head_arrays})
+    fitted.update(dense_mlp_state_=dense["mlp"], dense_head_state_=dense["head"], sparse_mlp_state_=sparse_mlp_state)
+    fitted.update(
+        n_features_in_=n_features_in,
+        selection_info_=head.info,
+        history_=[dict(row, stage="dense") for row in dense["history"]]
+        + [dict(row, stage="sparse") for row in sparse_history],
     )
-    if array.ndim == 2:
-        grid = (1, 1)
-    elif array.ndim == 3:
-        side = math.isqrt(array.shape[1])
-        if side * side != array.shape[1]:
-            raise ValueError(
-                f"X of shape (n, p, d) must hold a square grid of p patch tokens; got p={array.shape[1]}, "
-                "which is not a perfect square. Pass the grid as (n, h, w, d) instead."
-            )
-        grid = (side, side)
-    elif array.ndim == 4:
-        grid = (array.shape[1], array.shape[2])
-    else:
-        raise ValueError(
-            f"X must be a patch grid (n, h, w, d), tokens (n, p, d) or vectors (n, d); got shape {array.shape}."
-        )
-    n_dims = array.shape[-1]
-    if n_features_in is not None and n_dims != n_features_in:
-        raise ValueError(
-            f"X has {n_dims} features, but QPMClassifier is expecting "
-            f"{n_features_in} features as input (the embedding size d of the last axis)."
-        )
-    tokens = np.ascontiguousarray(array.reshape(array.shape[0], grid[0] * grid[1], n_dims))
-    if tokens.dtype == np.float64:
-        with np.errstate(over="ignore"):
-            tokens = tokens.astype(np.float32)
-        if not np.isfinite(tokens).all():
-            raise ValueError("X has values beyond the float32 range (about ±3.4e38); rescale the embeddings.")
-    return tokens, grid
+    if feature_names is not None:
+        fitted["feature_names_in_"] = feature_names
+    return fitted
 
 
-def tokens_fingerprint(tokens: np.ndarray) -> str:
-    """A content hash of an array: SHA-256 of its bytes in 32 MB blocks hashed in parallel, with shape and dtype.
-
-    The ``memory=`` key of the dense stage: exact (never stale, unlike a file date or an
-    object id), and faster than ``joblib.hash`` of the array -- SHA-256 runs in the CPU's
-    SHA instructions where it has them, and hashlib releases the GIL, so the blocks are
-    hashed on all cores (benchmarks/dense_cache_key.py).
-    """
-    # numpy declares ndarray.__buffer__ for Python >= 3.12 only; every ndarray is a buffer.
-    flat = memoryview(np.ascontiguousarray(tokens).reshape(-1)).cast("B")  # type: ignore[arg-type]
-    blocks = [flat[start : start + _FINGERPRINT_BLOCK] for start in range(0, len(flat), _FINGERPRINT_BLOCK)]
-    workers = min(len(blocks), os.cpu_count() or 1)
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as pool:
-            digests = list(pool.map(lambda block: hashlib.sha256(block).digest(), blocks))
-    else:
-        digests = [hashlib.sha256(block).digest() for block in blocks]
-    summary = hashlib.sha256(repr((tokens.shape, np.dtype(tokens.dtype).str)).encode())
-    for digest in digests:
-        summary.update(digest)
-    return summary.hexdigest()
-
-
-def _fit_dense_stage(tokens, fingerprint, y, sample_weight, grid, n_classes, settings, seed, device, verbose=False):
-    """Train the token-wise MLP with a dense linear head (stage 1) and describe the training set.
-
-    A module-level function of plain arguments so that ``joblib.Memory`` can
-    cache it: a budget search refits only the selection and the sparse stage.
-    The cache key holds ``fingerprint`` (a content hash of ``tokens``) instead of
-    ``tokens``, which may already be staged on the device. The MLP is initialised
-    from a generator seeded by ``seed``; the global torch RNG is left alone.
-
-    Returns
-    -------
-    result : dict
-        ``mlp`` and ``head`` (numpy weights of the network), ``features`` (n, n_features)
-        pooled training features in eval mode, ``history`` (per-epoch rows).
-    """
-    del fingerprint  # part of the cache key only
-    network = empty_network(
-        lambda: QPMNetwork(
-            TokenMLP(tokens.shape[-1], settings["hidden_size"], settings["n_features"], settings["n_layers"]),
-            DenseHead(settings["n_features"], n_classes, settings["dropout"]),
-        )
+def _storable_classes(classes: np.ndarray) -> np.ndarray:
+    if classes.dtype.kind in "biufU":
+        return classes
+    if classes.dtype == object and all(isinstance(c, str) for c in classes):
+        return classes.astype(str)
+    raise TypeError(
+        "save() stores class labels that are numbers or strings; classes_ holds "
+        f"{sorted({type(c).__name__ for c in classes})}. Use pickle/joblib for such a model."
     )
-    init_parameters(network.to_empty(device="cpu"), torch_generator(seed))
-    train_tokens, train_y, train_weight, stopping = tokens, y, sample_weight, None
-    if settings["early_stopping"]:
-        train_rows, stopping = _EarlyStopping.split(tokens, y, sample_weight, grid, settings, seed, device)
-        train_tokens, train_y = _take(tokens, train_rows), y[train_rows]
-        train_weight = None if sample_weight is None else sample_weight[train_rows]
-    history = train_network(
-        network,
-        train_tokens,
-        train_y,
-        grid=grid,
-        **_stage_options(settings, "dense"),
-        device=device,
-        seed=seed,
-        verbose=verbose,
-        desc="dense",
-        sample_weight=train_weight,
-        epoch_callback=stopping,
-        check_input=False,
-    )
-    if stopping is not None:
-        stopping.restore_best(network)
-    features = forward_in_batches(
-        network, tokens, grid=grid, batch_size=_INFERENCE_BATCH_SIZE, device=device, check_input=False
-    )["features"]
-    return {
-        "mlp": network_state(network.mlp),
-        "head": network_state(network.head),
-        "features": features,
-        "history": history,
-    }
-
-
-def _stage_options(settings, stage):
-    """``train_network``'s options of one stage from its parameter group (``epochs`` is ``{stage}_epochs`` ...)."""
-    return {option: settings[f"{stage}_{option}"] for option in ("epochs", "batch_size", "lr", "weight_decay", "diversity")}
-
-
-def _take(tokens, rows):
-    """Rows of staged tokens (a device tensor or a host array)."""
-    if isinstance(tokens, torch.Tensor):
-        return tokens.index_select(0, torch.as_tensor(rows, device=tokens.device))
-    return tokens[rows]
-
-
-class _EarlyStopping:
-    """Epoch callback of the dense stage: validation accuracy, patience, best weights kept.
-
-    Stops when the accuracy on the held-out rows has not risen above its best for
-    ``n_iter_no_change`` epochs; :meth:`restore_best` then loads the weights of the best
-    epoch (as scikit-learn's MLP does). Each epoch's history row gets ``validation_score``.
-    """
-
-    def __init__(self, tokens, y, weight, grid, patience, device):
-        self.tokens, self.y, self.weight, self.grid = tokens, y, weight, grid
-        self.patience, self.device = patience, device
-        self.best_score, self.best_state, self.waited = -np.inf, None, 0
-
-    @classmethod
-    def split(cls, tokens, y, sample_weight, grid, settings, seed, device):
-        """The training rows and the callback holding the stratified, seeded validation rows."""
-        from sklearn.model_selection import train_test_split
-
-        try:
-            train_rows, validation_rows = train_test_split(
-                np.arange(len(y)), test_size=settings["validation_fraction"], stratify=y, random_state=seed
-            )
-        except ValueError as exc:
-            raise ValueError(
-                f"early_stopping: validation_fraction={settings['validation_fraction']} of {len(y)} samples cannot "
-                f"hold out every class ({exc}); raise validation_fraction or turn early_stopping off."
-            ) from exc
-        train_rows, validation_rows = np.sort(train_rows), np.sort(validation_rows)
-        weight = None if sample_weight is None else sample_weight[validation_rows]
-        callback = cls(_take(tokens, validation_rows), y[validation_rows], weight, grid,
-                       settings["n_iter_no_change"], device)  # fmt: skip
-        return train_rows, callback
-
-    def __call__(self, network, row) -> bool:
-        logits = forward_in_batches(
-            network, self.tokens, grid=self.grid, batch_size=_INFERENCE_BATCH_SIZE, device=self.device,
-            check_input=False,
-        )["logits"]  # fmt: skip
-        score = float(np.average(np.argmax(logits, axis=1) == self.y, weights=self.weight))
-        row["validation_score"] = score
-        if score > self.best_score:
-            self.best_score, self.waited = score, 0
-            self.best_state = (network_state(network.mlp), network_state(network.head))
-        else:
-            self.waited += 1
-        return self.waited >= self.patience
-
-    def restore_best(self, network):
-        load_network_state(network.mlp, self.best_state[0])
-        load_network_state(network.head, self.best_state[1])
-        network.to(self.device)
-
-
-def _cached_dense_stage(memory, tokens, y, sample_weight, grid, n_classes, settings, seed, device, verbose):
-    """:func:`_fit_dense_stage` through ``memory``; concurrent fits of one key compute it once.
-
-    With a cache location, a file lock per key (beside the cache) makes a second process
-    or thread that asks for the same dense stage wait for the first and then load its
-    result instead of training it again.
-    """
-    location = getattr(memory, "location", None)
-    fingerprint = tokens_fingerprint(tokens) if location is not None else None
-    staged = tokens_on_device(tokens, device, check_input=False)  # once per fit, for both stages
-    cached = memory.cache(_fit_dense_stage, ignore=["tokens", "verbose"])
-    args = (staged, fingerprint, y, sample_weight, grid, n_classes, settings, seed, str(device), verbose)
-    if location is None:
-        return cached(*args), staged
-    from filelock import FileLock
-    from joblib import hash as joblib_hash
-
-    key = joblib_hash((fingerprint, y, sample_weight, grid, n_classes, settings, seed, str(device)))
-    lock_dir = Path(location) / "qpm_sklearn_locks"
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(lock_dir / f"dense-{key}.lock")):
-        return cached(*args), staged
-
-
-def _qpm_head(
-    features, y_codes, n_classes, *, n_selected, n_per_class, redundancy, solver_options, seed, verbose,
-    sample_weight=None,
-):
-    """The DINO-QPM head from the dense training features (stage 2): A, R, penalty, quadratic program."""
-    A = feature_class_correlation(features, y_codes, sample_weight=sample_weight)
-    penalty, tau = redundancy_penalty(feature_similarity(A), n_selected, rule=redundancy)
-    result = solve_selection(
-        A,
-        n_selected=n_selected,
-        n_per_class=n_per_class,
-        penalty=penalty,
-        random_state=seed,
-        verbose=verbose,
-        **solver_options,
-    )
-    selected = np.asarray(result.selected, dtype=np.int64)
-    if sample_weight is None:  # population std (docs/method.md#sparse-head)
-        mean, std = features.mean(axis=0, dtype=np.float64), features.std(axis=0, dtype=np.float64)
-    else:  # weighted mean and population std: a weight of 2 is the sample counted twice
-        mean = np.average(features, axis=0, weights=sample_weight)
-        std = np.sqrt(np.average((features - mean) ** 2, axis=0, weights=sample_weight))
-    return HeadRecord(
-        selected=selected,
-        weight=np.asarray(result.assignment, dtype=np.float32),
-        bias=np.zeros(n_classes, dtype=np.float32),
-        mean=mean[selected],
-        std=std[selected],
-        info=dict(result.as_dict(), tau=float(tau), redundancy=redundancy, method="qpm"),
-    )
-
-
-def _sparse_network(mlp_state, head: HeadRecord, *, train_stats=False, dropout=0.0) -> QPMNetwork:
-    """The sparse-stage network from numpy state, without random initialisation."""
-    return QPMNetwork(
-        mlp_from_state(mlp_state),
-        SparseHead(head.weight, head.mean, head.std, bias=head.bias, train_stats=train_stats, dropout=dropout),
-        selected=head.selected,
-    )
-
-
-def _dense_network(mlp_state, head_state) -> QPMNetwork:
-    """The dense-stage network from numpy state, without random initialisation (dropout is off in eval)."""
-    n_classes, n_features = np.shape(head_state["linear.weight"])
-    head = load_network_state(empty_network(lambda: DenseHead(n_features, n_classes)), head_state)
-    return QPMNetwork(mlp_from_state(mlp_state), head)
-
-
-def _fit_sparse_stage(tokens, y_codes, grid, n_classes, mlp_state, head, settings, *, split_seed, seed, device,
-                      sample_weight=None, verbose=False):  # fmt: skip
-    """Fine-tune the MLP under the sparse head (stage 3), beside :func:`_fit_dense_stage`.
-
-    DINO-QPM trains with frozen head and statistics, CE + diversity + the two L1
-    terms. The comparison systems (docs/baselines.md) train the standardisation too,
-    with dropout 0.1 and without L1 terms; Q-SENN refits and re-quantises its head
-    on the current features before each of its rounds after the first.
-
-    Parameters
-    ----------
-    tokens : ndarray or Tensor (n, P, D), validated (and staged) by the caller
-    y_codes : ndarray (n,) int64
-    grid : (h, w)
-    n_classes : int
-    mlp_state : dict of ndarray
-        The dense stage's MLP, where fine-tuning starts.
-    head : HeadRecord
-        The selected head.
-    settings : dict
-        The ``sparse`` parameter group (:data:`PARAMETER_GROUPS`).
-
-    Returns
-    -------
-    mlp_state : dict of ndarray
-    head : HeadRecord
-        The final head (Q-SENN's last refit; trained statistics for the baselines).
-    history : list of dict
-    """
-    method = settings["selection"]
-    baseline = method != "qpm"
-    rounds = _QSENN_ROUNDS if method == "qsenn" else 1
-    history, network = [], None
-    for round_index in range(rounds):
-        if round_index > 0:
-            features = forward_in_batches(
-                network, tokens, grid=grid, batch_size=_INFERENCE_BATCH_SIZE, device=device, check_input=False
-            )["features"]
-            refit = qsenn_refit(
-                features, y_codes, settings["n_per_class"], n_classes=n_classes, random_state=split_seed,
-                selected=head.selected, verbose=verbose,
-            )  # fmt: skip
-            head = replace(refit, info=dict(refit.info, round=round_index, rounds=rounds))
-        network = _sparse_network(
-            mlp_state, head, train_stats=baseline, dropout=_BASELINE_DROPOUT if baseline else 0.0
-        )
-        rows = train_network(
-            network,
-            tokens,
-            y_codes,
-            grid=grid,
-            **_stage_options(settings, "sparse"),
-            l1_maps=0.0 if baseline else settings["l1_maps"],
-            l1_features=0.0 if baseline else settings["l1_features"],
-            device=device,
-            seed=seed + round_index,
-            verbose=verbose,
-            desc="sparse",
-            sample_weight=sample_weight,
-            check_input=False,
-        )
-        history += [dict(row, round=round_index) for row in rows]
-        mlp_state = network_state(network.mlp)
-        if baseline:  # the standardisation was trained
-            head = replace(head, mean=as_numpy(network.head.mean), std=as_numpy(network.head.std))
-    return mlp_state, head, history
 
 
 class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
@@ -754,7 +457,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
             )
         feature_names = _get_feature_names(X)
-        tokens, grid = _check_tokens(X, min_samples=2)
+        tokens, grid = check_tokens(X, min_samples=2)
         labels = column_or_1d(y, warn=True)
         if len(labels) != len(tokens):
             raise ValueError(
@@ -784,12 +487,12 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         rng = check_random_state(self.random_state)
         dense_seed, selection_seed, sparse_seed = (torch_seed(rng) for _ in range(3))
 
-        dense, staged = _cached_dense_stage(
+        dense, staged = cached_dense_stage(
             memory, tokens, y_codes, sample_weight, grid, n_classes, self._group_settings("dense"), dense_seed, device,
             self.verbose,
         )
         if self.selection == "qpm":
-            head = _qpm_head(
+            head = qpm_head(
                 dense["features"], y_codes, n_classes, n_selected=self.n_selected, n_per_class=self.n_per_class,
                 redundancy=self.redundancy, solver_options=solver_options, seed=selection_seed, verbose=self.verbose,
                 sample_weight=sample_weight,
@@ -799,40 +502,22 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
                 self.selection, dense["features"], y_codes, n_selected=self.n_selected,
                 n_per_class=self.n_per_class, n_classes=n_classes, random_state=selection_seed, verbose=self.verbose,
             )  # fmt: skip
-        sparse_mlp_state, head, sparse_history = _fit_sparse_stage(
+        sparse_mlp_state, head, sparse_history = fit_sparse_stage(
             staged, y_codes, grid, n_classes, dense["mlp"], head, self._group_settings("sparse"),
             split_seed=selection_seed, seed=sparse_seed, device=device, sample_weight=sample_weight,
             verbose=self.verbose,
         )  # fmt: skip
 
         # The one place fitted state is written: a single dict update, after all the work.
-        fitted = {
-            "classes_": classes,
-            "n_features_in_": tokens.shape[-1],
-            "dense_mlp_state_": dense["mlp"],
-            "dense_head_state_": dense["head"],
-            "sparse_mlp_state_": sparse_mlp_state,
-            "selected_features_": np.asarray(head.selected, dtype=np.int64),
-            "sparse_weight_": np.asarray(head.weight, dtype=np.float32),
-            "sparse_bias_": np.asarray(head.bias, dtype=np.float32),
-            "feature_mean_": np.asarray(head.mean, dtype=np.float32),
-            "feature_std_": np.asarray(head.std, dtype=np.float32),
-            "selection_info_": head.info,
-            "history_": [dict(row, stage="dense") for row in dense["history"]]
-            + [dict(row, stage="sparse") for row in sparse_history],
-            "_networks": {},
-        }
-        if feature_names is not None:
-            fitted["feature_names_in_"] = feature_names
+        fitted = _fitted_state(
+            classes, tokens.shape[-1], dense, sparse_mlp_state, head, sparse_history, feature_names
+        )
+        fitted["_networks"] = {}
         self.__dict__.pop("feature_names_in_", None)
         self.__dict__.update(fitted)
         return self
 
     # ------------------------------------------------------ derived state
-    #: Read-only attributes computed from the fitted state, not stored on the estimator
-    #: (persistence writes them for readers of the file and does not set them on load).
-    _derived_attributes = ("assignment_",)
-
     @property
     def assignment_(self) -> np.ndarray:
         return (self.sparse_weight_ != 0).astype(np.int8)
@@ -868,11 +553,11 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         if entry is not None and entry[0] == str(device) and all(a is b for a, b in zip(entry[1], sources)):
             return entry[2]
         if stage == "dense":
-            network = _dense_network(*sources)
+            network = dense_network(self.dense_mlp_state_, self.dense_head_state_)
         else:
-            head = HeadRecord(selected=sources[1], weight=sources[2], bias=sources[3], mean=sources[4],
-                              std=sources[5], info={})  # fmt: skip
-            network = _sparse_network(sources[0], head)
+            head = HeadRecord(selected=self.selected_features_, weight=self.sparse_weight_, bias=self.sparse_bias_,
+                              mean=self.feature_mean_, std=self.feature_std_, info={})  # fmt: skip
+            network = sparse_network(self.sparse_mlp_state_, head)
         network = network.to(device).eval()
         cache[stage] = (str(device), sources, network)
         return network
@@ -882,13 +567,13 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         if stage not in _STAGES:
             raise ValueError(f"stage must be one of {_STAGES}; got {stage!r}.")
         _check_feature_names(self, X, reset=False)
-        tokens, grid = _check_tokens(X, n_features_in=self.n_features_in_)
+        tokens, grid = check_tokens(X, n_features_in=self.n_features_in_)
         device = resolve_device(self.device)
         out: dict[str, Any] = forward_in_batches(
             self._network(stage, device),
             tokens,
             grid=grid,
-            batch_size=_INFERENCE_BATCH_SIZE,
+            batch_size=INFERENCE_BATCH_SIZE,
             device=device,
             return_maps=return_maps,
             check_input=False,
@@ -903,6 +588,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
         stage : {"sparse", "dense"}, default="sparse"
             The fine-tuned interpretable model, or the stage-1 dense model.
 
@@ -914,20 +600,64 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         return logits[:, 1] - logits[:, 0] if logits.shape[1] == 2 else logits
 
     def predict_proba(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
-        """Class probabilities (softmax of the logits), columns in ``classes_`` order."""
+        """Class probabilities (softmax of the logits), columns in ``classes_`` order.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
+        stage : {"sparse", "dense"}, default="sparse"
+            The fine-tuned interpretable model, or the stage-1 dense model.
+
+        Returns
+        -------
+        proba : ndarray of shape (n, n_classes)
+        """
         return softmax(self._forward(X, stage)["logits"], axis=1)
 
     def predict_log_proba(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
-        """Logarithm of :meth:`predict_proba` (computed stably from the logits)."""
+        """Logarithm of :meth:`predict_proba` (computed stably from the logits).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
+        stage : {"sparse", "dense"}, default="sparse"
+            The fine-tuned interpretable model, or the stage-1 dense model.
+
+        Returns
+        -------
+        log_proba : ndarray of shape (n, n_classes)
+        """
         return log_softmax(self._forward(X, stage)["logits"], axis=1)
 
     def predict(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
-        """Predicted class labels."""
+        """Predicted class labels.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
+        stage : {"sparse", "dense"}, default="sparse"
+            The fine-tuned interpretable model, or the stage-1 dense model.
+
+        Returns
+        -------
+        labels : ndarray of shape (n,)
+            Labels from ``classes_``.
+        """
         logits = self._forward(X, stage)["logits"]
         return self.classes_[np.argmax(logits, axis=1)]
 
     def feature_maps(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
         """Raw feature maps on the patch grid.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
+        stage : {"sparse", "dense"}, default="sparse"
+            The fine-tuned interpretable model, or the stage-1 dense model.
 
         Returns
         -------
@@ -938,11 +668,36 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         return self._forward(X, stage, return_maps=True)["maps"]
 
     def pooled_features(self, X: npt.ArrayLike, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
-        """Spatial means of the feature maps (raw, not standardised), shape (n, K)."""
+        """Spatial means of the feature maps (raw, not standardised).
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
+        stage : {"sparse", "dense"}, default="sparse"
+            The fine-tuned interpretable model, or the stage-1 dense model.
+
+        Returns
+        -------
+        features : ndarray of shape (n, K)
+            K = ``n_selected`` (in ``selected_features_`` order) for the sparse stage,
+            ``n_features`` for the dense stage.
+        """
         return self._forward(X, stage)["features"]
 
     def class_weights(self, stage: Literal["sparse", "dense"] = "sparse") -> np.ndarray:
-        """Head weights, shape (n_classes, K): ``sparse_weight_`` or the dense linear weight."""
+        """Head weights: ``sparse_weight_`` or the dense linear weight.
+
+        Parameters
+        ----------
+        stage : {"sparse", "dense"}, default="sparse"
+            The fine-tuned interpretable model, or the stage-1 dense model.
+
+        Returns
+        -------
+        weights : ndarray of shape (n_classes, K)
+            K = ``n_selected`` for the sparse stage, ``n_features`` for the dense stage.
+        """
         check_is_fitted(self)
         if stage not in _STAGES:
             raise ValueError(f"stage must be one of {_STAGES}; got {stage!r}.")
@@ -958,12 +713,28 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         return int(matches[0])
 
     def class_features(self, label: object) -> np.ndarray:
-        """Adapter channel ids of the features class ``label`` uses, ascending."""
+        """Adapter channel ids of the features class ``label`` uses, ascending.
+
+        Parameters
+        ----------
+        label : object
+            One of ``classes_``.
+
+        Returns
+        -------
+        features : ndarray of shape (k,)
+            Channel ids from ``selected_features_`` (k = ``n_per_class`` for DINO-QPM).
+        """
         row = self.sparse_weight_[self._class_index(label)]
         return self.selected_features_[row != 0]
 
     def compare_classes(self, a: object, b: object) -> dict[str, np.ndarray]:
         """Shared and distinguishing features of two classes.
+
+        Parameters
+        ----------
+        a, b : object
+            Two of ``classes_``.
 
         Returns
         -------
@@ -983,6 +754,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
 
         Returns
         -------
@@ -1047,7 +819,14 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Save the fitted model to ``path`` (``.npz``: arrays + JSON, no pickle).
 
-        Loading it with :meth:`load` executes no code, unlike pickle.
+        Loading it with :meth:`load` executes no code, unlike pickle. The file holds the
+        parameters (``memory`` as ``null``) and the attributes of :data:`FITTED_ARRAYS`,
+        :data:`FITTED_STATES` and :data:`FITTED_VALUES`; see :mod:`qpm_sklearn.persistence`.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            Where to write, atomically (a failed save leaves a previous file intact).
 
         Returns
         -------
@@ -1055,17 +834,143 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             The file written (``.npz`` is appended when missing).
         """
         check_is_fitted(self)
-        return save_estimator(self, path)
+        name = type(self).__name__
+        declared = set(FITTED_ARRAYS) | set(FITTED_STATES) | set(FITTED_VALUES) | set(OPTIONAL_FITTED_VALUES)
+        undeclared = sorted(k for k in vars(self) if k.endswith("_") and not k.startswith("_") and k not in declared)
+        if undeclared:
+            raise TypeError(f"save(): {name} has fitted attributes {undeclared} that format version {FORMAT_VERSION} does not declare.")
+        arrays = {attribute: np.asarray(getattr(self, attribute)) for attribute in FITTED_ARRAYS}
+        arrays["classes_"] = _storable_classes(arrays["classes_"])
+        arrays["assignment_"] = self.assignment_
+        values = {attribute: getattr(self, attribute) for attribute in FITTED_VALUES}
+        if "feature_names_in_" in vars(self):
+            values["feature_names_in_"] = [str(feature) for feature in self.feature_names_in_]
+        params = self.get_params(deep=False)
+        params["memory"] = None  # a cache location belongs to a machine, not to the model
+        states = {attribute: getattr(self, attribute) for attribute in FITTED_STATES}
+        return write_model_file(path, name, params, arrays, states, values)
 
     @classmethod
     def load(cls: type[_Classifier], path: str | os.PathLike[str]) -> _Classifier:
         """Load a model written by :meth:`save`, checked as ``fit`` checks its inputs.
 
-        Any defect of the file (another format version, invalid parameters, a missing,
-        extra or misshapen array) raises one ``ValueError`` naming the file; see
-        :mod:`qpm_sklearn.persistence`.
+        The parameters go through the parameter validation and the budget checks of
+        ``fit``; the fitted attributes must be exactly those :meth:`save` writes, with
+        their dtypes and shapes consistent with each other and with the parameters; the
+        network states are loaded, strictly, into networks built from the parameters.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            A file written by :meth:`save`.
+
+        Returns
+        -------
+        estimator : QPMClassifier
+            The fitted estimator (``memory=None``; set it again with ``set_params``).
+
+        Raises
+        ------
+        FileNotFoundError
+            When ``path`` does not exist.
+        ValueError
+            For any defect of the file (another format version, invalid parameters, a
+            missing, extra or misshapen array), naming the file and the defect.
         """
-        return load_estimator(cls, path)
+        return read_model_file(path, cls.__name__, cls._from_model_file)
+
+    @classmethod
+    def _from_model_file(cls: type[_Classifier], params: dict, contents: dict, values: dict) -> _Classifier:
+        """The estimator of a model file's decoded parameters and stored fitted state, checked."""
+        estimator = cls()
+        expected = set(estimator.get_params(deep=False))
+        if set(params) != expected:
+            missing, unknown = sorted(expected - set(params)), sorted(set(params) - expected)
+            raise ModelFileDefect(f"the parameters do not match {cls.__name__}'s: missing {missing}, unknown {unknown}")
+        if params["memory"] is not None:
+            raise ModelFileDefect(f"parameter 'memory' must be null in a model file (it is never saved); got {params['memory']!r}")
+        try:
+            estimator.set_params(**params)
+            estimator._validate_params()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "ignored with selection=..." is no defect of the file
+                estimator._solver_options()
+        except (ValueError, TypeError) as exc:
+            raise ModelFileDefect(f"invalid parameters: {exc}") from None
+        estimator.__dict__.update(estimator._checked_fitted_state(contents, values))
+        return estimator
+
+    def _checked_fitted_state(self, contents: dict, values: dict) -> dict:
+        """The fitted attributes of a model file, checked against the schema and the parameters."""
+        fitted: dict[str, Any] = {}
+
+        def is_count(value):
+            return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_)) and value >= 1
+
+        def is_records(value):
+            return isinstance(value, list) and all(isinstance(row, dict) for row in value)
+
+        n_in = fitted["n_features_in_"] = take_value(values, "n_features_in_", is_count, "a positive int")
+        fitted["selection_info_"] = take_value(values, "selection_info_", lambda v: isinstance(v, dict), "a dict")
+        fitted["history_"] = take_value(values, "history_", is_records, "a list of dicts")
+        if "feature_names_in_" in values:
+            names = values.pop("feature_names_in_")
+            if not (isinstance(names, list) and len(names) == n_in and all(type(n) is str for n in names)):
+                raise ModelFileDefect(f"feature_names_in_ must be a list of {n_in} strings; got {short(names)}")
+            fitted["feature_names_in_"] = np.asarray(names, dtype=object)
+        if values:
+            raise ModelFileDefect(f"unexpected values {sorted(values)}: format version {FORMAT_VERSION} does not declare them")
+
+        classes = fitted["classes_"] = take_array(contents, "classes_", FITTED_ARRAYS["classes_"], (None,))
+        if len(classes) < 2 or not np.array_equal(classes, np.unique(classes)):
+            raise ModelFileDefect(f"classes_ must be at least 2 distinct labels in sorted order; got {short(classes.tolist())}")
+        n_classes = len(classes)
+        try:
+            self._check_budgets(n_classes)
+        except ValueError as exc:
+            raise ModelFileDefect(f"invalid parameters: {exc}") from None
+        selected = fitted["selected_features_"] = take_array(
+            contents, "selected_features_", FITTED_ARRAYS["selected_features_"], (None,)
+        )
+        n_selected = len(selected)
+        if n_selected == 0 or np.any(np.diff(selected) <= 0) or selected[0] < 0 or selected[-1] >= self.n_features:
+            raise ModelFileDefect(f"selected_features_ must be increasing channel ids in [0, n_features={self.n_features})")
+        shapes = {"sparse_weight_": (n_classes, n_selected), "sparse_bias_": (n_classes,),
+                  "feature_mean_": (n_selected,), "feature_std_": (n_selected,)}  # fmt: skip
+        for name, shape in shapes.items():
+            fitted[name] = take_array(contents, name, FITTED_ARRAYS[name], shape)
+        weight = fitted["sparse_weight_"]
+        if np.any(fitted["feature_std_"] < 0):
+            raise ModelFileDefect("feature_std_ holds negative values")
+        if self.selection == "qpm":
+            ones = weight != 0
+            if n_selected != self.n_selected or np.any(weight[ones] != 1) or np.any(ones.sum(axis=1) != self.n_per_class):
+                raise ModelFileDefect(
+                    f"with selection='qpm' the sparse head must be 0/1 with n_per_class={self.n_per_class} ones per "
+                    f"class over n_selected={self.n_selected} features; got shape {weight.shape}"
+                )
+        assignment = take_array(contents, "assignment_", "iub", (n_classes, n_selected))
+        if not np.array_equal(assignment, weight != 0):
+            raise ModelFileDefect("assignment_ does not match the non-zeros of sparse_weight_")
+        try:
+            SparseHead(weight, fitted["feature_mean_"], fitted["feature_std_"], bias=fitted["sparse_bias_"])
+        except (ValueError, TypeError) as exc:
+            raise ModelFileDefect(str(exc)) from None
+
+        def mlp():
+            return TokenMLP(n_in, self.hidden_size, self.n_features, self.n_layers)
+
+        builders = {"dense_mlp_state_": mlp, "sparse_mlp_state_": mlp,
+                    "dense_head_state_": lambda: DenseHead(self.n_features, n_classes)}  # fmt: skip
+        for attribute in FITTED_STATES:
+            state = fitted[attribute] = take_state(contents, attribute)
+            try:
+                load_network_state(empty_network(builders[attribute]), state)
+            except (ValueError, TypeError, RuntimeError) as exc:
+                raise ModelFileDefect(f"{attribute} does not fit the network the parameters describe: {exc}") from None
+        if contents:
+            raise ModelFileDefect(f"unexpected entries {sorted(contents)}: format version {FORMAT_VERSION} does not declare them")
+        return fitted
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

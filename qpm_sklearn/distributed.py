@@ -42,7 +42,7 @@ def embed(
     images: _images.Images,
     *,
     client: distributed.Client,
-    cache_dir: str | os.PathLike[str],
+    embedding_cache: str | os.PathLike[str],
     shard_size: int | None = None,
     retries: int = 2,
     verbose: int | bool = False,
@@ -52,7 +52,7 @@ def embed(
     The collection is cut into shards of ``shard_size`` consecutive images; each shard
     is one Dask task that embeds its images on a worker (the worker's GPU when it has
     one: ``device=None`` resolves on the worker) and writes them into the collection's
-    entry under ``cache_dir``. Rows already in the cache (from an interrupted run, or
+    entry under ``embedding_cache``. Rows already in the cache (from an interrupted run, or
     from another collection with the same images and settings) are not recomputed, so
     rerunning after an interruption resumes. A shard whose task raises is retried
     ``retries`` times by Dask; a shard whose worker dies is rescheduled by Dask (up to
@@ -71,7 +71,7 @@ def embed(
         filesystem); in-memory images are sent to the workers with their shard.
     client : distributed.Client
         The cluster to run on.
-    cache_dir : str or path-like
+    embedding_cache : str or path-like
         The embedding cache (what ``embedding_cache`` names on the embedder), on a
         filesystem shared by the workers and this process.
     shard_size : int, default=None
@@ -87,7 +87,7 @@ def embed(
     Returns
     -------
     embeddings : ndarray
-        What ``embedder.set_params(embedding_cache=cache_dir).transform(images)`` returns when
+        What ``embedder.set_params(embedding_cache=embedding_cache).transform(images)`` returns when
         run on a worker: the read-only float16 memory map of the cache entry when
         ``embedder.output_dtype="float16"``, a float32 array read from it otherwise.
 
@@ -103,26 +103,25 @@ def embed(
     >>> import numpy as np
     >>> from distributed import Client, LocalCluster
     >>> from qpm_sklearn import Dinov2Embedder
-    >>> from qpm_sklearn._testing import save_random_backbone
+    >>> from qpm_sklearn.testing import save_random_backbone
     >>> from qpm_sklearn.distributed import embed
     >>> folder = save_random_backbone(tempfile.mkdtemp(), "tiny")  # offline stand-in for a hub id
     >>> images = np.random.default_rng(0).integers(0, 256, (6, 40, 50, 3), dtype=np.uint8)
     >>> embedder = Dinov2Embedder(model=str(folder), image_size=56, device="cpu", batch_size=2)
     >>> with LocalCluster(n_workers=1, processes=False, dashboard_address=":0") as cluster, Client(cluster) as client:
-    ...     embed(embedder, images, client=client, cache_dir=tempfile.mkdtemp(), shard_size=2).shape
+    ...     embed(embedder, images, client=client, embedding_cache=tempfile.mkdtemp(), shard_size=2).shape
     (6, 4, 4, 32)
     """
     from distributed import Client, as_completed
 
     if not isinstance(client, Client):
         raise TypeError(f"client must be a distributed.Client; got {type(client).__name__}.")
-    if not isinstance(cache_dir, (str, os.PathLike)):
-        raise TypeError(f"cache_dir must be a path (str or os.PathLike); got {type(cache_dir).__name__}.")
-    embedder._check_params()
+    if not isinstance(embedding_cache, (str, os.PathLike)):
+        raise TypeError(f"embedding_cache must be a path (str or os.PathLike); got {type(embedding_cache).__name__}.")
     shard_size = check_int(8 * embedder.batch_size if shard_size is None else shard_size, "shard_size", 1)
     retries = check_int(retries, "retries", 0)
     images = _images.check_images(images)
-    worker_embedder = _for_workers(embedder)
+    worker_embedder = _for_workers(embedder).fit(images)  # validates the parameters
 
     starts = range(0, len(images), shard_size)
     parts = [_take(images, range(s, min(s + shard_size, len(images)))) for s in starts]
@@ -130,7 +129,7 @@ def embed(
     layout = client.submit(_layout, worker_embedder, pure=False)
     keys = np.concatenate(client.gather(key_parts))
     settings, row_shape = layout.result()
-    cache = EmbeddingCache(cache_dir, settings, keys, row_shape)
+    cache = EmbeddingCache(embedding_cache, settings, keys, row_shape)
 
     def compute(rows):
         shard_of = rows // shard_size
@@ -139,7 +138,7 @@ def embed(
         futures = [
             client.submit(
                 _embed_shard, worker_embedder, _take(images, shard), shard,
-                os.fspath(cache_dir), settings, row_shape, str(cache.folder),
+                os.fspath(embedding_cache), settings, row_shape, str(cache.folder),
                 retries=retries, pure=False,
             )
             for shard in shards
@@ -150,7 +149,7 @@ def embed(
         if failed:
             raise RuntimeError(
                 f"embed: {len(failed)} of {len(futures)} shards failed after {retries} retries; the "
-                f"{len(futures) - len(failed)} finished ones are kept in cache_dir={os.fspath(cache_dir)!r} "
+                f"{len(futures) - len(failed)} finished ones are kept in embedding_cache={os.fspath(embedding_cache)!r} "
                 f"and a rerun computes only the rest. First error: {failed[0].exception()!r}"
             ) from failed[0].exception()
 
@@ -163,8 +162,7 @@ def _for_workers(embedder):
     from sklearn.base import clone
 
     embedder = clone(embedder)
-    own_cache = {name: None for name in ("embedding_cache", "cache_dir") if name in embedder.get_params()}
-    return embedder.set_params(**own_cache, output_dtype="float16", verbose=False)
+    return embedder.set_params(embedding_cache=None, output_dtype="float16", verbose=False)
 
 
 def _take(images, rows):
@@ -198,14 +196,13 @@ def _resident(embedder):
 def _layout(embedder) -> tuple[dict, tuple]:
     """The cache settings and row shape of ``embedder`` as this worker computes it."""
     from ._device import resolve_device, resolve_dtype
+    from .embedding import cache_settings
 
     embedder = _resident(embedder)
-    compute_dtype = resolve_dtype(embedder.dtype, resolve_device(embedder.device))
-    settings = embedder._cache_settings(embedder._load_config(), compute_dtype)
-    return settings, tuple(int(size) for size in embedder._row_shape())
+    return cache_settings(embedder, resolve_dtype(embedder.dtype, resolve_device(embedder.device)))
 
 
-def _open_collection(cache_dir, settings, row_shape, folder) -> EmbeddingCache:
+def _open_collection(embedding_cache, settings, row_shape, folder) -> EmbeddingCache:
     """The collection the driver opened, from the keys it saved there (not sent with every task).
 
     Keys that do not hash to ``folder`` (a damaged ``keys.npy``) would open another
@@ -215,14 +212,14 @@ def _open_collection(cache_dir, settings, row_shape, folder) -> EmbeddingCache:
     if _worker_collection is None or _worker_collection[0] != folder:
         keys = np.load(os.path.join(folder, "keys.npy"), allow_pickle=False)
         _worker_collection = (folder, keys)
-    cache = EmbeddingCache(cache_dir, settings, _worker_collection[1], row_shape, copy_from_siblings=False)
+    cache = EmbeddingCache(embedding_cache, settings, _worker_collection[1], row_shape, copy_from_siblings=False)
     if os.path.abspath(cache.folder) != os.path.abspath(folder):
         _worker_collection = None
         raise RuntimeError(f"embed: {folder}/keys.npy no longer holds the keys of its collection; rerun embed.")
     return cache
 
 
-def _embed_shard(embedder, images, rows, cache_dir, settings, row_shape, folder) -> int:
+def _embed_shard(embedder, images, rows, embedding_cache, settings, row_shape, folder) -> int:
     """Embed the images of ``rows`` that are still missing and store them; the rows computed."""
     embedder = _resident(embedder)
     here = _layout(embedder)
@@ -232,7 +229,7 @@ def _embed_shard(embedder, images, rows, cache_dir, settings, row_shape, folder)
             f"is cached with {settings} (rows {tuple(row_shape)}): every worker must resolve the same "
             f"device type and compute dtype. Give the embedder an explicit device and dtype."
         )
-    cache = _open_collection(cache_dir, settings, row_shape, folder)
+    cache = _open_collection(embedding_cache, settings, row_shape, folder)
     todo = np.isin(rows, cache.missing(int(rows[0]), int(rows[-1]) + 1))  # another try may have stored some
     if not todo.any():
         return 0

@@ -7,13 +7,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from numbers import Integral
-from pathlib import Path
 from typing import Literal, TypeVar
 
 import numpy as np
@@ -28,15 +26,9 @@ from . import images as _images
 from ._cache import EmbeddingCache
 from ._doc_links import DocLinkMixin
 from ._device import download, host_tensor, resolve_device, resolve_dtype, upload, wait_upload
-from ._utils import StrictInterval, logger, progress, quiet_transformers
+from ._utils import StrictInterval, progress
 
 _OUTPUT_DTYPES = {"float32": np.float32, "float16": np.float16}
-# What huggingface_hub / requests / httpx raise (or say) when the hub cannot be reached.
-_NETWORK_ERRORS = {
-    "ConnectionError", "ConnectError", "ConnectTimeout", "ReadTimeout", "Timeout", "TimeoutError",
-    "ProxyError", "SSLError", "OfflineModeIsEnabled", "LocalEntryNotFoundError",
-}
-_NETWORK_PHRASES = ("couldn't connect", "could not connect", "offline mode", "connection", "timed out")
 _DEFAULT_IMAGE_SIZE = 224
 _Embedder = TypeVar("_Embedder", bound="PatchEmbedder")
 
@@ -50,7 +42,9 @@ class _Plan:
     grid: int
     mean: tuple
     std: tuple
-    resample: str  # "imagenet" / "paper" (their filters) or a PIL filter name ("auto")
+    # "imagenet" / "paper" (standing for their filters, images.PREPROCESSING_FILTERS) or the
+    # PIL filter name of the model's image processor ("auto"); part of the cache key as is.
+    resample: str
 
     def row_shape(self, output: str) -> tuple:
         return (self.grid, self.grid, self.layout.width) if output == "patch" else (self.layout.width,)
@@ -127,9 +121,6 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         committed block of rows against its SHA-256 (about 1.5 s per GB on a 2-core
         CPU, benchmarks/cache_verify.py) and recomputes a damaged one with a warning;
         several processes, or machines sharing the folder, may write to it at once.
-    cache_dir : str or path-like, default=None
-        Deprecated alias of ``embedding_cache`` (a ``FutureWarning``): in transformers
-        ``cache_dir`` names the weights' cache, which this is not.
     n_jobs : int, default=None
         Workers that decode and resize images (None: up to 8; -1: all cores). Image
         files are decoded in that many worker processes (joblib's loky executor, kept
@@ -180,7 +171,6 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         "output_dtype": [StrOptions(set(_OUTPUT_DTYPES))],
         "local_files_only": ["boolean"],
         "embedding_cache": [str, os.PathLike, None],
-        "cache_dir": [str, os.PathLike, None],
         "n_jobs": [StrictInterval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
         "verbose": ["verbose"],
     }
@@ -201,7 +191,6 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         output_dtype: Literal["float32", "float16"] = "float32",
         local_files_only: bool = False,
         embedding_cache: str | os.PathLike[str] | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
         n_jobs: int | None = None,
         verbose: bool | int = False,
     ) -> None:
@@ -218,7 +207,6 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         self.output_dtype = output_dtype
         self.local_files_only = local_files_only
         self.embedding_cache = embedding_cache
-        self.cache_dir = cache_dir
         self.n_jobs = n_jobs
         self.verbose = verbose
 
@@ -245,22 +233,6 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         self._validate_params()
         if self.preprocessing != "auto":
             _images.resolve_statistics(self.preprocessing, self.mean, self.std)
-        if self.cache_dir is not None:
-            if self.embedding_cache is not None:
-                raise ValueError(
-                    f"embedding_cache={self.embedding_cache!r} and its deprecated alias cache_dir="
-                    f"{self.cache_dir!r} were both given; pass embedding_cache only."
-                )
-            warnings.warn(
-                "cache_dir is deprecated and will be removed: pass embedding_cache instead (in "
-                "transformers, cache_dir is where weights are downloaded, which this is not).",
-                FutureWarning,
-                stacklevel=3,
-            )
-
-    @property
-    def _embedding_folder(self):
-        return self.embedding_cache if self.embedding_cache is not None else self.cache_dir
 
     def __sklearn_is_fitted__(self):
         return True  # stateless: transform needs no fit
@@ -333,7 +305,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         compute_dtype = resolve_dtype(self.dtype, device)
         n_jobs = _images.resolve_n_jobs(self.n_jobs)
 
-        if self._embedding_folder is None:
+        if self.embedding_cache is None:
             result = np.empty((len(X), *row_shape), dtype=out_dtype)
 
             def sink(batch, values):  # batches are consecutive rows: a slice, not fancy indexing
@@ -345,7 +317,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         with ThreadPoolExecutor(n_jobs) as pool:
             keys = np.stack([np.frombuffer(k, np.uint8) for k in pool.map(_images.image_key, X)])
         settings = self._cache_settings(self._load_config(), compute_dtype)
-        cache = EmbeddingCache(self._embedding_folder, settings, keys, row_shape)
+        cache = EmbeddingCache(self.embedding_cache, settings, keys, row_shape)
 
         def store(batch, values):
             cache.store(batch, values.to(torch.float16).numpy())
@@ -360,17 +332,14 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
 
     def _model_key(self) -> tuple:
         # A local folder's signature is part of the key: a re-saved model is reloaded.
-        return os.fspath(self.model), self.local_files_only, _folder_signature(os.fspath(self.model))
+        return os.fspath(self.model), self.local_files_only, _backbones.folder_signature(self.model)
 
     def _load_config(self):
         key = self._model_key()
         cached = getattr(self, "_backbone_config", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        from transformers import AutoConfig
-
-        config = self._from_pretrained(AutoConfig)
-        _backbones.layout_of(config, os.fspath(self.model))  # an unknown family fails here
+        config = _backbones.load_config(self.model, local_files_only=self.local_files_only, verbose=self.verbose)
         self._backbone_config = (key, config)
         return config
 
@@ -389,7 +358,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
             )
         image_size = self.image_size
         if self.preprocessing == "auto":
-            processor = _backbones.processor_settings(self._hub_name(), local_files_only=self.local_files_only)
+            processor = _backbones.processor_settings(_backbones.hub_name(self.model), local_files_only=self.local_files_only)
             mean, std = _images.resolve_statistics(
                 "auto", processor.mean if self.mean is None else self.mean, processor.std if self.std is None else self.std
             )
@@ -414,55 +383,20 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         cached = getattr(self, "_backbone", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        import transformers
-
         self._backbone = None  # free the previous model before loading another
-        layout = self._resolve().layout
-        backbone = self._from_pretrained(getattr(transformers, layout.model_class), config=layout.config)
+        backbone = _backbones.load_backbone(
+            self.model, self._resolve().layout, local_files_only=self.local_files_only, verbose=self.verbose
+        )
         backbone = backbone.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self._backbone = (key, backbone)
         return backbone
-
-    def _hub_name(self) -> str:
-        name = os.fspath(self.model)
-        if _looks_like_path(name) and not Path(name).expanduser().is_dir():
-            raise FileNotFoundError(f"model={name!r}: no such model folder.")
-        return str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
-
-    def _from_pretrained(self, auto_class, **kwargs):
-        name = self._hub_name()
-        try:
-            with quiet_transformers(self.verbose):
-                return auto_class.from_pretrained(name, local_files_only=self.local_files_only, **kwargs)
-        except Exception as exc:  # transformers raises OSError, ValueError, hub errors ...
-            if not Path(name).is_dir() and self.local_files_only:
-                raise OSError(
-                    f"model={name!r} is not a local folder and was not found in the local Hugging "
-                    f"Face cache; local_files_only=True forbids downloading it ({exc})."
-                ) from exc
-            if not Path(name).is_dir() and _looks_like_network_failure(exc):
-                raise OSError(
-                    f"model={name!r} could not be loaded, apparently because the Hugging Face hub "
-                    f"could not be reached ({exc}). Download it once with network access, or pass "
-                    f"local_files_only=True with the model in the local hub cache, or give a local "
-                    f"folder saved with save_pretrained."
-                ) from exc
-            raise ValueError(f"model={name!r} could not be loaded as a pretrained model: {exc}") from exc
-
-    def _grid(self, config=None) -> int:
-        """Side of the output grid (``config`` is accepted for callers that hold it)."""
-        return self._resolve().grid
-
-    def _row_shape(self) -> tuple:
-        """Shape of one output row: ``(h, w, d)`` for "patch", ``(d,)`` otherwise."""
-        return self._resolve().row_shape(self.output)
 
     def _cache_settings(self, config, compute_dtype) -> dict:
         plan = self._resolve()
         return {
             "model": os.fspath(self.model),
             "family": plan.layout.family,
-            "revision": _model_revision(os.fspath(self.model), config),
+            "revision": _backbones.model_revision(self.model, config),
             "preprocessing": self.preprocessing,
             "mean": plan.mean,
             "std": plan.std,
@@ -481,8 +415,9 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         """Embed the images ``X[rows]`` batch by batch and hand each result to ``sink``."""
         backbone = self._load_model(device, compute_dtype)
         batches = [rows[i : i + self.batch_size] for i in range(0, len(rows), self.batch_size)]
+        resample = _images.PREPROCESSING_FILTERS.get(plan.resample, plan.resample)
         decoded = _images.decode_batches(
-            X, batches, plan.image_size, plan.resample, exif_transpose=self.exif_transpose, n_jobs=n_jobs
+            X, batches, plan.image_size, resample, exif_transpose=self.exif_transpose, n_jobs=n_jobs
         )
         # Uploads and downloads each get their own stream: on one, the upload of batch k+1 would
         # queue behind the download of batch k, which waits for batch k's forward pass.
@@ -578,8 +513,6 @@ class Dinov2Embedder(PatchEmbedder):
     output_dtype : {"float32", "float16"}, default="float32"
     local_files_only : bool, default=False
     embedding_cache : str or path-like, default=None
-    cache_dir : str or path-like, default=None
-        Deprecated alias of ``embedding_cache``.
     n_jobs : int, default=None
     verbose : bool or int, default=False
 
@@ -616,7 +549,6 @@ class Dinov2Embedder(PatchEmbedder):
         output_dtype: Literal["float32", "float16"] = "float32",
         local_files_only: bool = False,
         embedding_cache: str | os.PathLike[str] | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
         n_jobs: int | None = None,
         verbose: bool | int = False,
     ) -> None:
@@ -634,48 +566,48 @@ class Dinov2Embedder(PatchEmbedder):
             output_dtype=output_dtype,
             local_files_only=local_files_only,
             embedding_cache=embedding_cache,
-            cache_dir=cache_dir,
             n_jobs=n_jobs,
             verbose=verbose,
         )
 
 
+def cache_settings(embedder: PatchEmbedder, compute_dtype: torch.dtype) -> tuple[dict, tuple[int, ...]]:
+    """What keys ``embedder``'s entries in an embedding cache, and the shape of one row.
+
+    The settings are every parameter that changes the numbers, resolved against the
+    model's configuration (family, revision, statistics, filter, image size, output and
+    compute dtype); two embedders with equal settings write the same rows.
+
+    Parameters
+    ----------
+    embedder : PatchEmbedder
+        Its parameters are validated first.
+    compute_dtype : torch.dtype
+        The dtype the forward pass runs in (see :func:`qpm_sklearn._device.resolve_dtype`).
+
+    Returns
+    -------
+    settings : dict
+        The JSON-serialisable settings :class:`~qpm_sklearn._cache.EmbeddingCache` is keyed by.
+    row_shape : tuple of int
+        ``(h, w, d)`` for ``output="patch"``, ``(d,)`` otherwise.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import torch
+    >>> from qpm_sklearn import PatchEmbedder
+    >>> from qpm_sklearn.embedding import cache_settings
+    >>> from qpm_sklearn.testing import save_random_model
+    >>> embedder = PatchEmbedder(str(save_random_model(tempfile.mkdtemp(), "resnet")), image_size=64)
+    >>> settings, row_shape = cache_settings(embedder, torch.float32)
+    >>> settings["family"], row_shape
+    ('resnet', (2, 2, 32))
+    """
+    embedder._check_params()
+    settings = embedder._cache_settings(embedder._load_config(), compute_dtype)
+    return settings, tuple(int(size) for size in embedder._resolve().row_shape(embedder.output))
+
 def _hashable(value):
     return None if value is None else tuple(np.asarray(value, dtype=np.float64).ravel().tolist())
 
-
-def _looks_like_path(name: str) -> bool:
-    """Hub ids are ``name`` or ``org/name``; anything else is meant as a folder."""
-    return name.startswith((".", "~", "/")) or "\\" in name or Path(name).is_absolute() or name.count("/") > 1
-
-
-def _looks_like_network_failure(exc: BaseException | None) -> bool:
-    while exc is not None:
-        if type(exc).__name__ in _NETWORK_ERRORS or any(p in str(exc).lower() for p in _NETWORK_PHRASES):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
-
-
-def _folder_signature(name: str) -> str | None:
-    """Names, sizes and modification times of a local model folder's files (None for hub ids)."""
-    folder = Path(name).expanduser()
-    if not folder.is_dir():
-        return None
-    digest = hashlib.blake2b(digest_size=16)
-    for file in sorted(folder.iterdir()):
-        if file.is_file():
-            stat = file.stat()
-            digest.update(f"{file.name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
-    return digest.hexdigest()
-
-
-def _model_revision(name: str, config) -> str:
-    """What identifies the weights: a local folder's signature or the hub commit hash."""
-    signature = _folder_signature(name)
-    if signature is not None:
-        return "folder:" + signature
-    commit = getattr(config, "_commit_hash", None)
-    if commit is None:
-        logger.warning("model=%r has no hub commit hash; the cache is keyed by its name only.", name)
-    return f"hub:{commit}"

@@ -105,7 +105,9 @@ class Explanation:
     features than the widest class (possible for the SLDD baseline), ``features``
     is padded with -1, ``contributions`` with 0 and ``maps`` with zeros.
 
-    Attributes
+    Each parameter is kept as the attribute of the same name.
+
+    Parameters
     ----------
     prediction : ndarray of shape (n,)
         Predicted labels (the classifier's ``classes_`` values).
@@ -256,7 +258,23 @@ class Explanation:
 
 
 def default_feature_name(feature: int) -> str:
-    """The name of adapter channel ``feature`` when the user gave it none: ``"feature <id>"``."""
+    """The name of adapter channel ``feature`` when the user gave it none: ``"feature <id>"``.
+
+    Parameters
+    ----------
+    feature : int
+        Adapter channel id.
+
+    Returns
+    -------
+    name : str
+        ``"feature <id>"``.
+
+    Examples
+    --------
+    >>> default_feature_name(12)
+    'feature 12'
+    """
     return f"feature {int(feature)}"
 
 
@@ -334,6 +352,16 @@ def resolve_feature_names(
 def estimator_feature_names(estimator: Any) -> dict[int, str]:
     """A fitted classifier's ``feature_names``, checked and keyed by channel id (``{}`` if none).
 
+    Parameters
+    ----------
+    estimator : object
+        A fitted classifier with ``selected_features_`` and, optionally, ``feature_names``.
+
+    Returns
+    -------
+    names : dict of int to str
+        Channel id -> name, for the named channels only (see :func:`resolve_feature_names`).
+
     Examples
     --------
     >>> class Fitted:
@@ -357,6 +385,18 @@ def _channel_id(key: Any) -> int:
 
 def feature_labels(features: np.ndarray, feature_names: Mapping[int, str] | None = None) -> np.ndarray:
     """Names of adapter channels ``features`` (any shape); padding (-1) gets ``""``.
+
+    Parameters
+    ----------
+    features : ndarray of int
+        Adapter channel ids, -1 for padding.
+    feature_names : dict of int to str, default=None
+        Names of some channels; the others get :func:`default_feature_name`.
+
+    Returns
+    -------
+    labels : ndarray of object
+        One name per entry of ``features``, of its shape.
 
     Examples
     --------

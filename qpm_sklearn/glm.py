@@ -105,7 +105,7 @@ def _group_prox(V, thr, shrink):
     return V * (np.maximum(1.0 - thr / np.maximum(norms, np.finfo(np.float64).tiny), 0.0) * shrink)
 
 
-def _restricted_group_fista(X, y, W, b, *, lam, alpha, step, max_epochs, tol, allowed):
+def _restricted_group_fista(X, y, W, b, *, lam, l1_ratio, step, max_epochs, tol, allowed):
     """Minimise mean CE + λ(α Σ_j‖W[:, j]‖₂ + (1−α)/2‖W‖²) from ``(W, b)`` (bias unpenalised).
 
     Only the ``allowed`` columns (bool mask) plus at most one new column — the disallowed one of
@@ -114,7 +114,7 @@ def _restricted_group_fista(X, y, W, b, *, lam, alpha, step, max_epochs, tol, al
     ``max|x − prox(x − t∇f)|/t`` is ≤ ``tol`` or after ``max_epochs`` full-gradient steps.
     Returns ``(W, b, entered_column_or_None, epochs, residual)``.
     """
-    thr, shrink = step * lam * alpha, 1.0 / (1.0 + step * lam * (1.0 - alpha))
+    thr, shrink = step * lam * l1_ratio, 1.0 / (1.0 + step * lam * (1.0 - l1_ratio))
     W_prev, b_prev = W, b
     W_y, b_y = W, b  # extrapolated point
     momentum = 1.0
@@ -145,7 +145,7 @@ def _restricted_group_fista(X, y, W, b, *, lam, alpha, step, max_epochs, tol, al
     return W_prev, b_prev, None, max_epochs, residual
 
 
-def _elastic_net_lbfgs(X, y, W, b, *, lam, alpha, max_epochs, tol):
+def _elastic_net_lbfgs(X, y, W, b, *, lam, l1_ratio, max_epochs, tol):
     """Minimise mean CE + λ(α‖W‖₁ + (1−α)/2‖W‖²) (bias unpenalised) from ``(W, b)``.
 
     L-BFGS-B on ``W = P − N`` with ``P, N ≥ 0``: the L1 term becomes the linear ``α·Σ(P + N)``, so
@@ -163,9 +163,9 @@ def _elastic_net_lbfgs(X, y, W, b, *, lam, alpha, max_epochs, tol):
         P, N = theta[:size].reshape(W.shape), theta[size : 2 * size].reshape(W.shape)
         weight = P - N
         loss, g_W, g_b = _loss_and_grad(X, y, weight, theta[2 * size :])
-        g_W += lam * (1.0 - alpha) * weight
-        value = loss + lam * (alpha * (P.sum() + N.sum()) + 0.5 * (1.0 - alpha) * np.sum(weight**2))
-        return value, np.concatenate([(g_W + lam * alpha).ravel(), (lam * alpha - g_W).ravel(), g_b])
+        g_W += lam * (1.0 - l1_ratio) * weight
+        value = loss + lam * (l1_ratio * (P.sum() + N.sum()) + 0.5 * (1.0 - l1_ratio) * np.sum(weight**2))
+        return value, np.concatenate([(g_W + lam * l1_ratio).ravel(), (lam * l1_ratio - g_W).ravel(), g_b])
 
     start = np.concatenate([np.maximum(W, 0).ravel(), np.maximum(-W, 0).ravel(), b])
     bounds = [(0.0, None)] * (2 * size) + [(None, None)] * n_classes
@@ -176,9 +176,9 @@ def _elastic_net_lbfgs(X, y, W, b, *, lam, alpha, max_epochs, tol):
     return weight, theta[2 * size :].copy(), int(result.nfev), bool(result.status == 0)
 
 
-def _check_solver_args(alpha, n_lambdas, lam_min_ratio, max_epochs, tol):
-    if not 0.0 < alpha <= 1.0:
-        raise ValueError(f"alpha must be in (0, 1]; got {alpha!r}.")
+def _check_solver_args(l1_ratio, n_lambdas, lam_min_ratio, max_epochs, tol):
+    if not 0.0 < l1_ratio <= 1.0:
+        raise ValueError(f"l1_ratio must be in (0, 1]; got {l1_ratio!r}.")
     check_int(n_lambdas, "n_lambdas", 1)
     if not 0.0 < lam_min_ratio <= 1.0:
         raise ValueError(f"lam_min_ratio must be in (0, 1]; got {lam_min_ratio!r}.")
@@ -192,7 +192,7 @@ def group_elastic_net_selection(
     y: npt.ArrayLike,
     n_keep: int = 50,
     *,
-    alpha: float = 0.8,
+    l1_ratio: float = 0.8,
     lam_factor: float = 0.1,
     n_lambdas: int = 100,
     lam_min_ratio: float = 1e-3,
@@ -226,8 +226,8 @@ def group_elastic_net_selection(
         Integer class codes 0..C-1.
     n_keep : int, default=50
         Number of features to select.
-    alpha : float, default=0.8
-        Group-L1 share of the penalty (``selalpha``).
+    l1_ratio : float, default=0.8
+        Group-L1 share of the penalty, as scikit-learn's ``l1_ratio`` (the authors' ``selalpha``).
     lam_factor : float, default=0.1
         Every λ of the path is multiplied by it (``lam_fac``).
     n_lambdas, lam_min_ratio : int, float, default=100, 1e-3
@@ -262,10 +262,10 @@ def group_elastic_net_selection(
     n_features = F.shape[1]
     if not 1 <= int(n_keep) <= n_features:
         raise ValueError(f"n_keep must be in [1, {n_features}] (the number of features); got {n_keep!r}.")
-    _check_solver_args(alpha, n_lambdas, lam_min_ratio, max_epochs, tol)
+    _check_solver_args(l1_ratio, n_lambdas, lam_min_ratio, max_epochs, tol)
     n_keep = int(n_keep)
 
-    lams = lam_factor * lambda_path(_max_reg(F, Y, group=True) / alpha, n_lambdas, lam_min_ratio)
+    lams = lam_factor * lambda_path(_max_reg(F, Y, group=True) / l1_ratio, n_lambdas, lam_min_ratio)
     mean, std = standardisation(F)
     Z = (F - mean) / std
     g0 = _max_reg(Z, Y, group=True)
@@ -280,7 +280,7 @@ def group_elastic_net_selection(
     position = 0
     while selected.sum() < n_keep and position < len(lams):
         W, b, entered, _, _ = _restricted_group_fista(
-            Z, y, W, b, lam=lams[position], alpha=alpha, step=step,
+            Z, y, W, b, lam=lams[position], l1_ratio=l1_ratio, step=step,
             max_epochs=int(max_epochs), tol=tol * g0, allowed=selected,
         )  # fmt: skip
         if entered is None:
@@ -309,7 +309,7 @@ def elastic_net_path(
     F: npt.ArrayLike,
     y: npt.ArrayLike,
     *,
-    alpha: float = 0.99,
+    l1_ratio: float = 0.99,
     n_lambdas: int = 100,
     lam_min_ratio: float = 1e-3,
     lam_max: float | None = None,
@@ -334,8 +334,8 @@ def elastic_net_path(
         Features (standardised by the caller).
     y : array-like of shape (n_samples,)
         Integer class codes 0..C-1.
-    alpha : float, default=0.99
-        L1 share of the penalty.
+    l1_ratio : float, default=0.99
+        L1 share of the penalty, as scikit-learn's ``l1_ratio`` (glmnet's ``alpha``).
     n_lambdas, lam_min_ratio : int, float, default=100, 1e-3
         Path length (before λ = 0) and ratio of its smallest to its largest λ.
     lam_max : float or None, default=None
@@ -370,10 +370,10 @@ def elastic_net_path(
     (11, 0.0, True)
     """
     F, y, Y = _check_problem(F, y, n_classes=n_classes)
-    _check_solver_args(alpha, n_lambdas, lam_min_ratio, max_epochs, tol)
+    _check_solver_args(l1_ratio, n_lambdas, lam_min_ratio, max_epochs, tol)
     g0 = _max_reg(F, Y, group=False)
     if lam_max is None:
-        lam_max = g0 / alpha
+        lam_max = g0 / l1_ratio
     if not np.isfinite(lam_max) or lam_max < 0:
         raise ValueError(f"lam_max must be a finite non-negative number; got {lam_max!r}.")
     lams = lambda_path(lam_max, n_lambdas, lam_min_ratio)
@@ -383,7 +383,7 @@ def elastic_net_path(
     path: list[dict[str, Any]] = []
     for lam in progress(lams, verbose=verbose, desc="elastic net path", unit="λ"):
         W, b, epochs, converged = _elastic_net_lbfgs(
-            F, y, W, b, lam=lam, alpha=alpha, max_epochs=int(max_epochs), tol=tol_abs
+            F, y, W, b, lam=lam, l1_ratio=l1_ratio, max_epochs=int(max_epochs), tol=tol_abs
         )
         path.append({"weight": W, "bias": b, "lam": float(lam), "epochs": epochs, "converged": converged})
     unconverged = [p["lam"] for p in path[:-1] if not p["converged"]]

@@ -41,6 +41,8 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "PREPROCESSINGS",
+    "PREPROCESSING_FILTERS",
+    "RESAMPLING_FILTERS",
     "ImageLike",
     "Images",
     "check_files_exist",
@@ -60,15 +62,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 PREPROCESSINGS = ("imagenet", "paper", "auto")
 
-# Our default filter is bicubic; "paper" replicates the authors' (docs/method.md#preprocessing), i.e. torchvision's
-# default Resize on PIL images, which is PIL's (antialiased) bilinear filter. The functions
-# below that take ``preprocessing`` to pick the filter also take a PIL filter name: the one a
-# model's image-processor configuration names, for preprocessing="auto".
-_RESAMPLE = {
-    "imagenet": Image.Resampling.BICUBIC,
-    "paper": Image.Resampling.BILINEAR,
-    **{name: Image.Resampling[name.upper()] for name in ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")},
-}
+#: The PIL resampling filters the resizing functions take, by name.
+RESAMPLING_FILTERS = ("nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
+#: The filter of each fixed preprocessing. Ours is bicubic; "paper" replicates the authors'
+#: (docs/method.md#preprocessing), i.e. torchvision's default Resize on PIL images, which is
+#: PIL's (antialiased) bilinear filter. "auto" takes the filter its model's image processor names.
+PREPROCESSING_FILTERS = {"imagenet": "bicubic", "paper": "bilinear"}
 
 _PATH_TYPES = (str, os.PathLike)
 
@@ -273,23 +272,54 @@ def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:
 
 
 def load_resized(
-    item: ImageLike, index: int, image_size: int, preprocessing: str = "imagenet", exif_transpose: bool = True
+    item: ImageLike, index: int, image_size: int, resample: str = "bicubic", exif_transpose: bool = True
 ) -> npt.NDArray[np.uint8]:
     """Read ``item`` (see :func:`read_image`) and squash-resize it to ``(image_size, image_size)``; uint8 ``(S, S, 3)``.
 
     The aspect ratio is not preserved and nothing is cropped (docs/method.md#preprocessing); images smaller
     than a patch are simply upsampled.
+
+    Parameters
+    ----------
+    item : str, path-like, PIL.Image.Image or ndarray
+        One image.
+    index : int
+        Its position in the collection, named in errors.
+    image_size : int
+        Side of the output square.
+    resample : {"bicubic", "bilinear", "nearest", "box", "hamming", "lanczos"}, default="bicubic"
+        The PIL resampling filter (:data:`PREPROCESSING_FILTERS` gives each preprocessing's).
+    exif_transpose : bool, default=True
+        Apply a file's EXIF orientation (see :func:`read_image`).
+
+    Returns
+    -------
+    pixels : ndarray of uint8, shape (image_size, image_size, 3)
+        The resized RGB image.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qpm_sklearn.images import load_resized
+    >>> load_resized(np.zeros((30, 40, 3), np.uint8), 0, 14).shape
+    (14, 14, 3)
     """
+    _check_resample(resample)
     if isinstance(item, np.ndarray) and item.shape[:2] == (image_size, image_size):
         # Already the right size: skip PIL (it would only copy).
         return item if item.ndim == 3 else np.repeat(item[..., None], 3, axis=-1)
     image = read_image(item, index, exif_transpose)
     if image.size != (image_size, image_size):
-        image = image.resize((image_size, image_size), _RESAMPLE[preprocessing])
+        image = image.resize((image_size, image_size), Image.Resampling[resample.upper()])
     return np.asarray(image, dtype=np.uint8)
 
 
-def _decode_chunk(items: list, indices: list, image_size: int, preprocessing: str, exif_transpose: bool, pil_settings=None) -> np.ndarray:
+def _check_resample(resample: object) -> None:
+    if resample not in RESAMPLING_FILTERS:
+        raise ValueError(f"resample must be one of the PIL filters {RESAMPLING_FILTERS}; got {resample!r}.")
+
+
+def _decode_chunk(items: list, indices: list, image_size: int, resample: str, exif_transpose: bool, pil_settings=None) -> np.ndarray:
     """:func:`load_resized` over several items; uint8 ``(len(items), S, S, 3)``.
 
     The unit of work of a decoding worker (one call per chunk amortises the
@@ -301,7 +331,7 @@ def _decode_chunk(items: list, indices: list, image_size: int, preprocessing: st
 
         Image.MAX_IMAGE_PIXELS, ImageFile.LOAD_TRUNCATED_IMAGES = pil_settings
     return np.stack([
-        load_resized(item, index, image_size, preprocessing, exif_transpose) for item, index in zip(items, indices)
+        load_resized(item, index, image_size, resample, exif_transpose) for item, index in zip(items, indices)
     ])  # fmt: skip
 
 
@@ -319,7 +349,7 @@ def _pil_settings() -> tuple:
 
 def decode_batches(
     X: Sequence[ImageLike] | np.ndarray, batches: Iterable[Sequence[int] | npt.NDArray[np.integer]], image_size: int,
-    preprocessing: str = "imagenet", *, exif_transpose: bool = True, n_jobs: int | None = None, prefetch: int = 2,
+    resample: str = "bicubic", *, exif_transpose: bool = True, n_jobs: int | None = None, prefetch: int = 2,
     processes: bool | None = None,
 ) -> Iterator[npt.NDArray[np.uint8]]:  # fmt: skip
     """Yield uint8 ``(len(batch), S, S, 3)`` pixels for each batch of row ids, in order.
@@ -338,8 +368,9 @@ def decode_batches(
         Row ids of ``X`` (increasing; a batch of consecutive ids of an array at
         ``image_size`` is a view, any other a copy).
     image_size : int
-    preprocessing : {"imagenet", "paper"}
-        Selects the resampling filter.
+        Side of the output squares.
+    resample : {"bicubic", "bilinear", "nearest", "box", "hamming", "lanczos"}, default="bicubic"
+        The PIL resampling filter (:data:`PREPROCESSING_FILTERS` gives each preprocessing's).
     exif_transpose : bool, default=True
         Apply files' EXIF orientation (see :func:`read_image`).
     n_jobs : int, default=None
@@ -348,6 +379,7 @@ def decode_batches(
     processes : bool, default=None
         Force worker processes (True) or threads (False) for files; None chooses as above.
     """
+    _check_resample(resample)
     n_jobs = resolve_n_jobs(n_jobs)
     if isinstance(X, np.ndarray) and X.shape[1:3] == (image_size, image_size):
         for batch in batches:
@@ -378,7 +410,7 @@ def decode_batches(
             chunks = [[int(row) for row in batch[i : i + size]] for i in range(0, len(batch), size)]
             pending.append([
                 executor.submit(
-                    _decode_chunk, [item(row) for row in chunk], chunk, image_size, preprocessing, exif_transpose, settings
+                    _decode_chunk, [item(row) for row in chunk], chunk, image_size, resample, exif_transpose, settings
                 )
                 for chunk in chunks
             ])  # fmt: skip

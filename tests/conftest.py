@@ -10,14 +10,14 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory):
-    from qpm_sklearn._testing import save_random_backbone
+    from qpm_sklearn.testing import save_random_backbone
 
     return str(save_random_backbone(tmp_path_factory.mktemp("dinov2_reg"), "tiny", num_register_tokens=4))
 
 
 @pytest.fixture(scope="session")
 def tiny_backbone_noreg(tmp_path_factory):
-    from qpm_sklearn._testing import save_random_backbone
+    from qpm_sklearn.testing import save_random_backbone
 
     return str(save_random_backbone(tmp_path_factory.mktemp("dinov2"), "tiny", num_register_tokens=0))
 
@@ -25,14 +25,14 @@ def tiny_backbone_noreg(tmp_path_factory):
 @pytest.fixture
 def count_stages(monkeypatch):
     """The ``desc`` ("dense" / "sparse") of every training run QPMClassifier starts, in order."""
-    import qpm_sklearn.classifier as classifier
+    import qpm_sklearn._stages as stages
 
     calls = []
-    original = classifier.train_network
+    original = stages.train_network
 
     def counting(*args, **kwargs):
         calls.append(kwargs.get("desc"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(classifier, "train_network", counting)
+    monkeypatch.setattr(stages, "train_network", counting)
     return calls

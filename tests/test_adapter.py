@@ -28,7 +28,7 @@ def _numpy_mlp(mlp, tokens, *, train, stats=None):
     h = tokens.reshape(batch * n_tokens, dim).astype(np.float64)
     modules = list(mlp.layers)
     for linear, norm in zip(modules[0::3], modules[1::3]):
-        h = h @ linear.weight.detach().double().numpy().T  # no bias: BatchNorm removes it (issue 13)
+        h = h @ linear.weight.detach().double().numpy().T  # no bias: BatchNorm removes it
         if train:
             mean, var = h.mean(0), h.var(0)
             stats.append((mean, h.var(0, ddof=1)))

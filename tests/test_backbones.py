@@ -8,7 +8,6 @@ called through transformers' own classes.
 """
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -230,17 +229,13 @@ def test_bools_are_refused_for_integer_parameters(name):
         PatchEmbedder(**{name: True}).fit(None)
 
 
-def test_cache_dir_is_a_deprecated_alias_of_embedding_cache(tiny_backbone, tmp_path):
+def test_the_embedding_cache_has_one_name(tiny_backbone, tmp_path):
     X = _images(2)
-    new = Dinov2Embedder(tiny_backbone, image_size=28, device="cpu", embedding_cache=tmp_path / "new").transform(X)
-    with pytest.warns(FutureWarning, match="embedding_cache"):
-        old = Dinov2Embedder(tiny_backbone, image_size=28, device="cpu", cache_dir=tmp_path / "old").transform(X)
-    np.testing.assert_array_equal(old, new)
-    assert list((tmp_path / "old").glob("*/settings.json"))  # it really is the embedding cache
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)
-        with pytest.raises(ValueError, match="embedding_cache.*cache_dir"):
-            Dinov2Embedder(tiny_backbone, embedding_cache=tmp_path, cache_dir=tmp_path).fit(None)
+    Dinov2Embedder(tiny_backbone, image_size=28, device="cpu", embedding_cache=tmp_path / "c").transform(X)
+    assert list((tmp_path / "c").glob("*/settings.json"))  # it really is the embedding cache
+    assert "cache_dir" not in Dinov2Embedder().get_params()
+    with pytest.raises(TypeError, match="cache_dir"):
+        Dinov2Embedder(tiny_backbone, cache_dir=tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------

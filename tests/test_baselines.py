@@ -193,7 +193,7 @@ def test_split_drops_ten_percent_and_follows_the_seed():
     np.testing.assert_allclose(head.std, F[train][:, head.selected].std(0))
     other = sldd_head(F, y, n_selected=8, n_per_class=2, random_state=1)
     assert not np.allclose(head.mean, other.mean)
-    full = sldd_head(F, y, n_selected=8, n_per_class=2, val_fraction=0.0)
+    full = sldd_head(F, y, n_selected=8, n_per_class=2, validation_fraction=0.0)
     np.testing.assert_allclose(full.mean, F[:, full.selected].mean(0))
 
 

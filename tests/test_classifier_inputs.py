@@ -131,14 +131,14 @@ def test_fit_predict_fuzz(n, shape, dims, dtype, fill, n_classes):
 
 
 def test_float16_memory_map_is_used_without_a_copy(fitted, tmp_path):
-    from qpm_sklearn.classifier import _check_tokens
+    from qpm_sklearn._stages import check_tokens
 
     clf, X, y = fitted
     memmap = np.lib.format.open_memmap(tmp_path / "x16.npy", mode="w+", dtype=np.float16, shape=X.shape)
     memmap[:] = X
     memmap.flush()
     read_only = np.load(tmp_path / "x16.npy", mmap_mode="r")
-    tokens, grid = _check_tokens(read_only, n_features_in=clf.n_features_in_)
+    tokens, grid = check_tokens(read_only, n_features_in=clf.n_features_in_)
     assert tokens.dtype == np.float16 and grid == X.shape[1:3]
     assert np.shares_memory(tokens, read_only), "the cache's memory map must not be copied"
     # float16 tokens give exactly what their float32 values give

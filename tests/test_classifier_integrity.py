@@ -14,9 +14,10 @@ import torch
 from sklearn.exceptions import NotFittedError
 from sklearn.utils._param_validation import InvalidParameterError
 
-import qpm_sklearn.classifier as classifier
+import qpm_sklearn._stages as _stages
 from qpm_sklearn import QPMClassifier
 from qpm_sklearn._device import resolve_device
+from qpm_sklearn._head import qpm_head
 from qpm_sklearn.classifier import PARAMETER_GROUPS
 
 TINY = dict(
@@ -71,7 +72,7 @@ def test_interrupted_refit_leaves_the_previous_model(monkeypatch):
     X, y = data()
     clf = QPMClassifier(**TINY).fit(X, y)
     before, proba = fitted_state(clf), clf.predict_proba(X)
-    original = classifier.train_network
+    original = _stages.train_network
 
     def interrupted(*args, **kwargs):
         if kwargs.get("desc") == "sparse":  # late: the dense stage and the selection are done
@@ -81,7 +82,7 @@ def test_interrupted_refit_leaves_the_previous_model(monkeypatch):
             raise AssertionError("the interrupt did not arrive")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(classifier, "train_network", interrupted)
+    monkeypatch.setattr(_stages, "train_network", interrupted)
     X4, y4 = data(n=32, n_classes=4, seed=1)  # another set of classes
     # Python's own handler, also where SIGINT is inherited as ignored (a shell's background job).
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -252,9 +253,9 @@ def test_qsenn_selection_info_describes_the_final_head():
 
 
 def test_tokens_fingerprint_is_a_content_hash(monkeypatch):
-    from qpm_sklearn.classifier import tokens_fingerprint
+    from qpm_sklearn._stages import tokens_fingerprint
 
-    monkeypatch.setattr(classifier, "_FINGERPRINT_BLOCK", 1000)  # several blocks, hashed in parallel
+    monkeypatch.setattr(_stages, "_FINGERPRINT_BLOCK", 1000)  # several blocks, hashed in parallel
     tokens = np.random.RandomState(0).normal(size=(50, 4, 6)).astype(np.float32)
     key = tokens_fingerprint(tokens)
     assert tokens_fingerprint(tokens.copy()) == key
@@ -275,13 +276,13 @@ def test_weight_two_equals_a_duplicated_row_in_the_selection_statistics():
     weight[[1, 4, 7, 8]] = 2.0
     duplicated = np.r_[np.arange(30), [1, 4, 7, 8]]
     options = dict(n_selected=5, n_per_class=2, redundancy="paper", solver_options={}, seed=0, verbose=0)
-    weighted = classifier._qpm_head(features, y, 3, sample_weight=weight, **options)
-    reference = classifier._qpm_head(features[duplicated], y[duplicated], 3, **options)
+    weighted = qpm_head(features, y, 3, sample_weight=weight, **options)
+    reference = qpm_head(features[duplicated], y[duplicated], 3, **options)
     np.testing.assert_array_equal(weighted.selected, reference.selected)
     np.testing.assert_array_equal(weighted.weight, reference.weight)
     np.testing.assert_allclose(weighted.mean, reference.mean, rtol=1e-12)
     np.testing.assert_allclose(weighted.std, reference.std, rtol=1e-12)
-    unweighted = classifier._qpm_head(features, y, 3, **options)
+    unweighted = qpm_head(features, y, 3, **options)
     assert not np.allclose(unweighted.mean, reference.mean), "the check must be able to fail"
 
 
@@ -378,8 +379,8 @@ def test_fit_validates_the_tokens_once(monkeypatch):
 
     X, y = data()
     checks = []
-    original_check_array, original_counts = classifier.check_array, training._token_counts
-    monkeypatch.setattr(classifier, "check_array", lambda *a, **k: checks.append("X") or original_check_array(*a, **k))
+    original_check_array, original_counts = _stages.check_array, training._token_counts
+    monkeypatch.setattr(_stages, "check_array", lambda *a, **k: checks.append("X") or original_check_array(*a, **k))
     monkeypatch.setattr(training, "_token_counts", lambda *a: checks.append("tokens") or original_counts(*a))
     QPMClassifier(**dict(TINY, dense_epochs=1, sparse_epochs=1)).fit(X, y)
     assert checks == ["X"], "the internals run with check_input=False"

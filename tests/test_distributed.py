@@ -62,15 +62,15 @@ def _embedder(model):
     return Dinov2Embedder(model, image_size=28, device="cpu", batch_size=BATCH, output_dtype="float16", n_jobs=1)
 
 
-def _single_process(embedder, images, cache_dir):
-    return embedder.set_params(embedding_cache=cache_dir).transform(images)
+def _single_process(embedder, images, embedding_cache):
+    return embedder.set_params(embedding_cache=embedding_cache).transform(images)
 
 
 @pytest.fixture(scope="module")
 def reference(client, tiny_backbone, image_files, tmp_path_factory):
     """The single-process cached transform, run in a worker so that its thread count is the workers'."""
-    cache_dir = str(tmp_path_factory.mktemp("reference_cache"))
-    return np.asarray(client.submit(_single_process, _embedder(tiny_backbone), image_files, cache_dir).result())
+    embedding_cache = str(tmp_path_factory.mktemp("reference_cache"))
+    return np.asarray(client.submit(_single_process, _embedder(tiny_backbone), image_files, embedding_cache).result())
 
 
 class PatchOnWorkers(distributed.WorkerPlugin):
@@ -141,9 +141,9 @@ def count_transforms(original, log):
 def test_embedding_equals_single_process_transform(client, tiny_backbone, image_files, reference, tmp_path):
     log = str(tmp_path / "log")
     with patched(client, "qpm_sklearn.embedding.Dinov2Embedder", "transform", count_transforms, log):
-        result = embed(_embedder(tiny_backbone), image_files, client=client, cache_dir=tmp_path / "c", shard_size=SHARD)
+        result = embed(_embedder(tiny_backbone), image_files, client=client, embedding_cache=tmp_path / "c", shard_size=SHARD)
         assert sorted(_lines(log)) == ["4", "4", "4"]  # one task per shard
-        again = embed(_embedder(tiny_backbone), image_files, client=client, cache_dir=tmp_path / "c", shard_size=SHARD)
+        again = embed(_embedder(tiny_backbone), image_files, client=client, embedding_cache=tmp_path / "c", shard_size=SHARD)
         assert len(_lines(log)) == 3, "a finished collection was recomputed"
     # shards of whole batches: every forward pass saw the images a single process gives it
     assert isinstance(result, np.memmap) and result.dtype == np.float16 and not result.flags.writeable
@@ -152,7 +152,7 @@ def test_embedding_equals_single_process_transform(client, tiny_backbone, image_
     # the float32 output is the same numbers, like transform's
     as_float32 = embed(
         _embedder(tiny_backbone).set_params(output_dtype="float32"), image_files, client=client,
-        cache_dir=tmp_path / "c", shard_size=SHARD,
+        embedding_cache=tmp_path / "c", shard_size=SHARD,
     )  # fmt: skip
     assert as_float32.dtype == np.float32
     np.testing.assert_array_equal(as_float32, reference.astype(np.float32))
@@ -178,16 +178,16 @@ def fail_on_image(name):
 def test_interrupted_run_resumes_without_recomputing_finished_shards(
     client, tiny_backbone, image_files, reference, tmp_path, capfd
 ):
-    log, cache_dir = str(tmp_path / "log"), tmp_path / "c"
+    log, embedding_cache = str(tmp_path / "log"), tmp_path / "c"
     wrap = fail_on_image("05.png")  # in the second shard
     with patched(client, "qpm_sklearn.embedding.Dinov2Embedder", "transform", wrap, log):
         with pytest.raises(RuntimeError, match="1 of 3 shards failed.*injected failure on 05.png"):
-            embed(_embedder(tiny_backbone), image_files, client=client, cache_dir=cache_dir, shard_size=SHARD, retries=1)
+            embed(_embedder(tiny_backbone), image_files, client=client, embedding_cache=embedding_cache, shard_size=SHARD, retries=1)
     assert sorted(_lines(log)) == ["4", "4"]  # the other two shards finished and were kept
     with patched(client, "qpm_sklearn.embedding.Dinov2Embedder", "transform", count_transforms, log):
         capfd.readouterr()
         result = embed(
-            _embedder(tiny_backbone), image_files, client=client, cache_dir=cache_dir, shard_size=SHARD, verbose=True
+            _embedder(tiny_backbone), image_files, client=client, embedding_cache=embedding_cache, shard_size=SHARD, verbose=True
         )
     assert "Embedding shards" in capfd.readouterr().err  # the driver's progress bar
     assert sorted(_lines(log)) == ["4", "4", "4"]  # only the failed shard ran again
@@ -196,11 +196,11 @@ def test_interrupted_run_resumes_without_recomputing_finished_shards(
 
 def test_bad_arguments_are_named(client, tiny_backbone, image_files, tmp_path):
     with pytest.raises(TypeError, match="client must be a distributed.Client"):
-        embed(_embedder(tiny_backbone), image_files, client="tcp://127.0.0.1:8786", cache_dir=tmp_path)
+        embed(_embedder(tiny_backbone), image_files, client="tcp://127.0.0.1:8786", embedding_cache=tmp_path)
     with pytest.raises(ValueError, match=r"shard_size must be in \[1, inf\]; got 0"):
-        embed(_embedder(tiny_backbone), image_files, client=client, cache_dir=tmp_path, shard_size=0)
-    with pytest.raises(TypeError, match="cache_dir must be a path"):
-        embed(_embedder(tiny_backbone), image_files, client=client, cache_dir=None)
+        embed(_embedder(tiny_backbone), image_files, client=client, embedding_cache=tmp_path, shard_size=0)
+    with pytest.raises(TypeError, match="embedding_cache must be a path"):
+        embed(_embedder(tiny_backbone), image_files, client=client, embedding_cache=None)
 
 
 # ----------------------------------------------------------------------------------------
@@ -238,7 +238,7 @@ def _cached_dense_results(memory_dir) -> int:
 def test_grid_search_on_dask_matches_single_process_and_trains_the_dense_stage_once(
     client, tmp_path, monkeypatch
 ):
-    import qpm_sklearn.classifier as classifier
+    import qpm_sklearn._stages as _stages
     from qpm_sklearn import QPMClassifier
 
     X, y = _grid_data()
@@ -251,9 +251,9 @@ def test_grid_search_on_dask_matches_single_process_and_trains_the_dense_stage_o
     single_proba = single.best_estimator_.predict_proba(X)
 
     log, memory_dir = str(tmp_path / "log"), tmp_path / "memory"
-    original = classifier.train_network
-    monkeypatch.setattr(classifier, "train_network", count_dense_trainings(original, str(tmp_path / "driver_log")))
-    with patched(client, "qpm_sklearn.classifier", "train_network", count_dense_trainings, log):
+    original = _stages.train_network
+    monkeypatch.setattr(_stages, "train_network", count_dense_trainings(original, str(tmp_path / "driver_log")))
+    with patched(client, "qpm_sklearn._stages", "train_network", count_dense_trainings, log):
         with joblib.parallel_config(backend="dask"):
             on_dask = search.set_params(estimator__memory=str(memory_dir), n_jobs=-1).fit(X, y)
     driver_log = _lines(tmp_path / "driver_log")
@@ -289,7 +289,7 @@ def die_after_writing_garbage(original, marker):
 def test_worker_killed_mid_shard_leaves_no_corrupt_rows(client, tiny_backbone, image_files, reference, tmp_path):
     marker = str(tmp_path / "died")
     with patched(client, "qpm_sklearn._cache.EmbeddingCache", "store", die_after_writing_garbage, marker):
-        result = embed(_embedder(tiny_backbone), image_files, client=client, cache_dir=tmp_path / "c", shard_size=SHARD)
+        result = embed(_embedder(tiny_backbone), image_files, client=client, embedding_cache=tmp_path / "c", shard_size=SHARD)
     assert Path(marker).exists(), "no worker died: the fault was not injected"
     client.wait_for_workers(2, timeout=120)  # Dask's nanny restarted the killed one
     np.testing.assert_array_equal(result, reference)

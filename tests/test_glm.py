@@ -24,20 +24,20 @@ def _blobs(n=150, n_features=5, n_classes=3, seed=0, scale=1.0):
     return F, y
 
 
-def _objective(W, b, F, y, lam, alpha):
+def _objective(W, b, F, y, lam, l1_ratio):
     logits = F @ W.T + b
     ce = np.mean(logsumexp(logits, axis=1) - logits[np.arange(len(y)), y])
-    return ce + lam * (alpha * np.abs(W).sum() + 0.5 * (1 - alpha) * (W**2).sum())
+    return ce + lam * (l1_ratio * np.abs(W).sum() + 0.5 * (1 - l1_ratio) * (W**2).sum())
 
 
-def _kkt_violation(W, b, F, y, lam, alpha):
+def _kkt_violation(W, b, F, y, lam, l1_ratio):
     """Largest violation of the elastic-net optimality conditions, computed from scratch."""
     logits = F @ W.T + b
     P = np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
     R = (P - np.eye(W.shape[0])[y]) / len(y)
-    g = R.T @ F + lam * (1 - alpha) * W
-    active = np.abs(g[W != 0] + lam * alpha * np.sign(W[W != 0]))
-    inactive = np.maximum(np.abs(g[W == 0]) - lam * alpha, 0)
+    g = R.T @ F + lam * (1 - l1_ratio) * W
+    active = np.abs(g[W != 0] + lam * l1_ratio * np.sign(W[W != 0]))
+    inactive = np.maximum(np.abs(g[W == 0]) - lam * l1_ratio, 0)
     return max(active.max(initial=0), inactive.max(initial=0), np.abs(R.sum(0)).max())
 
 
@@ -64,19 +64,19 @@ def test_standardisation_clamps_std():
 def test_path_points_are_the_optimum(fraction):
     F, y = _blobs()
     F = (F - F.mean(0)) / F.std(0)
-    alpha = 0.9
-    lam = fraction * max_regularisation(F, y, group=False) / alpha
-    point = elastic_net_path(F, y, alpha=alpha, n_lambdas=1, lam_max=lam, tol=1e-9, max_epochs=20000)[0]
+    l1_ratio = 0.9
+    lam = fraction * max_regularisation(F, y, group=False) / l1_ratio
+    point = elastic_net_path(F, y, l1_ratio=l1_ratio, n_lambdas=1, lam_max=lam, tol=1e-9, max_epochs=20000)[0]
     assert point["lam"] == pytest.approx(lam) and point["converged"]
-    assert _kkt_violation(point["weight"], point["bias"], F, y, lam, alpha) < 1e-8
+    assert _kkt_violation(point["weight"], point["bias"], F, y, lam, l1_ratio) < 1e-8
     # Independent solver: scikit-learn's SAGA minimises C·ΣCE + l1_ratio‖W‖₁ + (1−l1_ratio)/2‖W‖²,
     # i.e. our objective with λ = 1/(n·C), α = l1_ratio (intercept unpenalised).
-    reference = LogisticRegression(C=1 / (len(y) * lam), l1_ratio=alpha, solver="saga", tol=1e-12, max_iter=100000)
+    reference = LogisticRegression(C=1 / (len(y) * lam), l1_ratio=l1_ratio, solver="saga", tol=1e-12, max_iter=100000)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # penalty-argument deprecations differ between versions
         reference.fit(F, y)
     W_ref, b_ref = reference.coef_, reference.intercept_
-    ours, ref = _objective(point["weight"], point["bias"], F, y, lam, alpha), _objective(W_ref, b_ref, F, y, lam, alpha)
+    ours, ref = _objective(point["weight"], point["bias"], F, y, lam, l1_ratio), _objective(W_ref, b_ref, F, y, lam, l1_ratio)
     assert ours <= ref + 1e-10
     np.testing.assert_allclose(point["weight"], W_ref, atol=1e-4)
     assert np.array_equal(point["weight"] != 0, np.abs(W_ref) > 1e-8)
@@ -147,7 +147,7 @@ def test_selection_fills_with_a_warning_when_features_carry_nothing():
 
 @pytest.mark.parametrize(
     ("kwargs", "match"),
-    [({"n_keep": 0}, "n_keep"), ({"n_keep": 31}, "n_keep"), ({"alpha": 0.0}, "alpha"), ({"tol": 0.0}, "tol")],
+    [({"n_keep": 0}, "n_keep"), ({"n_keep": 31}, "n_keep"), ({"l1_ratio": 0.0}, "l1_ratio"), ({"tol": 0.0}, "tol")],
 )
 def test_selection_rejects_bad_arguments(kwargs, match):
     F, y = _planted()

@@ -143,7 +143,7 @@ def test_decode_batches_in_worker_processes_match_serial_decoding(tmp_path, monk
     from joblib.externals import loky
 
     paths = _jpegs(tmp_path, 11)
-    serial = np.stack([im.load_resized(p, i, 14, "paper") for i, p in enumerate(paths)])
+    serial = np.stack([im.load_resized(p, i, 14, "bilinear") for i, p in enumerate(paths)])
     executors = []
 
     def recording(**kwargs):
@@ -155,14 +155,14 @@ def test_decode_batches_in_worker_processes_match_serial_decoding(tmp_path, monk
     batches = [np.arange(0, 4), np.arange(4, 5), np.arange(5, 11)]
     for n_jobs, uses_processes in ((2, True), (1, False)):
         executors.clear()
-        decoded = list(im.decode_batches(paths, batches, 14, "paper", n_jobs=n_jobs, prefetch=1))
+        decoded = list(im.decode_batches(paths, batches, 14, "bilinear", n_jobs=n_jobs, prefetch=1))
         assert [len(d) for d in decoded] == [4, 1, 6]
         assert np.array_equal(np.concatenate(decoded), serial)
         assert bool(executors) == uses_processes
     # A mix of files and in-memory images stays in this process (threads).
     executors.clear()
     mixed = [paths[0], Image.open(paths[1]), np.asarray(Image.open(paths[2]))]
-    (decoded,) = im.decode_batches(mixed, [np.arange(3)], 14, "paper", n_jobs=2)
+    (decoded,) = im.decode_batches(mixed, [np.arange(3)], 14, "bilinear", n_jobs=2)
     assert np.array_equal(decoded, serial[:3]) and not executors
 
 
@@ -255,7 +255,7 @@ def test_squash_resize_uses_bicubic_or_bilinear_without_crop():
     bicubic = im.load_resized(pixels, 0, 28)
     assert bicubic.shape == (28, 28, 3) and bicubic.dtype == np.uint8
     assert np.array_equal(bicubic, np.asarray(Image.fromarray(pixels).resize((28, 28), Image.BICUBIC)))
-    bilinear = im.load_resized(pixels, 0, 28, "paper")
+    bilinear = im.load_resized(pixels, 0, 28, "bilinear")
     assert np.array_equal(bilinear, np.asarray(Image.fromarray(pixels).resize((28, 28), Image.BILINEAR)))
     # A left/right split image stays split at the middle: the aspect ratio is squashed, not cropped.
     split = np.zeros((10, 40, 3), np.uint8)
@@ -267,6 +267,21 @@ def test_squash_resize_uses_bicubic_or_bilinear_without_crop():
     # Already the right size: untouched.
     exact = _rgb(shape=(28, 28, 3))
     assert np.array_equal(im.load_resized(exact, 0, 28), exact)
+
+
+@pytest.mark.parametrize("resample", ["paper", "imagenet", "BICUBIC", 3, None])
+def test_resizing_refuses_what_is_not_a_pil_filter_name(resample):
+    with pytest.raises(ValueError, match=r"resample must be one of the PIL filters .*bicubic.*; got"):
+        im.load_resized(_rgb(shape=(20, 50, 3)), 0, 28, resample)
+    with pytest.raises(ValueError, match="resample must be one of the PIL filters"):
+        list(im.decode_batches([_rgb(shape=(20, 50, 3))], [np.arange(1)], 28, resample))
+
+
+def test_embedder_preprocessing_refuses_a_filter_name(tiny_backbone):
+    from qpm_sklearn import PatchEmbedder
+
+    with pytest.raises(ValueError, match=r"'preprocessing' parameter .*'imagenet'.*Got 'bicubic'"):
+        PatchEmbedder(str(tiny_backbone), preprocessing="bicubic").fit(None)
 
 
 def _hand_imagenet(batch, mean=im.IMAGENET_MEAN, std=im.IMAGENET_STD):
@@ -305,7 +320,7 @@ def test_normalize_paper_matches_numpy_and_never_nans():
 def test_decode_and_normalize_end_to_end(tmp_path):
     arrays = [_rgb(0, (30, 20, 3)), _rgb(1, (28, 28, 3))]
     Image.fromarray(arrays[0]).save(tmp_path / "a.png")
-    (pixels,) = im.decode_batches([tmp_path / "a.png", arrays[1]], [np.arange(2)], 28, "paper", n_jobs=2)
+    (pixels,) = im.decode_batches([tmp_path / "a.png", arrays[1]], [np.arange(2)], 28, "bilinear", n_jobs=2)
     got = im.normalize(torch.from_numpy(pixels), preprocessing="paper", mean=CUB_MEAN, std=CUB_STD)
     resized = np.stack([np.asarray(Image.fromarray(a).resize((28, 28), Image.BILINEAR)) for a in arrays])
     np.testing.assert_allclose(got.numpy(), _hand_paper(resized, CUB_MEAN, CUB_STD), atol=1e-5)

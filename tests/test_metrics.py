@@ -13,7 +13,7 @@ from sklearn.decomposition import PCA
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from qpm_sklearn import metrics
+from qpm_sklearn import _masks, metrics
 from qpm_sklearn.metrics import (
     class_independence,
     contrastiveness,
@@ -102,18 +102,18 @@ def ref_overlap(m1, s1, m2, s2):
 def test_bilinear_matrix_hand_examples():
     # 2 -> 4: sources -0.25 (clamped to 0), 0.25, 0.75, 1.25 (clamped to 1).
     expected = [[1, 0], [0.75, 0.25], [0.25, 0.75], [0, 1]]
-    np.testing.assert_allclose(metrics._bilinear_matrix(2, 4), expected)
+    np.testing.assert_allclose(_masks._bilinear_matrix(2, 4), expected)
     # 3 -> 2: sources 0.25 and 1.75, no antialias (only the two nearest pixels are read).
-    np.testing.assert_allclose(metrics._bilinear_matrix(3, 2), [[0.75, 0.25, 0], [0, 0.25, 0.75]])
+    np.testing.assert_allclose(_masks._bilinear_matrix(3, 2), [[0.75, 0.25, 0], [0, 0.25, 0.75]])
     # 4 -> 2: sources 0.5 and 2.5 = block means.
-    np.testing.assert_allclose(metrics._bilinear_matrix(4, 2), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+    np.testing.assert_allclose(_masks._bilinear_matrix(4, 2), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
 
 
 def test_bilinear_matches_torch_half_pixel_no_antialias():
     rng = np.random.default_rng(0)
     image = rng.random((37, 23))
     for size in [(16, 16), (5, 40), (37, 23)]:
-        ours = metrics._bilinear_matrix(37, size[0]) @ image @ metrics._bilinear_matrix(23, size[1]).T
+        ours = _masks._bilinear_matrix(37, size[0]) @ image @ _masks._bilinear_matrix(23, size[1]).T
         theirs = torch.nn.functional.interpolate(
             torch.from_numpy(image)[None, None], size=size, mode="bilinear", align_corners=False, antialias=False
         )[0, 0].numpy()
@@ -160,7 +160,7 @@ def test_resize_masks_uint8_is_opencv_fixed_point_by_hand():
     # Cell (0, 1) and (1, 0): ((473280 >> 4) * 64 >> 16 = 28) + 2 >> 2 = 7; cell (1, 1): 209.
     mask = np.zeros((17, 17), np.uint8)
     mask[1, 1] = 255
-    values = metrics._resize_uint8(mask, 16, 16)
+    values = _masks._resize_uint8(mask, 16, 16)
     assert values[:2, :2].tolist() == [[0, 7], [7, 209]] and values.sum() == 223
     assert np.argwhere(resize_masks([mask], (16, 16), dilate=False)[0]).tolist() == [[0, 1], [1, 0], [1, 1]]
     # The float path keeps any positive share: (0, 0) is object there.
@@ -170,7 +170,7 @@ def test_resize_masks_uint8_is_opencv_fixed_point_by_hand():
     # Exactly halving both sides is OpenCV's 2x2 box average with rounding: (255 + 2) >> 2 = 64.
     block = np.zeros((4, 4), np.uint8)
     block[0, 0] = 255
-    assert metrics._resize_uint8(block, 2, 2).tolist() == [[64, 0], [0, 0]]
+    assert _masks._resize_uint8(block, 2, 2).tolist() == [[64, 0], [0, 0]]
 
 
 def test_resize_masks_uint8_matches_cv2():
@@ -184,7 +184,7 @@ def test_resize_masks_uint8_matches_cv2():
     for image in cases:
         for h, w in [(16, 16), (5, 40), (74, 46), (23, 37), (1, 3), (16, 1)]:
             expected = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-            np.testing.assert_array_equal(metrics._resize_uint8(image, h, w), expected, err_msg=f"{image.shape}->{h, w}")
+            np.testing.assert_array_equal(_masks._resize_uint8(image, h, w), expected, err_msg=f"{image.shape}->{h, w}")
             np.testing.assert_array_equal(resize_masks([image], (h, w), dilate=False)[0], expected > 0)
 
 

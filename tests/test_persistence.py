@@ -279,13 +279,13 @@ def test_save_refuses_what_it_cannot_store_exactly(tmp_path, saved):
 
 
 def test_stored_values_round_trip_exactly_through_json():
-    from qpm_sklearn.persistence import _decode, _encode
+    from qpm_sklearn.persistence import decode_value, encode_value
 
     value = {0: 1.0, np.int64(2): (1, "a", None), "x": {"y": [True, np.float32(2.5), float("inf")]}, 1.5: np.str_("s")}
     array = np.array(["a", "bc"])
-    assert np.array_equal(_decode(json.loads(json.dumps(_encode(array, "a"))), "a"), array)
-    assert _decode(json.loads(json.dumps(_encode(array, "a"))), "a").dtype == array.dtype
-    back = _decode(json.loads(json.dumps(_encode(value, "value"))), "value")
+    assert np.array_equal(decode_value(json.loads(json.dumps(encode_value(array, "a"))), "a"), array)
+    assert decode_value(json.loads(json.dumps(encode_value(array, "a"))), "a").dtype == array.dtype
+    back = decode_value(json.loads(json.dumps(encode_value(value, "value"))), "value")
     assert back == value
     assert [type(key) for key in back] == [type(key) for key in value]
     assert type(back["x"]["y"][1]) is np.float32 and type(back[np.int64(2)]) is tuple and type(back[1.5]) is np.str_

@@ -7,7 +7,7 @@ import networkx  # the reference for the Ramsey recursion (a test dependency)
 import numpy as np
 import pytest
 
-from qpm_sklearn import selection
+from qpm_sklearn.selection import _redundancy
 from qpm_sklearn.selection import feature_similarity, redundancy_penalty
 
 
@@ -116,7 +116,7 @@ def test_greedy_clique_with_updated_counts_equals_recounting():
         n = int(rng.integers(2, 60))
         upper = np.triu(rng.random((n, n)) < rng.random(), 1)
         compatible, size = upper | upper.T, int(rng.integers(2, max(3, n // 2)))
-        ours, reference = selection._greedy_clique(compatible, size), _recounting_greedy_clique(compatible, size)
+        ours, reference = _redundancy._greedy_clique(compatible, size), _recounting_greedy_clique(compatible, size)
         assert (ours is None) == (reference is None)
         if ours is not None:
             np.testing.assert_array_equal(ours, reference)
@@ -161,7 +161,7 @@ def test_ramsey_recursion_finds_the_sets_networkx_finds():
         compatible = _random_compatibility(rng, n, density)
         graph = networkx.complement(networkx.from_numpy_array(compatible))
         layout = {node: dict.fromkeys(graph.adj[node]) for node in graph}
-        assert selection._ramsey_r2(layout) == ramsey_R2(graph), (n, density)
+        assert _redundancy._ramsey_r2(layout) == ramsey_R2(graph), (n, density)
 
 
 @needs_set_order
@@ -170,7 +170,7 @@ def test_clique_removal_finds_the_set_networkx_finds():
     for _ in range(60):
         n, density = int(rng.integers(2, 80)), float(rng.random())
         compatible, target = _random_compatibility(rng, n, density), int(rng.integers(2, 12))
-        assert selection._clique_by_removal(compatible, target) == _networkx_clique_by_removal(compatible, target)
+        assert _redundancy._clique_by_removal(compatible, target) == _networkx_clique_by_removal(compatible, target)
 
 
 @needs_set_order
@@ -180,7 +180,7 @@ def test_paper_threshold_equals_the_networkx_procedure(seed, monkeypatch):
     A = rng.normal(size=(96, 12)) + (rng.random((96, 12)) < 0.2) * 2.0
     R = feature_similarity(A)
     ours = redundancy_penalty(R, 16, rule="paper")
-    monkeypatch.setattr(selection, "_clique_by_removal", _networkx_clique_by_removal)
+    monkeypatch.setattr(_redundancy, "_clique_by_removal", _networkx_clique_by_removal)
     reference = redundancy_penalty(R, 16, rule="paper")
     assert ours[1] == reference[1]
     np.testing.assert_array_equal(ours[0], reference[0])

@@ -248,7 +248,9 @@ def test_check_split_weights_refuses_a_zero_weight_side():
         check_split_weights(weight, np.array([2, 3]), np.array([0, 1]))
 
 
-@pytest.mark.xfail(strict=True, reason="QPMClassifier's early-stopping split does not call check_split_weights yet")
+@pytest.mark.xfail(
+    strict=True, reason="the early-stopping split (_stages.EarlyStopping.split) does not call check_split_weights yet"
+)
 def test_early_stopping_with_zero_weight_validation_rows_is_refused(monkeypatch):
     import sklearn.model_selection
 

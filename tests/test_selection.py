@@ -9,6 +9,7 @@ import pytest
 from scipy.optimize import linear_sum_assignment
 
 from qpm_sklearn import selection
+from qpm_sklearn.selection import _bounds, _problem, _search
 from qpm_sklearn.selection import (
     feature_class_correlation,
     feature_similarity,
@@ -110,10 +111,10 @@ def test_redundancy_penalty_hand_built_groups():
     group = np.repeat(np.arange(3), 3)
     R = np.where(group[:, None] == group[None, :], 0.9, 0.1)
     np.fill_diagonal(R, 0.0)
-    penalty, tau = redundancy_penalty(R, 3)  # one feature per group is a dissimilar set
+    penalty, tau = redundancy_penalty(R, 3, rule="consistent")  # one feature per group is a dissimilar set
     assert tau == pytest.approx(0.9)
     np.testing.assert_allclose(penalty, np.where(R == 0.9, 1.0, 0.0))
-    penalty, tau = redundancy_penalty(R, 4)  # four need two from a group: only tau = inf works
+    penalty, tau = redundancy_penalty(R, 4, rule="consistent")  # four need two from a group: only tau = inf works
     assert tau == math.inf and not penalty.any()
 
 
@@ -121,7 +122,7 @@ def test_redundancy_penalty_leaves_a_penalty_free_selection():
     rng = np.random.default_rng(2)
     R = feature_similarity(rng.normal(size=(10, 6)))
     m = 4
-    penalty, tau = redundancy_penalty(R, m)
+    penalty, tau = redundancy_penalty(R, m, rule="consistent")
     assert np.allclose(penalty, penalty.T) and np.all(np.diag(penalty) == 0)
     assert penalty.min() >= 0 and penalty.max() <= 1
     off = ~np.eye(10, dtype=bool)
@@ -140,17 +141,17 @@ def test_redundancy_penalty_leaves_a_penalty_free_selection():
 def test_swap_gains_equal_recomputed_objective_changes(m, k):
     rng = np.random.default_rng(3)
     A, penalty, bias = random_instance(rng, 9, 3 if k < m else 1, m, k, with_bias=True, ties=True)
-    problem = selection._build_problem(A, m, k, penalty, bias)
+    problem = _problem.build_problem(A, m, k, penalty, bias)
     S = np.sort(rng.choice(9, size=m, replace=False))
-    gains = selection._swap_gains(problem, S)
-    _, base, _ = selection._evaluate(problem, S)
+    gains = _search._swap_gains(problem, S)
+    _, base, _ = _problem.evaluate(problem, S)
     for j in range(9):
         for i in range(m):
             if j in S:
                 assert gains[j, i] == -np.inf
                 continue
             trial = np.sort(np.concatenate([np.delete(S, i), [j]]))
-            _, value, _ = selection._evaluate(problem, trial)
+            _, value, _ = _problem.evaluate(problem, trial)
             assert gains[j, i] == pytest.approx(value - base, abs=1e-9)
 
 
@@ -158,12 +159,12 @@ def test_swap_gains_equal_recomputed_objective_changes(m, k):
 def test_swap_state_updates_match_a_fresh_computation(m, k):
     rng = np.random.default_rng(5)
     A, penalty, _ = random_instance(rng, 14, min(5, math.comb(m, k)), m, k, ties=True)
-    problem = selection._build_problem(A, m, k, penalty, None)
-    state = selection._SwapState(problem, np.sort(rng.choice(14, size=m, replace=False)))
+    problem = _problem.build_problem(A, m, k, penalty, None)
+    state = _search._SwapState(problem, np.sort(rng.choice(14, size=m, replace=False)))
     for _ in range(40):
         outside = np.setdiff1d(np.arange(14), state.S)
         state.swap(int(rng.integers(m)), int(rng.choice(outside)))
-        np.testing.assert_allclose(state.gains(), selection._swap_gains(problem, state.S.copy()), atol=1e-12)
+        np.testing.assert_allclose(state.gains(), _search._swap_gains(problem, state.S.copy()), atol=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -172,7 +173,7 @@ def test_assign_is_the_best_distinct_assignment(seed):
     m, k = 5, 2
     n_classes = int(rng.integers(2, math.comb(m, k) + 1))
     WS = np.round(rng.normal(size=(m, n_classes)))  # ties provoke duplicate top-k sets
-    assignment, value, free_value = selection._assign(WS, k)
+    assignment, value, free_value = _problem._assign(WS, k)
     subsets = list(itertools.combinations(range(m), k))
     values = np.array([[WS[list(T), c].sum() for T in subsets] for c in range(n_classes)])
     rows, columns = linear_sum_assignment(values, maximize=True)
@@ -187,13 +188,13 @@ def test_certified_bound_holds_at_any_point(signed):
     rng = np.random.default_rng(4)
     A, penalty, bias = random_instance(rng, 7, 3, 3, 2, penalty_scale=5.0, with_bias=True, signed_penalty=signed)
     optimum = brute_force(A, 3, 2, penalty, bias)
-    problem = selection._build_problem(A, 3, 2, penalty, bias)
-    shift = selection._concave_shift(problem.Q)
+    problem = _problem.build_problem(A, 3, 2, penalty, bias)
+    shift = _bounds.concave_shift(problem.Q)
     for _ in range(20):
         s = rng.random(7)
-        assert selection._certified_bound(problem, s, shift) >= optimum - 1e-9
+        assert _bounds.certified_bound(problem, s, shift) >= optimum - 1e-9
         u = rng.normal(size=3) * 100  # any thresholds, any target: every value is a bound
-        bound = selection._clique_bound(problem, u, optimum - rng.random() * 50, deadline=math.inf, n_rounds=30)
+        bound = _bounds.clique_bound(problem, u, optimum - rng.random() * 50, deadline=math.inf, n_rounds=30)
         assert bound >= optimum - 1e-9
 
 
@@ -217,7 +218,7 @@ def test_clique_cover_best_is_exact_and_its_penalty_a_lower_bound(seed):
     Q = np.triu(np.where(rng.random((n, n)) < 0.5, rng.random((n, n)), 0.0), 1)
     Q = Q + Q.T
     value = rng.normal(size=n) * 3
-    cover = selection._CliqueCover.build(Q, value)
+    cover = _bounds._CliqueCover.build(Q, value)
     blocks = np.split(cover.members, np.flatnonzero(np.diff(cover.owner)) + 1)
     assert sorted(cover.members.tolist()) == list(range(n))  # a partition
     for block in blocks:  # of cliques of the positive-penalty graph
@@ -248,9 +249,9 @@ def test_reported_bound_is_valid_against_brute_force(case, seed):
     A, penalty, bias = random_instance(rng, n_features, n_classes, m, k, penalty_scale=scale,
                                        with_bias=with_bias, signed_penalty=signed)
     optimum = brute_force(A, m, k, penalty, bias)
-    problem = selection._build_problem(A, m, k, penalty, bias)
-    u = selection._class_thresholds(problem.W, np.full(n_features, m / n_features), k)
-    assert selection._clique_bound(problem, u, optimum, deadline=math.inf) >= optimum - 1e-9
+    problem = _problem.build_problem(A, m, k, penalty, bias)
+    u = _bounds.class_thresholds(problem.W, np.full(n_features, m / n_features), k)
+    assert _bounds.clique_bound(problem, u, optimum, deadline=math.inf) >= optimum - 1e-9
     result = solve_selection(A, n_selected=m, n_per_class=k, penalty=penalty, bias=bias, random_state=seed)
     assert result.upper_bound >= optimum - 1e-9
     assert result.bound_method in {"clique", "relaxation", "objective"}
@@ -309,7 +310,7 @@ def test_default_solver_matches_exact_milp_on_larger_instances(seed):
     rng = np.random.default_rng(200 + seed)
     F = rng.normal(size=(300, 24)) + np.repeat(rng.normal(size=(10, 24)), 30, axis=0)
     A = feature_class_correlation(F, np.repeat(np.arange(10), 30))
-    penalty, _ = redundancy_penalty(feature_similarity(A), 8)
+    penalty, _ = redundancy_penalty(feature_similarity(A), 8, rule="consistent")
     exact = solve_selection(A, n_selected=8, n_per_class=2, penalty=penalty, solver="exact", time_limit=60)
     default = solve_selection(A, n_selected=8, n_per_class=2, penalty=penalty, random_state=seed)
     assert exact.status == "optimal"
@@ -486,7 +487,7 @@ def test_verbose_levels(caplog, capfd):
     messages = [record.getMessage() for record in caplog.records]
     assert any("objective" in text and "bound" in text and "gap" in text for text in messages)
     assert "OSQP" not in capfd.readouterr().out  # solver logs only from level 2
-    # OSQP accepts only a 0/1 flag: level 2 used to crash it; now it logs
+    # OSQP takes only a 0/1 verbosity flag: level 2 must map onto it and log
     again = solve_selection(A, n_selected=6, n_per_class=2, penalty=penalty, random_state=0, verbose=2)
     assert "OSQP" in capfd.readouterr().out
     np.testing.assert_array_equal(again.selected, result.selected)

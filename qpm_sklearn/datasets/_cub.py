@@ -224,7 +224,7 @@ def load_masks(
     """
     from PIL import Image
 
-    from ..metrics import resize_masks
+    from .._masks import resize_masks
 
     if size is not None:
         height, width = tuple(size) if isinstance(size, Iterable) else (size, size)
