@@ -32,7 +32,9 @@ once keeps verifying, and any number of writers -- threads, processes, or machin
 sharing the folder over a network filesystem -- may store any row ranges of one
 collection, disjoint or overlapping. ``settings.json``, ``keys.npy`` and a new data
 file are written to uniquely named temporary files and moved into place with
-``os.replace``.
+``os.replace``. Every file and folder gets the permissions ``np.save`` and ``mkdir``
+would give under the process's umask (``0o644`` files under umask 022), so a cache on
+a shared machine is readable by whoever may read its folder.
 
 **The lock** is ``filelock.FileLock`` on ``lock``: ``flock`` on POSIX, released by the
 operating system when a process dies. On NFS, Linux implements ``flock`` with POSIX

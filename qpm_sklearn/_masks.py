@@ -7,6 +7,7 @@ dataset loaders can resize masks without depending on the metrics. numpy and sci
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral
 from typing import TypeAlias
 
 import numpy as np
@@ -82,6 +83,20 @@ def _resize_uint8(mask, h, w):
     return np.clip((upper + lower + 2) >> 2, 0, 255)
 
 
+def _check_size(size: object) -> tuple[int, int]:
+    """``size`` as ``(h, w)``, two positive ints; ValueError / TypeError naming ``size`` otherwise."""
+    one_dimensional = isinstance(size, (tuple, list)) or (isinstance(size, np.ndarray) and size.ndim == 1)
+    sides: tuple = tuple(size) if one_dimensional else ()  # type: ignore[arg-type]
+    if len(sides) != 2:
+        raise ValueError(f"size must be a pair (h, w) of positive ints (the grid of the feature maps); got {size!r}.")
+    for position, (axis, side) in enumerate(zip("hw", sides)):
+        if isinstance(side, (bool, np.bool_)) or not isinstance(side, Integral):
+            raise TypeError(f"size[{position}] ({axis}) must be an int; got {type(side).__name__} {side!r}.")
+        if side < 1:
+            raise ValueError(f"size[{position}] ({axis}) must be a positive int; got {side}.")
+    return int(sides[0]), int(sides[1])
+
+
 def resize_masks(masks: Masks, size: tuple[int, int], dilate: bool = True) -> npt.NDArray[np.bool_]:
     """Binary object masks at grid resolution, as the Plausibility metric uses them (docs/method.md#plausibility).
 
@@ -97,7 +112,7 @@ def resize_masks(masks: Masks, size: tuple[int, int], dilate: bool = True) -> np
         object). A sequence may mix sizes. Images squashed to a square for the backbone must have
         their masks passed unsquashed: the resize does the same squash.
     size : tuple (h, w)
-        The grid of the feature maps.
+        The grid of the feature maps: two positive ints (``ValueError`` naming ``size`` otherwise).
     dilate : bool, default=True
         Dilate the binarised mask with a 3x3 square.
 
@@ -122,7 +137,7 @@ def resize_masks(masks: Masks, size: tuple[int, int], dilate: bool = True) -> np
     >>> resize_masks(mask, (2, 2), dilate=False)[0].astype(int).tolist()
     [[1, 0], [0, 0]]
     """
-    h, w = (int(v) for v in size)
+    h, w = _check_size(size)
     if isinstance(masks, np.ndarray) and masks.ndim != 3:
         raise ValueError(
             f"masks must be an array of shape (n, H, W) or a sequence of 2-D arrays; got shape {masks.shape}."

@@ -10,13 +10,14 @@ the tidy table (:func:`explanation_frame`), the bridge to shap
 from __future__ import annotations
 
 import numbers
-import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+from ._utils import check_fitted
 
 
 if TYPE_CHECKING:  # optional dependencies, imported where used
@@ -78,6 +79,10 @@ def upsample_maps(maps: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
     if maps.ndim < 2:
         raise ValueError(f"maps must have at least 2 dimensions (..., h, w); got shape {maps.shape}.")
     lead = maps.shape[:-2]
+    if 0 in maps.shape[-2:]:
+        raise ValueError(f"maps must have a non-empty grid (h, w); got shape {maps.shape}.")
+    if maps.size == 0:  # no maps (no samples or no features): nothing to upsample
+        return np.zeros((*lead, out_h, out_w), dtype=np.float32)
     flat = torch.from_numpy(np.ascontiguousarray(maps.reshape(-1, 1, *maps.shape[-2:])))
     up = F.interpolate(flat, size=(out_h, out_w), mode="bilinear", align_corners=False)
     up = up.reshape(up.shape[0], -1)
@@ -130,9 +135,10 @@ class Explanation:
     Notes
     -----
     ``len(e)`` is the number of samples; ``e[i]``, ``e[a:b]`` and ``e[mask]``
-    (an int, a slice, an array of ints or a boolean mask) return an
-    :class:`Explanation` of those samples, keeping the sample axis (``e[3]``
-    holds one sample, so every shape above still reads ``(1, ...)``), and
+    (an int, a slice, an array of ints or a boolean mask, with numpy's rules for a
+    1-D array) return an :class:`Explanation` of those samples, keeping the sample
+    axis (``e[3]`` holds one sample, so every shape above still reads
+    ``(1, ...)``; ``e[[]]`` holds none, and every method works on it), and
     iterating yields one-sample explanations.
 
     Examples
@@ -172,23 +178,38 @@ class Explanation:
         return f"Explanation({n} samples, {k} features each, {h}x{w} maps, {len(self.classes)} classes)"
 
     def __getitem__(self, index: int | slice | Sequence[int] | np.ndarray) -> Explanation:
-        """The explanation of the samples ``index`` selects (the sample axis is kept)."""
-        if isinstance(index, (numbers.Integral, np.integer)) and not isinstance(index, bool):
-            n, position = len(self), operator.index(index)
-            if not -n <= position < n:
-                raise IndexError(f"index {position} is out of range for an Explanation of {n} samples.")
-            index = slice(position % n, position % n + 1)
-        elif not isinstance(index, slice):
-            array = np.asarray(index)
-            if array.ndim != 1 or not (array.dtype == bool or np.issubdtype(array.dtype, np.integer)):
-                raise TypeError(
-                    "index must be an int, a slice, a 1-D array of ints or a boolean mask; "
-                    f"got {type(index).__name__}" + (f" of shape {array.shape} and dtype {array.dtype}." if array.ndim else ".")
-                )
-            if array.dtype == bool and len(array) != len(self):
-                raise IndexError(f"a boolean index must have one entry per sample ({len(self)}); got {len(array)}.")
-            index = array
-        return replace(self, **{name: getattr(self, name)[index] for name in _PER_SAMPLE})
+        """The explanation of the samples ``index`` selects (the sample axis is kept).
+
+        ``index`` follows numpy's rules for indexing the sample axis: an int (negative
+        counts from the end), a slice, a sequence or array of ints, or a boolean mask of
+        one entry per sample; an empty selection gives an explanation of 0 samples, an
+        int out of range raises ``IndexError``, as do float or multi-dimensional indices.
+        """
+        if isinstance(index, (bool, np.bool_)):
+            raise IndexError(
+                "an Explanation is indexed by an int, a slice, ints or a boolean mask of one entry per sample; "
+                f"got the bool {index!r}."
+            )
+        n = len(self)
+        if isinstance(index, (numbers.Integral, np.integer)) and not -n <= int(index) < n:
+            raise IndexError(f"index {int(index)} is out of range for an Explanation of {n} samples.")
+        if isinstance(index, (Sequence, np.ndarray)) and not isinstance(index, (str, bytes)):
+            mask = np.asarray(index)
+            if mask.dtype == bool and mask.shape != (n,):
+                raise IndexError(f"a boolean index must have one entry per sample ({n}); got shape {mask.shape}.")
+        # numpy decides what the index selects, so every other rule (and error) is numpy's own.
+        try:
+            positions = np.arange(n)[index]
+        except IndexError as exc:
+            raise IndexError(f"invalid index for an Explanation of {n} samples: {exc}") from None
+        if positions.ndim == 0:  # one int: keep the sample axis
+            positions = positions.reshape(1)
+        elif positions.ndim != 1:
+            raise IndexError(
+                "an Explanation is indexed along its samples only: an int, a slice, a 1-D array of ints or a "
+                f"boolean mask; got an index that selects shape {positions.shape}."
+            )
+        return replace(self, **{name: getattr(self, name)[positions] for name in _PER_SAMPLE})
 
     def saliency(self, size: int | tuple[int, int] = 224) -> np.ndarray:
         """Feature maps upsampled to image resolution, each normalised to [0, 1].
@@ -347,7 +368,10 @@ def estimator_feature_names(estimator: Any) -> dict[int, str]:
     ...     feature_names, selected_features_ = ["crown", "wing"], np.array([4, 9])
     >>> estimator_feature_names(Fitted())
     {4: 'crown', 9: 'wing'}
+
+    Raises ``sklearn.exceptions.NotFittedError`` for an unfitted classifier.
     """
+    check_fitted(estimator)
     return resolve_feature_names(getattr(estimator, "feature_names", None), estimator.selected_features_)
 
 
@@ -407,14 +431,15 @@ def explanation_frame(explanation: Explanation) -> pandas.DataFrame:
     features, samples, ranks = _used_entries(explanation)
     maps = np.asarray(explanation.maps)[samples, ranks]
     width = maps.shape[-1]
-    peak = maps.reshape(len(maps), -1).argmax(axis=1)
+    peak = maps.reshape(len(maps), maps.shape[-2] * width).argmax(axis=1)
     return pd.DataFrame(
         {
             "sample": samples,
             "prediction": np.asarray(explanation.prediction)[samples],
             "rank": ranks,
             "feature": features[samples, ranks],
-            "feature_name": feature_labels(features[samples, ranks], explanation.feature_names),
+            # as str, so that pandas gives the column one dtype whether or not it is empty
+            "feature_name": feature_labels(features[samples, ranks], explanation.feature_names).astype(str),
             "contribution": np.asarray(explanation.contributions)[samples, ranks],
             "weight": np.asarray(explanation.weights)[samples, ranks],
             "peak_row": peak // width,

@@ -228,10 +228,13 @@ def read_image(item: ImageLike, index: int = 0, exif_transpose: bool = True) -> 
                 image = ImageOps.exif_transpose(opened) if exif_transpose else opened.copy()
         except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
             raise ValueError(f"{_describe(item, index)} could not be decoded as an image: {exc}") from exc
-        return to_rgb(image, _describe(item, index))
-    if isinstance(item, np.ndarray):
-        return Image.fromarray(item).convert("RGB")
-    return to_rgb(item, _describe(item, index))
+    elif isinstance(item, np.ndarray):
+        image = Image.fromarray(item)
+    else:
+        image = item
+    if 0 in image.size:  # resizing an empty image would give a blank one: a silently wrong embedding
+        raise ValueError(f"{_describe(item, index)} is an empty image: {image.size[0]} x {image.size[1]} pixels.")
+    return to_rgb(image, _describe(item, index))
 
 
 def to_rgb(image: Image.Image, name: str = "image") -> Image.Image:

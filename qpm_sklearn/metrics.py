@@ -32,7 +32,7 @@ from sklearn.utils import check_random_state
 
 from ._masks import Masks as _Masks
 from ._masks import resize_masks
-from ._utils import check_finite_array
+from ._utils import check_finite_array, check_fitted
 from .explanation import evidence_map
 
 __all__ = [
@@ -446,6 +446,7 @@ def evaluate(
     """
     if stage not in ("sparse", "dense"):
         raise ValueError(f"stage must be 'sparse' or 'dense'; got {stage!r}.")
+    check_fitted(estimator)
     X_fit, y_fit = _check_train_split(X_train, y_train, X, y, ("X_train", "y_train"))
     X, y = np.asarray(X), np.asarray(y)
     predicted = np.asarray(estimator.predict(X, stage=stage))
@@ -544,6 +545,7 @@ def evaluate_linear_probe(
     >>> probe = LogisticRegression(max_iter=1000).fit(cls_train, y_train)  # doctest: +SKIP
     >>> evaluate_linear_probe(probe, cls_test, patches_test, y_test, masks=masks_test)  # doctest: +SKIP
     """
+    check_fitted(probe)
     X_fit, y_fit = _check_train_split(X_cls_train, y_train, X_cls, y, ("X_cls_train", "y_train"))
     weight_matrix, classes = _probe_weights(probe)
     patches = np.asarray(X_patch)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from ._utils import check_fitted
 from .explanation import Explanation, estimator_feature_names, evidence_map, upsample_maps
 
 if TYPE_CHECKING:
@@ -65,6 +66,10 @@ def _check_image(image, name="image"):
     image = np.asarray(image)
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
         raise ValueError(f"{name} must be an array of shape (H, W), (H, W, 3) or (H, W, 4); got shape {image.shape}.")
+    if image.size == 0:
+        raise ValueError(f"{name} is empty: shape {image.shape}; expected an image of at least 1 x 1 pixels.")
+    if image.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers (uint8, or floats in [0, 1]); got dtype {image.dtype}.")
     if image.dtype.kind == "f":
         image = np.clip(image, 0.0, 1.0)
     return image
@@ -216,6 +221,7 @@ def plot_class_comparison(
     --------
     >>> fig = plot_class_comparison(clf, 0, 1, X=X[[i_0, i_1]])  # doctest: +SKIP
     """
+    check_fitted(estimator)
     if feature_names is None:
         feature_names = estimator_feature_names(estimator)
     comparison = estimator.compare_classes(a, b)
@@ -293,6 +299,7 @@ def plot_assignment(
     --------
     >>> plot_assignment(clf).savefig("assignment.png")  # doctest: +SKIP
     """
+    check_fitted(estimator)
     if feature_names is None:
         feature_names = estimator_feature_names(estimator)
     assignment = np.asarray(estimator.assignment_)

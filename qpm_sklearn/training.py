@@ -32,7 +32,7 @@ from ._device import (
     upload,
     wait_upload,
 )
-from ._utils import check_class_codes, check_finite_array, logger, progress
+from ._utils import check_class_codes, check_sample_weight, logger, progress
 from .adapter import QPMNetwork
 
 __all__ = [
@@ -250,12 +250,19 @@ def train_network(
     sample_weight : array-like of shape (n,), default=None
         Non-negative weight of every sample in every loss term (a weight of 2 counts
         like the sample twice in its batch) and in the epoch means of ``history``.
+        Only ratios matter: the weights are divided by the largest one and used in
+        float32, so they are checked by :func:`~qpm_sklearn._utils.check_sample_weight`
+        (always, even with ``check_input=False``: a weight float32 cannot hold would
+        silently count as 0 or overflow). A batch whose samples all weigh 0 is
+        **skipped**: no optimiser step (no gradient, weight decay or momentum update),
+        though the learning-rate schedule moves on as if it had run. An epoch whose
+        batches are all skipped reports NaN losses in ``history``.
     epoch_callback : callable, default=None
         Called as ``epoch_callback(network, row)`` after every epoch (the network in
         training mode, ``row`` the epoch's history row, which it may extend); training
         stops after the epoch when it returns True (early stopping).
     check_input : bool, default=True
-        False skips the checks of ``tokens``, ``grid``, ``y`` and ``sample_weight``
+        False skips the checks of ``tokens``, ``grid`` and ``y``
         (scikit-learn's ``check_input`` convention: the estimator validated them once in ``fit``).
 
     Returns
@@ -274,10 +281,8 @@ def train_network(
     labels = y.detach().cpu().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
     if check_input:
         labels = check_class_codes(labels, n_samples, n_classes)
-        if sample_weight is not None:
-            sample_weight = check_finite_array(sample_weight, "sample_weight", ndim=1)
-            if sample_weight.shape != (n_samples,) or (sample_weight < 0).any():
-                raise ValueError(f"sample_weight must be {n_samples} non-negative values; got shape {sample_weight.shape}.")
+    if sample_weight is not None:
+        sample_weight = check_sample_weight(sample_weight, n_samples)
     if n_samples * n_tokens < 2:
         raise ValueError(
             "tokens: training needs at least 2 token rows (BatchNorm statistics); "
@@ -339,18 +344,22 @@ def train_network(
             start = time.perf_counter()
             totals.zero_()
             order = torch.randperm(n_samples, generator=generator, device=device)
+            trained = batches.start_epoch(order)
             for index, batch_slice in enumerate(batches.bounds):
-                set_lr(step)
-                if graph is not None and graph.handles(batch_slice):
-                    graph.run(order[batch_slice])
-                else:
-                    train_step(*batches.get(order, index))
-                step += 1
+                if trained[index]:
+                    set_lr(step)
+                    if graph is not None and graph.handles(batch_slice):
+                        graph.run(order[batch_slice])
+                    else:
+                        train_step(*batches.get(order, index))
+                step += 1  # a skipped batch moves the schedule on too: it stays a function of the epoch's progress
             sums = totals.cpu().numpy().astype(np.float64)  # the one synchronisation per epoch
             row: dict[str, float] = {"epoch": epoch + 1}
-            row.update({name: float(value / sums[-1]) for name, value in zip(_TERMS, sums[:-1])})
+            # No batch trained (all weights 0): the epoch's means are undefined, and nothing diverged.
+            means = sums[:-1] / sums[-1] if sums[-1] > 0 else np.full(len(_TERMS), math.nan)
+            row.update({name: float(value) for name, value in zip(_TERMS, means)})
             row.update(lr=float(schedule[step - 1]), seconds=time.perf_counter() - start)
-            if not all(math.isfinite(row[name]) for name in _TERMS):
+            if sums[-1] > 0 and not all(math.isfinite(row[name]) for name in _TERMS):
                 raise FloatingPointError(
                     f"training diverged at epoch {epoch + 1} ({desc or 'train_network'}): loss {row['loss']}; "
                     "try a smaller learning rate."
@@ -462,7 +471,10 @@ class _TokenBatches:
     """Shuffled training batches, from device-resident tokens or streamed from host memory.
 
     ``bounds`` lists the slices of the permutation that form the epoch's steps
-    (the final batch dropped when it holds a single sample of several).
+    (the final batch dropped when it holds a single sample of several). Weights are
+    divided by the largest one (only their ratios matter), so float32 holds them and
+    their sums without overflow; :meth:`start_epoch` marks the batches whose samples
+    all weigh 0, which are skipped.
     """
 
     def __init__(self, tokens, labels, device, batch_size, resident, sample_weight=None):
@@ -473,7 +485,13 @@ class _TokenBatches:
         if n_samples > 1 and self.bounds[-1].stop - self.bounds[-1].start == 1:
             self.bounds.pop()
         self.labels = torch.as_tensor(labels, dtype=torch.long).to(device)
-        self.weights = None if sample_weight is None else torch.as_tensor(sample_weight, dtype=torch.float32).to(device)
+        if sample_weight is None:
+            self.weights = None
+        else:
+            relative = np.asarray(sample_weight, dtype=np.float64) / np.max(sample_weight)
+            self.weights = torch.as_tensor(relative, dtype=torch.float32).to(device)
+            covered = self.bounds[-1].stop if self.bounds else 0
+            self.batch_of_position = (torch.arange(covered) // batch_size).to(device)
         self.dtype = compute_dtype(device)
         self.resident = _decide_resident(tokens, device, resident, self.dtype)
         if self.resident:
@@ -490,13 +508,35 @@ class _TokenBatches:
     def _weights(self, indices):
         return None if self.weights is None else self.weights.index_select(0, indices)
 
+    def start_epoch(self, order):
+        """Which batches of the epoch with permutation ``order`` to train: one bool per batch.
+
+        A batch whose samples all weigh 0 is False (its weighted losses would be 0/0).
+        Weighted training pays one host synchronisation per epoch for this; the
+        streamed batches are then only those that train.
+        """
+        trained = np.ones(len(self.bounds), dtype=bool)
+        if self.weights is not None and self.bounds:
+            covered = len(self.batch_of_position)
+            sums = torch.zeros(len(self.bounds), device=self.device)
+            sums.index_add_(0, self.batch_of_position, self.weights.index_select(0, order[:covered]))
+            trained = sums.cpu().numpy() > 0  # non-negative weights: a zero sum means all are zero
+        if not self.resident:
+            bounds = [bound for bound, keep in zip(self.bounds, trained) if keep]
+            self._stream = None
+            if bounds:
+                self._stream = _HostStream(self.host, order.cpu().numpy(), bounds, self.device, self.dtype)
+        return trained
+
     def get(self, order, index):
-        """The ``index``-th batch of the epoch whose permutation is ``order``."""
+        """The ``index``-th batch of the epoch whose permutation is ``order`` (after :meth:`start_epoch`).
+
+        Streamed batches come in the order :meth:`start_epoch` planned: ask for every
+        batch it marked to train, in increasing ``index``.
+        """
         indices = order[self.bounds[index]]
         if self.resident:
             return self.gather(indices)
-        if index == 0:
-            self._stream = _HostStream(self.host, order.cpu().numpy(), self.bounds, self.device, self.dtype)
         return self._stream.next(), self.labels.index_select(0, indices), self._weights(indices)
 
 
