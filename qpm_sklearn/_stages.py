@@ -25,6 +25,7 @@ import torch
 from sklearn.utils.validation import check_array
 
 from ._device import as_numpy, torch_generator
+from ._utils import check_split_weights
 from ._head import HeadRecord
 from .adapter import (
     DenseHead,
@@ -216,6 +217,7 @@ class _EarlyStopping:
                 f"hold out every class ({exc}); raise validation_fraction or turn early_stopping off."
             ) from exc
         train_rows, validation_rows = np.sort(train_rows), np.sort(validation_rows)
+        check_split_weights(sample_weight, train_rows, validation_rows)
         weight = None if sample_weight is None else sample_weight[validation_rows]
         callback = cls(_take(tokens, validation_rows), y[validation_rows], weight, grid,
                        settings["n_iter_no_change"], device)  # fmt: skip

@@ -40,7 +40,7 @@ from ._stages import (
     fit_sparse_stage,
     sparse_network,
 )
-from ._utils import StrictInterval
+from ._utils import StrictInterval, check_sample_weight
 from .adapter import DenseHead, QPMNetwork, SparseHead, TokenMLP, empty_network, load_network_state, standardise
 from .baselines import sparse_head
 from .explanation import Explanation, class_summary, estimator_feature_names
@@ -416,9 +416,9 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             if not np.all(np.isfinite(per_sample) & (per_sample >= 0)):
                 raise ValueError(f"class_weight must hold finite non-negative weights; got {self.class_weight!r}.")
             sample_weight = sample_weight * per_sample
-        if not sample_weight.any():
-            raise ValueError("sample_weight times class_weight is zero for every sample; nothing would be learned.")
-        return sample_weight
+        return check_sample_weight(
+            sample_weight, len(y), name="sample_weight" if self.class_weight is None else "sample_weight times class_weight"
+        )
 
     def _group_settings(self, group: str) -> dict:
         """The parameters of one group of :data:`PARAMETER_GROUPS`, from ``get_params``."""
@@ -725,7 +725,8 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         features : ndarray of shape (k,)
             Channel ids from ``selected_features_`` (k = ``n_per_class`` for DINO-QPM).
         """
-        row = self.sparse_weight_[self._class_index(label)]
+        index = self._class_index(label)
+        row = self.sparse_weight_[index]
         return self.selected_features_[row != 0]
 
     def compare_classes(self, a: object, b: object) -> dict[str, np.ndarray]:

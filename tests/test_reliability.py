@@ -248,9 +248,6 @@ def test_check_split_weights_refuses_a_zero_weight_side():
         check_split_weights(weight, np.array([2, 3]), np.array([0, 1]))
 
 
-@pytest.mark.xfail(
-    strict=True, reason="the early-stopping split (_stages.EarlyStopping.split) does not call check_split_weights yet"
-)
 def test_early_stopping_with_zero_weight_validation_rows_is_refused(monkeypatch):
     import sklearn.model_selection
 
@@ -417,7 +414,6 @@ def test_the_same_functions_work_on_the_fitted_classifier(fitted):
         call(clf)
 
 
-@pytest.mark.xfail(strict=True, reason="QPMClassifier.class_features reads sparse_weight_ before checking it is fitted")
 def test_class_features_of_an_unfitted_classifier_raises_not_fitted_error():
     from sklearn.exceptions import NotFittedError
 
