@@ -46,8 +46,15 @@ _PROG = "qpm-sklearn"
 _EXPECTED = (CommandError, OSError, ValueError, TypeError, RuntimeError, ImportError, MemoryError)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser with usage errors on one line (the usage itself is in ``--help``)."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see '{self.prog} --help')\n")
+
+
 def _common_options() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("-q", "--quiet", action="store_true", help="no progress bars or notes")
     common.add_argument(
         "--debug", action="store_true", help=f"show the traceback of an error (or set {DEBUG_VARIABLE}=1)"
@@ -64,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     """
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog=_PROG,
         description="Globally interpretable image classifiers on frozen DINOv2 features (DINO-QPM).",
         epilog="Run 'qpm-sklearn COMMAND --help' for a command's options. Exit status: 0 success, 1 data or "

@@ -17,16 +17,20 @@ from ._sidecar import read_sidecar
 _DEFAULT_IMAGE_SIZE = 224
 
 
-def _load_model(path: str):
-    from ..classifier import QPMClassifier
-
+def _model_file(path: str) -> Path:
     model_path = Path(path).expanduser()
     if not model_path.is_file():
         raise CommandError(f"MODEL {path}: no such file" if not model_path.exists() else f"MODEL {path}: is a folder; expected a model file")
+    return model_path
+
+
+def _load_model(model_path: Path):
+    from ..classifier import QPMClassifier
+
     try:
-        return model_path, QPMClassifier.load(model_path)
+        return QPMClassifier.load(model_path)
     except ValueError as exc:
-        raise CommandError(f"MODEL {path}: {exc}") from None
+        raise CommandError(f"MODEL {model_path}: {exc}") from None
 
 
 def _figures(explanation, files: list[str], n: int, size: int, dpi: int) -> dict[str, bytes]:
@@ -51,10 +55,9 @@ def _figures(explanation, files: list[str], n: int, size: int, dpi: int) -> dict
 def run(args: argparse.Namespace) -> int:
     if args.figures < 0 or args.dpi < 1:
         raise UsageError(f"--figures {args.figures} / --dpi {args.dpi}: expected --figures >= 0 and --dpi >= 1")
-    model_path, clf = _load_model(args.model_file)
+    # Inputs and the output folder are checked before the model (and torch) is loaded.
+    model_path = _model_file(args.model_file)
     names = read_feature_names(args.feature_names)
-    if names is not None:
-        clf.set_params(feature_names=names)
     if args.embeddings is not None:
         if args.images:
             raise UsageError("explain takes either IMAGES or --embeddings, not both")
@@ -67,6 +70,9 @@ def run(args: argparse.Namespace) -> int:
         params = dict(read_sidecar(model_path) or {})
         params.update(embedder_params(args))  # options on the command line win
     out = prepare_output_folder(Path(args.out).expanduser(), "--out")
+    clf = _load_model(model_path)
+    if names is not None:
+        clf.set_params(feature_names=names)
     if files is not None:
         X = embed(files, params, args)
         inputs = files

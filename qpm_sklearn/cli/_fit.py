@@ -58,13 +58,31 @@ def _warn_paper_sizes_on_cpu(params: dict, preset: str) -> None:
             )
 
 
+def _read_training_data(args: argparse.Namespace) -> tuple:
+    """``(X or None, y, image paths or None)``: the inputs checked, nothing embedded yet."""
+    if args.embeddings is not None:
+        if args.images is not None or args.labels is None:
+            raise UsageError("fit takes either IMAGES (class subfolders) or --embeddings with --labels")
+        X = read_embeddings(args.embeddings)
+        return X, read_labels(args.labels, len(X)), None
+    if args.images is None:
+        raise UsageError("fit needs IMAGES (a folder of class subfolders) or --embeddings and --labels")
+    from ..datasets import load_image_folder
+
+    data = load_image_folder(args.images, labels="names")
+    check_two_classes(data.labels, f"IMAGES {args.images}")
+    return None, data.labels, data.paths
+
+
 def run(args: argparse.Namespace) -> int:
+    # Everything that can be checked is checked before the classifier (and torch) is imported, and
+    # before any embedding or training starts.
+    out = check_output_file(model_path(args.out), "--out")
+    X, y, image_paths = _read_training_data(args)
+    names = read_feature_names(args.feature_names)
+    params = {**(CPU_PRESET if args.preset == "cpu" else {}), **dict(args.param or [])}
     from ..classifier import QPMClassifier
 
-    out = check_output_file(model_path(args.out), "--out")
-    preset = dict(CPU_PRESET) if args.preset == "cpu" else {}
-    params = {**preset, **dict(args.param or [])}
-    names = read_feature_names(args.feature_names)
     try:
         clf = QPMClassifier(verbose=not args.quiet, **params)
     except TypeError as exc:  # an unknown -p NAME
@@ -73,30 +91,15 @@ def run(args: argparse.Namespace) -> int:
     if names is not None:
         _check_feature_names(names, settings["n_features"], settings["n_selected"], args.feature_names)
         clf.set_params(feature_names=names)
+    _warn_paper_sizes_on_cpu(params, args.preset)
     embedder = None
-    if args.embeddings is not None:
-        if args.images is not None or args.labels is None:
-            raise UsageError("fit takes either IMAGES (class subfolders) or --embeddings with --labels")
-        X = read_embeddings(args.embeddings)
-        y = read_labels(args.labels, len(X))
-    elif args.images is not None:
-        from ..datasets import load_image_folder
-
-        data = load_image_folder(args.images, labels="names")
-        check_two_classes(data.labels, f"IMAGES {args.images}")
+    if image_paths is not None:
         embedder = {**(CPU_PRESET_EMBEDDER if args.preset == "cpu" else {}), **embedder_params(args)}
-        _warn_paper_sizes_on_cpu(params, args.preset)
-        X = embed(data.paths, embedder, args)
-        y = data.labels
-    else:
-        raise UsageError("fit needs IMAGES (a folder of class subfolders) or --embeddings and --labels")
-    if args.images is None:
-        _warn_paper_sizes_on_cpu(params, args.preset)
+        X = embed(image_paths, embedder, args)
     clf.fit(X, y)
     summary = clf.summary()  # checks the feature names against the selection, before anything is written
     with written_together() as outputs:
-        staged = outputs.temporary(out, primary=True)
-        clf.save(staged)
+        staged = outputs.save(out, clf.save, primary=True)
         stage_sidecar(outputs, out, staged, embedder)  # carries the model's checksum (see _sidecar)
     say(f"model written to {out} ({len(clf.classes_)} classes, {len(clf.selected_features_)} features)")
     say(summary)

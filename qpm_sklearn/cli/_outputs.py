@@ -85,12 +85,24 @@ class OutputSet:
 
     def write(self, destination: Path, write: Callable[[BinaryIO], object], *, primary: bool = False) -> None:
         """Stage ``destination`` with the content ``write(handle)`` produces."""
+
+        def write_file(temporary: Path) -> None:
+            # "x": never share a file with another writer; the mode follows the umask like open()'s.
+            with open(temporary, "xb") as handle:
+                write(handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+
+        self.save(destination, write_file, primary=primary)
+
+    def save(self, destination: Path, save: Callable[[Path], object], *, primary: bool = False) -> Path:
+        """Stage ``destination`` as the file ``save(temporary path)`` writes; returns that path."""
         temporary = self.temporary(destination, primary=primary)
-        # "x": never share a file with another writer; the mode follows the umask like open()'s.
-        with open(temporary, "xb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            save(temporary)
+        except OSError as exc:  # a full disk, a quota: name the file, say that nothing was replaced
+            raise CommandError(f"cannot write {destination} ({_describe(exc)}); no output file was replaced") from exc
+        return temporary
 
     def write_bytes(self, destination: Path, content: bytes, *, primary: bool = False) -> None:
         """Stage ``destination`` with ``content``."""
