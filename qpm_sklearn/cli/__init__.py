@@ -27,6 +27,7 @@ import sys
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
+from typing import NoReturn
 
 from . import _embed, _explain, _fit, _table
 from ._console import note, one_line
@@ -49,7 +50,7 @@ _EXPECTED = (CommandError, OSError, ValueError, TypeError, RuntimeError, ImportE
 class _Parser(argparse.ArgumentParser):
     """argparse's parser with usage errors on one line (the usage itself is in ``--help``)."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"{self.prog}: error: {one_line(message)} (see '{self.prog} --help')\n")
 
 
@@ -128,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         status = exc.exit_status if isinstance(exc, CommandError) else EXIT_ERROR
-        hint = "" if debug or isinstance(exc, CommandError) else f" (--debug shows the traceback)"
+        hint = "" if debug or isinstance(exc, CommandError) else " (--debug shows the traceback)"
         note(f"{prefix}: error: {one_line(str(exc)) or type(exc).__name__}{hint}")
         return status
     except Exception as exc:  # a bug: still one line, with the way to the traceback
