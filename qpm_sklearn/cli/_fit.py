@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import warnings
 from pathlib import Path
 
-import numpy as np
 
 from ._console import note, say
 from ._errors import CommandError, UsageError
