@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-
 from ._console import note, say
 from ._errors import CommandError, UsageError
 from ._inputs import (
