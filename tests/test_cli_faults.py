@@ -207,6 +207,18 @@ def test_an_unusable_out_is_found_before_training(data, tmp_path, monkeypatch, c
     assert "is a folder" in capsys.readouterr().err
 
 
+def test_unusable_outputs_of_table_and_explain_are_found_first(tmp_path, data):
+    (tmp_path / "file").write_text("")
+    # The root does not exist either; the output is checked before the dataset is read.
+    result = run_cli("table", "--dataset", "cub", "--root", tmp_path / "no_root", "--out", tmp_path / "file" / "t.json")
+    assert_fails(result, 1, "--out", "file")
+    result = run_cli("explain", tmp_path, "--embeddings", data / "X.npy", "--out", tmp_path / "e")
+    assert_fails(result, 1, "MODEL", "is a folder")
+    (tmp_path / "model.npz").write_bytes(b"")
+    result = run_cli("explain", tmp_path / "model.npz", "--embeddings", data / "X.npy", "--out", tmp_path / "file")
+    assert_fails(result, 1, "--out", "is a file")
+
+
 def test_feature_names_of_the_wrong_count_fail_before_anything_is_saved(data, tmp_path, capsys):
     (tmp_path / "names.json").write_text(json.dumps(["wing", "beak", "crown"]))  # 4 features are selected
     assert run_main(fit_args(data, tmp_path / "m.npz", "--feature-names", tmp_path / "names.json")) == 1

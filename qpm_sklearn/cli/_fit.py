@@ -66,7 +66,10 @@ def _read_training_data(args: argparse.Namespace) -> tuple:
         raise UsageError("fit needs IMAGES (a folder of class subfolders) or --embeddings and --labels")
     from ..datasets import load_image_folder
 
-    data = load_image_folder(args.images, labels="names")
+    try:
+        data = load_image_folder(args.images, labels="names")
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"IMAGES {args.images}: {exc}") from None
     check_two_classes(data.labels, f"IMAGES {args.images}")
     return None, data.labels, data.paths
 

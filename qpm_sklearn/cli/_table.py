@@ -449,6 +449,11 @@ def run(args: argparse.Namespace) -> int:
     import qpm_sklearn
     from qpm_sklearn._atomic import write_bytes_atomically
 
+    from ._outputs import check_output_file, prepare_output_folder
+
+    out = Path(args.out).expanduser()
+    prepare_output_folder(out.parent, "--out")  # checked now: the JSON is written after hours of work
+    check_output_file(out, "--out")
     data = load_dataset(args.dataset, args.root)
     if data.is_train.all() or not data.is_train.any():
         raise ValueError(f"root={args.root!r}: the dataset needs both training and test images.")
@@ -498,8 +503,6 @@ def run(args: argparse.Namespace) -> int:
         "embedding_seconds": runner.embeddings.seconds,
         "rows": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_bytes_atomically(out, (json.dumps(_jsonable(report), indent=2) + "\n").encode("utf-8"))
     print(format_table(results, args.dataset))
     print(f"written: {out}")
