@@ -248,6 +248,23 @@ def test_an_interrupted_fit_leaves_the_previous_model(data, tmp_path, monkeypatc
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing replaced, nothing left
 
 
+def test_full_disk_during_fit_keeps_the_previous_model_and_sidecar(image_model, data, tmp_path, monkeypatch, capsys):
+    import errno
+
+    model = tmp_path / "model.npz"
+    model.write_bytes(image_model.read_bytes())
+    (tmp_path / "model.embedder.json").write_bytes(image_model.with_name("model.embedder.json").read_bytes())
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+
+    def full_disk(source, destination):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    assert run_main(fit_args(data, model)) == 1
+    one_line_error(capsys, "model.npz", os.strerror(errno.ENOSPC))
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing replaced, nothing left
+
+
 def test_refit_from_embeddings_leaves_no_stale_sidecar(image_model, data, tmp_path):
     model = tmp_path / "model.npz"
     model.write_bytes(image_model.read_bytes())

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ._console import note
 from ._errors import CommandError
 
 # Rows of an embeddings file checked for NaN at a time (bounded memory on a memory-mapped file).
@@ -78,7 +79,7 @@ def check_two_classes(labels: np.ndarray, what: str) -> None:
 
 def read_embeddings(path: str) -> np.ndarray:
     """A finite numeric ``.npy`` array of 2 to 4 axes (memory-mapped), or a CommandError."""
-    read_file_bytes_head(path, "--embeddings")
+    require_input_file(path, "--embeddings")
     try:
         X = np.load(Path(path).expanduser(), mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError, zipfile.BadZipFile):
@@ -102,8 +103,8 @@ def read_embeddings(path: str) -> np.ndarray:
     return X
 
 
-def read_file_bytes_head(path: str, option: str) -> None:
-    """Raise the CommandError of :func:`read_file_bytes` without reading the whole file."""
+def require_input_file(path: str, option: str) -> None:
+    """Raise the CommandError of :func:`read_file_bytes` for a missing file, without reading it."""
     file = Path(path).expanduser()
     if not file.exists():
         raise CommandError(f"{option} {path}: no such file")
@@ -185,7 +186,5 @@ def embed(files: list[str], params: dict, args: argparse.Namespace) -> np.ndarra
         raise CommandError(f"--image-size {args.image_size}: expected a positive number of pixels")
     cache = {"embedding_cache": args.embedding_cache} if args.embedding_cache else {}
     if not args.quiet:
-        from ._console import note
-
         note(f"embedding {len(files)} images with {params.get('model', 'the default model')}")
     return Dinov2Embedder(**params, **cache, verbose=not args.quiet).transform(files)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -33,17 +34,11 @@ def check_writable_folder(folder: Path, option: str, shown: Path) -> None:
         raise CommandError(f"{option} {shown}: {folder} is not a folder")
     # os.access says yes to root on a read-only mount; creating a file is the only sure test.
     try:
-        descriptor, probe = _probe(folder)
+        descriptor, probe = tempfile.mkstemp(dir=folder, prefix=".qpm-sklearn-probe.")
     except OSError as exc:
         raise CommandError(f"{option} {shown}: cannot write in {folder} ({_describe(exc)})") from None
     os.close(descriptor)
     os.unlink(probe)
-
-
-def _probe(folder: Path) -> tuple[int, str]:
-    import tempfile
-
-    return tempfile.mkstemp(dir=folder, prefix=".qpm-sklearn-probe.")
 
 
 def check_output_file(path: Path, option: str) -> Path:
