@@ -348,8 +348,8 @@ def test_fit_on_a_cpu_with_the_paper_sizes_says_so(data, tmp_path, monkeypatch, 
     monkeypatch.setattr(QPMClassifier, "fit", stop)
     args = ["fit", "--embeddings", data / "X.npy", "--labels", data / "y.txt", "--out", tmp_path / "m.npz", "-q"]
     assert run_main([*args, "-p", 'device="cpu"']) == 1
-    assert "--preset cpu" in capsys.readouterr().err
+    assert "--cpu-sized" in capsys.readouterr().err
     assert seen[-1]["hidden_size"] == QPMClassifier().hidden_size  # the paper's, as asked
-    assert run_main([*args, "-p", 'device="cpu"', "--preset", "cpu", "-p", "n_selected=12"]) == 1
-    assert "--preset cpu" not in capsys.readouterr().err
+    assert run_main([*args, "-p", 'device="cpu"', "--cpu-sized", "-p", "n_selected=12"]) == 1
+    assert "--cpu-sized" not in capsys.readouterr().err
     assert seen[-1]["hidden_size"] == 256 and seen[-1]["n_features"] == 64 and seen[-1]["n_selected"] == 12

@@ -20,10 +20,11 @@ from ._inputs import (
 from ._outputs import check_output_file, written_together
 from ._sidecar import stage_sidecar
 
-#: ``--preset cpu``: the CPU-sized configuration of docs/guide.md ("On a CPU"): the small backbone
-#: at 112 px (8 x 8 patches), a smaller adapter and fewer epochs. ``-p`` and the embedder options win.
-CPU_PRESET = dict(n_features=64, n_selected=30, n_per_class=3, hidden_size=256, n_layers=2, dense_epochs=10, sparse_epochs=5)
-CPU_PRESET_EMBEDDER = dict(model="facebook/dinov2-with-registers-small", image_size=112)
+#: ``--cpu-sized``: the CPU-sized configuration of docs/guide.md ("On a CPU", and the quickstart's
+#: ``--cpu-sized``): 112 px (8 x 8 patches; the small backbone unless --model names one), a smaller
+#: adapter and fewer epochs. ``-p`` and the embedder options win.
+CPU_SIZED = dict(n_features=64, n_selected=30, n_per_class=3, hidden_size=256, n_layers=2, dense_epochs=10, sparse_epochs=5)
+CPU_SIZED_EMBEDDER = dict(model="facebook/dinov2-with-registers-small", image_size=112)
 # The parameters that size the work; with none of them given, a CPU fit runs the paper's GPU sizes.
 _SIZE_PARAMS = ("n_features", "hidden_size", "n_layers", "dense_epochs", "sparse_epochs")
 
@@ -44,14 +45,14 @@ def _check_feature_names(names, n_features: int, n_selected: int, path: str) -> 
                 raise CommandError(f"--feature-names {path}: key {key!r} is not an adapter channel id 0..{n_features - 1}")
 
 
-def _warn_paper_sizes_on_cpu(params: dict, preset: str) -> None:
+def _warn_paper_sizes_on_cpu(params: dict, cpu_sized: bool) -> None:
     from .._device import resolve_device
 
-    if preset == "paper" and not any(name in params for name in _SIZE_PARAMS):
+    if not cpu_sized and not any(name in params for name in _SIZE_PARAMS):
         if resolve_device(params.get("device")).type == "cpu":
             note(
                 "qpm-sklearn fit: warning: fitting the paper's GPU-sized configuration on the CPU (hours for a few "
-                "thousand images); --preset cpu selects the CPU-sized one (docs/cli.md)"
+                "thousand images); add --cpu-sized for the CPU-sized one (docs/cli.md)"
             )
 
 
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     out = check_output_file(model_path(args.out), "--out")
     X, y, image_paths = _read_training_data(args)
     names = read_feature_names(args.feature_names)
-    params = {**(CPU_PRESET if args.preset == "cpu" else {}), **dict(args.param or [])}
+    params = {**(CPU_SIZED if args.cpu_sized else {}), **dict(args.param or [])}
     from ..classifier import QPMClassifier
 
     try:
@@ -91,10 +92,10 @@ def run(args: argparse.Namespace) -> int:
     if names is not None:
         _check_feature_names(names, settings["n_features"], settings["n_selected"], args.feature_names)
         clf.set_params(feature_names=names)
-    _warn_paper_sizes_on_cpu(params, args.preset)
+    _warn_paper_sizes_on_cpu(params, args.cpu_sized)
     embedder = None
     if image_paths is not None:
-        embedder = {**(CPU_PRESET_EMBEDDER if args.preset == "cpu" else {}), **embedder_params(args)}
+        embedder = {**(CPU_SIZED_EMBEDDER if args.cpu_sized else {}), **embedder_params(args)}
         X = embed(image_paths, embedder, args)
     clf.fit(X, y)
     summary = clf.summary()  # checks the feature names against the selection, before anything is written
@@ -123,9 +124,10 @@ def register(commands, common: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, metavar="MODEL.npz", help="where to save the model (.npz appended when missing)")
     parser.add_argument("-p", "--param", action="append", type=key_value, metavar="NAME=VALUE", help="a classifier parameter")
     parser.add_argument(
-        "--preset", choices=("paper", "cpu"), default="paper",
-        help="paper: QPMClassifier's defaults, sized for a GPU; cpu: the CPU-sized configuration (small backbone "
-        "at 112 px, a smaller adapter, fewer epochs); -p and the embedder options override either",
+        "--cpu-sized", action="store_true",
+        help="the CPU-sized configuration (112 px, the small backbone unless --model is given, a smaller adapter, "
+        "10 + 5 epochs) instead of QPMClassifier's defaults, which are the paper's GPU sizes; -p and the "
+        "embedder options override it",
     )  # fmt: skip
     parser.add_argument("--feature-names", default=None, metavar="FILE.json", help="names of features: {id: name} or a list")
     add_embedder_options(parser)
