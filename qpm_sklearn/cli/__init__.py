@@ -69,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     Returns
     -------
     parser : argparse.ArgumentParser
+
+    Examples
+    --------
+    >>> from qpm_sklearn.cli import build_parser
+    >>> args = build_parser().parse_args(["fit", "--embeddings", "X.npy", "--labels", "y.txt", "--out", "m.npz"])
+    >>> args.command, args.out, args.cpu_sized
+    ('fit', 'm.npz', False)
     """
     from .. import __version__
 
@@ -111,6 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     status : int
         0 on success, 1 for a data or runtime error, 2 for a usage error, 130 when
         interrupted (argparse's own usage errors and ``--help`` raise ``SystemExit``).
+
+    Examples
+    --------
+    >>> from qpm_sklearn.cli import main
+    >>> main(["fit", "--embeddings", "missing.npy", "--labels", "y.txt", "--out", "m.npz"])  # doctest: +SKIP
+    qpm-sklearn fit: error: --embeddings missing.npy: no such file
+    1
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = os.environ.get(DEBUG_VARIABLE, "") not in ("", "0") or "--debug" in argv
