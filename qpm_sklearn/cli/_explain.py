@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._console import say
+from ._console import note, say
 from ._errors import CommandError, UsageError
 from ._inputs import add_embedder_options, embed, embedder_params, image_files, read_embeddings, read_feature_names
 from ._outputs import prepare_output_folder, written_together
@@ -67,8 +67,14 @@ def run(args: argparse.Namespace) -> int:
         if not args.images:
             raise UsageError("explain needs IMAGES or --embeddings")
         files = image_files(args.images)
-        params = dict(read_sidecar(model_path) or {})
-        params.update(embedder_params(args))  # options on the command line win
+        saved = read_sidecar(model_path)
+        if saved is None and not embedder_params(args):
+            note(
+                f"qpm-sklearn explain: warning: no embedder settings are saved with {model_path} (fitted on "
+                "--embeddings, or written by QPMClassifier.save); the images are embedded with the defaults, so "
+                "give --model, --image-size, ... as the training embeddings were made"
+            )
+        params = {**(saved or {}), **embedder_params(args)}  # options on the command line win
     out = prepare_output_folder(Path(args.out).expanduser(), "--out")
     clf = _load_model(model_path)
     if names is not None:
