@@ -62,7 +62,7 @@ def assert_fails(result, status, *words):
 
 
 def run_main(argv):
-    """``main(argv)`` in-process, an interrupt escaping it reported as a failure (not a stopped session)."""
+    """``main(argv)`` in-process, an interrupt escaping it reported as a test failure rather than stopping pytest."""
     try:
         return main([str(a) for a in argv])
     except KeyboardInterrupt:
