@@ -245,29 +245,20 @@ def test_the_embedding_cache_has_one_name(tiny_backbone, tmp_path):
 
 @pytest.mark.parametrize("family", ["resnet", "dinov3_vit"])
 def test_paper_table_runs_on_a_resnet_and_a_dinov3(family, tmp_path):
-    import importlib.util
-    import sys
-
     from _fake_datasets import write_fake_cub
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_table.py"
-    spec = importlib.util.spec_from_file_location("paper_table_backbones", script)
-    paper_table = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = paper_table  # dataclasses resolve annotations through sys.modules
-    try:
-        spec.loader.exec_module(paper_table)
-        write_fake_cub(tmp_path / "root", n_classes=3, n_per_class=4, size=28)
-        model = str(save_random_model(tmp_path / family, family))
-        out = tmp_path / "table.json"
-        argv = [
-            "--dataset", "cub", "--root", str(tmp_path / "root"), "--model", model, "--out", str(out),
-            "--rows", "linear_probe,qpm", "--quick", "--image-size", "64", "--batch-size", "8", "--device", "cpu",
-            "--n-features", "16", "--hidden-size", "16", "--n-layers", "1", "--n-selected", "8", "--n-per-class", "5",
-            "--random-state", "0", "--fail-fast",
-        ]  # fmt: skip
-        assert paper_table.main(argv) == 0
-    finally:
-        sys.modules.pop(spec.name, None)
+    from qpm_sklearn.cli import main
+
+    write_fake_cub(tmp_path / "root", n_classes=3, n_per_class=4, size=28)
+    model = str(save_random_model(tmp_path / family, family))
+    out = tmp_path / "table.json"
+    argv = [
+        "table", "--dataset", "cub", "--root", str(tmp_path / "root"), "--model", model, "--out", str(out),
+        "--rows", "linear_probe,qpm", "--quick", "--image-size", "64", "--batch-size", "8", "--device", "cpu",
+        "--n-features", "16", "--hidden-size", "16", "--n-layers", "1", "--n-selected", "8", "--n-per-class", "5",
+        "--random-state", "0", "--fail-fast", "-q",
+    ]  # fmt: skip
+    assert main(argv) == 0
     report = json.loads(out.read_text())
     probe, qpm = report["rows"]
     assert report["backbone"]["family"] == family

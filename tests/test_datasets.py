@@ -102,6 +102,64 @@ def test_cub_inconsistent_metadata_is_rejected(fake_cub):
         load_cub(cub_dir)
 
 
+def _rewrite(path, transform):
+    path.write_bytes(transform(path.read_bytes()))
+
+
+@pytest.mark.parametrize(
+    "name, transform, message",
+    [
+        ("images.txt", lambda raw: b"abc" + raw[raw.index(b" ") :], r"images\.txt, line 1: .*integer image id.*'abc'"),
+        ("image_class_labels.txt", lambda raw: raw.replace(b"\n3 ", b"\nabc ", 1), r"image_class_labels\.txt, line 3: .*'abc'"),
+        ("image_class_labels.txt", lambda raw: raw.replace(b"\n2 1", b"\n2 \xff\xfe", 1), r"image_class_labels\.txt, line 2: not UTF-8"),
+        ("train_test_split.txt", lambda raw: raw.replace(b"\n4 ", b"\n4 x", 1), r"train_test_split\.txt, line 4: expected an integer value"),
+        ("classes.txt", lambda raw: raw + b"\x00\x9c\x80 binary\n", r"classes\.txt, line 4: not UTF-8"),
+    ],
+)
+def test_cub_damaged_metadata_names_the_file_and_line(fake_cub, name, transform, message):
+    cub_dir, _ = fake_cub
+    _rewrite(cub_dir / name, transform)
+    with pytest.raises(ValueError, match=message):
+        load_cub(cub_dir)
+
+
+def test_cub_metadata_with_a_byte_order_mark_reads_as_without(fake_cub):
+    cub_dir, _ = fake_cub
+    reference = load_cub(cub_dir)
+    for name in ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"):
+        _rewrite(cub_dir / name, lambda raw: b"\xef\xbb\xbf" + raw)
+    data = load_cub(cub_dir)
+    assert data.paths == reference.paths and data.class_names == reference.class_names
+    np.testing.assert_array_equal(data.labels, reference.labels)
+    np.testing.assert_array_equal(data.is_train, reference.is_train)
+    np.testing.assert_array_equal(data.image_ids, reference.image_ids)
+
+
+@pytest.mark.parametrize("name", ["image_class_labels.txt", "train_test_split.txt"])
+def test_cub_an_id_listed_twice_with_another_value_is_refused(fake_cub, name):
+    cub_dir, _ = fake_cub
+    path = cub_dir / name
+    lines = path.read_text().splitlines()
+    image_id, value = lines[0].split()
+    other = {"image_class_labels.txt": "2" if value != "2" else "3", "train_test_split.txt": str(1 - int(value))}[name]
+    path.write_text("\n".join(lines + [f"{image_id} {other}"]) + "\n")
+    with pytest.raises(ValueError, match=rf"{name}, line {len(lines) + 1}: image id {image_id} is listed again"):
+        load_cub(cub_dir)
+    # The same line twice says nothing new and is accepted.
+    path.write_text("\n".join(lines + [lines[0]]) + "\n")
+    assert len(load_cub(cub_dir).paths) == len(lines)
+
+
+def test_cub_an_image_listed_twice_names_both_lines(fake_cub):
+    cub_dir, _ = fake_cub
+    path = cub_dir / "images.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines + [lines[1]]) + "\n")
+    image_id = lines[1].split()[0]
+    with pytest.raises(ValueError, match=rf"images\.txt, line {len(lines) + 1}: image id {image_id} is listed again \(first on line 2\)"):
+        load_cub(cub_dir)
+
+
 def test_load_masks_keeps_full_resolution_grey_values(fake_cub):
     cub_dir, _ = fake_cub
     data = load_cub(cub_dir)
@@ -220,6 +278,19 @@ def test_cars_class_outside_the_meta_classes_is_rejected(tmp_path):
 # image folders
 
 
+@pytest.mark.parametrize(
+    "relpath", ["car_devkit/cars_meta.mat", "car_devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat"]
+)
+@pytest.mark.parametrize("damage", ["garbage", "truncated"])
+def test_cars_damaged_mat_file_is_named(tmp_path, relpath, damage):
+    cars_dir, _ = write_fake_cars(tmp_path)
+    path = cars_dir / relpath
+    raw = path.read_bytes()
+    path.write_bytes(b"not a MATLAB file at all" * 20 if damage == "garbage" else raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match=relpath.split("/")[-1].replace(".", r"\.")):
+        load_stanford_cars(cars_dir)
+
+
 def _touch_image(path):
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("RGB", (4, 4)).save(path, format="PNG")
@@ -284,3 +355,16 @@ def test_image_folder_refuses_a_split_layout_without_split_dirs(tmp_path):
     # A class that happens to be called "test" beside real classes is still a class.
     _touch_image(tmp_path / "other" / "bird" / "5.jpg")
     assert load_image_folder(tmp_path).class_names == ["other", "test", "train"]
+
+
+def test_image_folder_labels_as_names(tmp_path):
+    for rel in ["train/zebra/1.jpg", "train/ant/2.jpg", "train/ant/3.jpg", "val/zebra/4.jpg", "val/ant/5.jpg"]:
+        _touch_image(tmp_path / rel)
+    codes = load_image_folder(tmp_path, split_dirs=("train", "val"))
+    names = load_image_folder(tmp_path, split_dirs=("train", "val"), labels="names")
+    assert names.labels.tolist() == ["ant", "ant", "zebra", "ant", "zebra"]
+    assert names.labels.tolist() == [codes.class_names[c] for c in codes.labels]
+    assert names.paths == codes.paths and names.class_names == codes.class_names
+    assert names.is_train.tolist() == codes.is_train.tolist() == [True, True, True, False, False]
+    with pytest.raises(ValueError, match="labels"):
+        load_image_folder(tmp_path / "train", labels="name")

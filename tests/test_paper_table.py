@@ -1,4 +1,4 @@
-"""benchmarks/paper_table.py: the paper-table harness, end to end on a tiny fake CUB tree."""
+"""The paper-table harness (``qpm-sklearn table``, benchmarks/paper_table.py), end to end on a tiny fake CUB tree."""
 
 import importlib.util
 import json
@@ -15,6 +15,13 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_table.py"
 
 @pytest.fixture(scope="module")
 def paper_table():
+    from qpm_sklearn.cli import _table
+
+    return _table
+
+
+@pytest.fixture(scope="module")
+def script():
     spec = importlib.util.spec_from_file_location("paper_table", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve annotations through sys.modules
@@ -52,10 +59,13 @@ def test_paper_numbers_are_spec_section_11(paper_table):
     assert cub["dense"]["Accuracy"] == 78.1 and set(cub) == set(paper_table.MAIN_ROWS)
 
 
-def test_arguments(paper_table, tmp_path):
+def test_arguments(paper_table, script, tmp_path):
     args = paper_table.parse_args(["--dataset", "cars", "--root", "r", "--rows", "qpm, dense", "--ablations"])
     assert args.rows == ["qpm", "dense", *paper_table.ABLATION_ROWS]
-    assert args.out.endswith("benchmarks/results/paper_table-cars.json")
+    assert args.out == "paper_table-cars.json"  # the command writes to the current folder
+    assert script.parse_args(["--dataset", "cars", "--root", "r"]).out.endswith("benchmarks/results/paper_table-cars.json")
+    args = paper_table.parse_args(["--dataset", "cub", "--root", "r", "--embedding-cache", "c", "-q"])
+    assert args.embedding_cache == "c" and args.quiet
     args = paper_table.parse_args(["--dataset", "cub", "--root", "r", "--ablation-model", "small=/models/s"])
     rows = paper_table.build_rows(args)
     assert rows["ablation_small"].model == "/models/s"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,14 @@ def _find_cars_dir(root: Path) -> Path:
 
 def _load_mat(path: Path, variable: str, what: str) -> np.ndarray:
     from scipy.io import loadmat
+    from scipy.io.matlab import MatReadError
 
-    contents = loadmat(require_file(path, what))
+    require_file(path, what)
+    try:
+        contents = loadmat(path)
+    # scipy reports a damaged file with many exception types and never names it.
+    except (MatReadError, ValueError, TypeError, OSError, EOFError, KeyError, IndexError, NotImplementedError, zlib.error) as exc:
+        raise ValueError(f"{what}: cannot read {path} as a MATLAB .mat file ({type(exc).__name__}: {exc}); the file looks damaged, download it again.") from None
     if variable not in contents:
         found = sorted(k for k in contents if not k.startswith("__"))
         raise ValueError(f"{path}: expected the variable {variable!r}; found {found}.")
@@ -53,8 +60,11 @@ def _read_annotations(path: Path, what: str) -> tuple[list[str], np.ndarray]:
                 f"{path}: the annotations need the field {field!r} (the test annotations must be the "
                 f"'withlabels' version); found the fields {list(fields)}."
             )
-    fnames = [str(name) for name in _scalars(annotations["fname"])]
-    labels = np.array([int(c) for c in _scalars(annotations["class"])], dtype=np.int64) - 1
+    try:
+        fnames = [str(name) for name in _scalars(annotations["fname"])]
+        labels = np.array([int(c) for c in _scalars(annotations["class"])], dtype=np.int64) - 1
+    except (IndexError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path}: the annotations' fname and class fields must hold one file name and one class number each ({exc}).") from None
     return fnames, labels
 
 
@@ -100,7 +110,11 @@ def load_stanford_cars(root: str | os.PathLike[str]) -> Bunch:
     (196, 8144)
     """
     cars_dir = _find_cars_dir(Path(root).expanduser().resolve())
-    class_names = [str(name) for name in _scalars(_load_mat(cars_dir / _META, "class_names", "Stanford Cars class names"))]
+    meta = _load_mat(cars_dir / _META, "class_names", "Stanford Cars class names")
+    try:
+        class_names = [str(name) for name in _scalars(meta)]
+    except IndexError:
+        raise ValueError(f"{cars_dir / _META}: class_names must hold one name per class; some entry is empty.") from None
     paths, labels, split = [], [], []
     for name, annotations, images in (
         ("train", _TRAIN_ANNOTATIONS, "cars_train"),

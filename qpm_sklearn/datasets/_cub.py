@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -30,23 +31,60 @@ def _find_cub_dir(root: Path) -> Path:
     )
 
 
-def _read_table(path: Path, n_fields: int) -> list[list[str]]:
-    """Rows of a whitespace-separated CUB metadata file; the last field keeps any inner spaces."""
+def _read_numbered_table(path: Path, n_fields: int) -> list[tuple[int, list[str]]]:
+    """``(line number, fields)`` of a whitespace-separated CUB metadata file (UTF-8; a leading
+    byte-order mark, which editors on Windows add, is dropped); the last field keeps inner spaces."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            fields = line.split(maxsplit=n_fields - 1)
-            if len(fields) != n_fields:
-                raise ValueError(f"{path}, line {number}: expected {n_fields} fields, got {line.rstrip()!r}.")
-            rows.append(fields)
+    raw = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    for number, line_bytes in enumerate(raw.splitlines(), start=1):
+        try:
+            line = line_bytes.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}, line {number}: not UTF-8 text (a damaged or binary file?): {line_bytes[:40]!r}.") from None
+        if not line.strip():
+            continue
+        fields = line.split(maxsplit=n_fields - 1)
+        if len(fields) != n_fields:
+            raise ValueError(f"{path}, line {number}: expected {n_fields} fields, got {line.rstrip()!r}.")
+        rows.append((number, fields))
     return rows
 
 
-def _id_map(path: Path, image_ids: list[str]) -> dict[str, str]:
+def _read_table(path: Path, n_fields: int) -> list[list[str]]:
+    """Rows of a whitespace-separated CUB metadata file; the last field keeps any inner spaces."""
+    return [fields for _, fields in _read_numbered_table(path, n_fields)]
+
+
+def _is_count(text: str) -> bool:
+    return re.fullmatch(r"[0-9]+", text) is not None
+
+
+def _unique_ids(path: Path, rows: list[tuple[int, list[str]]], what: str = "image id") -> dict[str, tuple[int, str]]:
+    """``{id: (line, rest)}`` of numbered rows whose first field is an integer id; an id listed
+    twice is refused when its values differ (a repeated identical line is harmless)."""
+    seen: dict[str, tuple[int, str]] = {}
+    for number, (key, *rest) in rows:
+        if not _is_count(key):
+            raise ValueError(f"{path}, line {number}: expected an integer {what} first; got {key!r}.")
+        value = " ".join(rest).strip()
+        if key in seen and seen[key][1] != value:
+            first, previous = seen[key]
+            raise ValueError(
+                f"{path}, line {number}: {what} {key} is listed again with another value "
+                f"({value!r}; line {first} has {previous!r})."
+            )
+        seen.setdefault(key, (number, value))
+    return seen
+
+
+def _id_map(path: Path, image_ids: list[str], *, integer_values: bool = False) -> dict[str, str]:
     """``{image id: value}`` of a two-column file, checked to cover exactly the ids of images.txt."""
-    values = dict(_read_table(path, 2))
+    numbered = _unique_ids(path, _read_numbered_table(path, 2))
+    if integer_values:
+        for number, value in numbered.values():
+            if not _is_count(value.removeprefix("-")):
+                raise ValueError(f"{path}, line {number}: expected an integer value; got {value!r}.")
+    values = {key: value for key, (_, value) in numbered.items()}
     if set(values) != set(image_ids):
         missing = sorted(set(image_ids) - set(values), key=int)
         extra = sorted(set(values) - set(image_ids), key=int)
@@ -73,7 +111,7 @@ def _class_names(cub_dir: Path, labels: np.ndarray, relpaths: list[str]) -> list
     n_classes = int(labels.max()) + 1
     classes_file = cub_dir / "classes.txt"
     if classes_file.is_file():
-        names = dict(_read_table(classes_file, 2))
+        names = {key: name for key, (_, name) in _unique_ids(classes_file, _read_numbered_table(classes_file, 2), "class id").items()}
         ids = [str(c + 1) for c in range(n_classes)]
         missing = [i for i in ids if i not in names]
         if missing:
@@ -144,20 +182,25 @@ def load_cub(root: str | os.PathLike[str], *, labels: Literal["codes", "names"] 
         raise ValueError(f'labels must be "codes" or "names"; got {labels!r}.')
     cub_dir = _find_cub_dir(Path(root).expanduser().resolve())
     images_file = cub_dir / "images.txt"
-    rows = _read_table(images_file, 2)
-    image_ids = [image_id for image_id, _ in rows]
-    relpaths = [relpath.strip() for _, relpath in rows]
-    if len(set(image_ids)) != len(image_ids):
-        raise ValueError(f"{images_file} lists some image ids more than once.")
+    rows = _read_numbered_table(images_file, 2)
+    first_line: dict[str, int] = {}
+    for number, (image_id, _) in rows:
+        if not _is_count(image_id):
+            raise ValueError(f"{images_file}, line {number}: expected an integer image id first; got {image_id!r}.")
+        if image_id in first_line:
+            raise ValueError(f"{images_file}, line {number}: image id {image_id} is listed again (first on line {first_line[image_id]}).")
+        first_line[image_id] = number
+    image_ids = [image_id for _, (image_id, _) in rows]
+    relpaths = [relpath.strip() for _, (_, relpath) in rows]
 
     labels_file = require_file(cub_dir / "image_class_labels.txt", "CUB-200-2011 class labels")
-    label_of = _id_map(labels_file, image_ids)
+    label_of = _id_map(labels_file, image_ids, integer_values=True)
     codes = _as_ints([label_of[i] for i in image_ids], labels_file) - 1
     if codes.min() < 0:
         raise ValueError(f"{labels_file}: class labels must start at 1; found {codes.min() + 1}.")
 
     split_file = require_file(cub_dir / "train_test_split.txt", "CUB-200-2011 train/test split")
-    split_of = _id_map(split_file, image_ids)
+    split_of = _id_map(split_file, image_ids, integer_values=True)
     is_train = _as_ints([split_of[i] for i in image_ids], split_file, allowed=[0, 1]).astype(bool)
 
     paths = [str(cub_dir / "images" / relpath) for relpath in relpaths]

@@ -6,6 +6,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from sklearn.utils import Bunch
@@ -103,7 +104,12 @@ def _refuse_split_layout(folder: Path, classes: dict[str, list[str]]) -> None:
         )
 
 
-def load_image_folder(root: str | os.PathLike[str], *, split_dirs: Sequence[str] | None = None) -> Bunch:
+def load_image_folder(
+    root: str | os.PathLike[str],
+    *,
+    split_dirs: Sequence[str] | None = None,
+    labels: Literal["codes", "names"] = "codes",
+) -> Bunch:
     """Load an image-classification dataset stored as one subfolder per class.
 
     ``root/<class>/<image>`` (``split_dirs=None``) or ``root/<split>/<class>/<image>`` for every
@@ -124,6 +130,10 @@ def load_image_folder(root: str | os.PathLike[str], *, split_dirs: Sequence[str]
         Names of split subfolders, e.g. ``("train", "test")``. The first one counts as the
         training split (``is_train``). Classes are the union over the splits (a warning names
         classes missing from some split).
+    labels : {"codes", "names"}, default="codes"
+        ``"codes"``: ``labels`` holds 0-based class codes. ``"names"``: ``labels`` holds each
+        image's class folder name (str), as ``qpm-sklearn fit`` uses them; a classifier fitted on
+        them takes the names wherever it takes a class.
 
     Returns
     -------
@@ -131,7 +141,8 @@ def load_image_folder(root: str | os.PathLike[str], *, split_dirs: Sequence[str]
         The result shared by every loader of :mod:`qpm_sklearn.datasets`:
 
         - ``paths``: list of str, absolute image paths, sorted by (split, class, file name);
-        - ``labels``: int64 array, 0-based class codes (index into ``class_names``);
+        - ``labels``: int64 array, 0-based class codes (index into ``class_names``); with
+          ``labels="names"``, a str array of the class names;
         - ``class_names``: list of str;
         - ``split``: str array with the split of each image (``None`` without ``split_dirs``);
         - ``is_train``: bool array, ``split == "train"`` (for image folders: ``split ==
@@ -144,7 +155,11 @@ def load_image_folder(root: str | os.PathLike[str], *, split_dirs: Sequence[str]
     >>> from qpm_sklearn.datasets import load_image_folder
     >>> data = load_image_folder("flowers", split_dirs=("train", "test"))  # doctest: +SKIP
     >>> X_train = [p for p, t in zip(data.paths, data.is_train) if t]  # doctest: +SKIP
+    >>> load_image_folder("flowers/train", labels="names").labels[:2]  # doctest: +SKIP
+    array(['daisy', 'daisy'], dtype='<U5')
     """
+    if not isinstance(labels, str) or labels not in ("codes", "names"):
+        raise ValueError(f'labels must be "codes" or "names"; got {labels!r}.')
     root = Path(root).expanduser().resolve()
     per_split: dict[str | None, dict[str, list[str]]]
     if split_dirs is None:
@@ -160,19 +175,21 @@ def load_image_folder(root: str | os.PathLike[str], *, split_dirs: Sequence[str]
         if absent:
             warnings.warn(f"Split {name!r} of {root} has no folder for the classes {absent}.", UserWarning, stacklevel=2)
     code = {name: i for i, name in enumerate(class_names)}
-    paths, labels, split = [], [], []
+    paths, codes, split = [], [], []
     for name, classes in per_split.items():
         for class_name, images in classes.items():
             paths += images
-            labels += [code[class_name]] * len(images)
+            codes += [code[class_name]] * len(images)
             split += [name] * len(images)
     data = dataset_bunch(
         paths=paths,
-        labels=labels,
+        labels=codes,
         class_names=class_names,
         split=None if split_dirs is None else split,
         root=root,
     )
     if split_dirs is not None:
         data.is_train = data.split == split_dirs[0]
+    if labels == "names":
+        data.labels = np.asarray(class_names, dtype=str)[data.labels]
     return data

@@ -1,10 +1,11 @@
-"""Reproduce the DINO-QPM paper's table on CUB-200-2011 or Stanford Cars (see docs/datasets.md).
+"""``qpm-sklearn table``: reproduce the DINO-QPM paper's table on CUB-200-2011 or Stanford Cars.
 
-    qpm-sklearn table --dataset cub --root ~/datasets --cache-dir cache/ --device cuda
-    python benchmarks/paper_table.py --dataset cub --root ~/datasets --cache-dir cache/ --device cuda
+    qpm-sklearn table --dataset cub --root ~/datasets --embedding-cache cache/ --device cuda
+    python benchmarks/paper_table.py --dataset cub --root ~/datasets --embedding-cache cache/ --device cuda
 
-Embeds every image once (patch tokens for the adapters, the CLS token for the linear probe; with
-``--cache-dir`` a rerun reads them back), then fits and evaluates the rows the paper compares:
+The harness behind the command (docs/datasets.md); not public API. Embeds every image once (patch
+tokens for the adapters, the CLS token for the linear probe; with ``--embedding-cache`` a rerun
+reads them back), then fits and evaluates the rows the paper compares:
 
 ========================  ================================================================
 ``linear_probe``          DINOv2 CLS linear probe (docs/baselines.md): StandardScaler + LogisticRegression
@@ -136,12 +137,20 @@ def _key_value(text: str) -> tuple[str, str]:
     return key, value
 
 
+DESCRIPTION = "Reproduce the DINO-QPM paper's table on CUB-200-2011 or Stanford Cars (see docs/datasets.md)."
+
+
 def parse_args(argv=None, *, prog: str | None = None, default_out_dir=None) -> argparse.Namespace:
     """The harness's arguments; ``--out`` defaults to ``paper_table-<dataset>.json`` in ``default_out_dir`` (or here)."""
-    parser = argparse.ArgumentParser(
-        prog=prog, description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--dataset", choices=("cub", "cars"), required=True)
+    parser = argparse.ArgumentParser(prog=prog, description=DESCRIPTION)
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    add_arguments(parser)
+    return finish_args(parser, parser.parse_args(argv), default_out_dir)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The harness's options (all but ``-q/--quiet``, which the command line shares between commands)."""
+    parser.add_argument("--dataset", choices=("cub", "cars"), required=True, help="which table: CUB-200-2011 or Stanford Cars")
     parser.add_argument("--root", required=True, help="dataset root (see docs/datasets.md)")
     parser.add_argument("--model", default=DEFAULT_MODEL, help="hub id or local folder of the backbone")
     parser.add_argument("--device", default=None, help="cuda, cpu, mps (default: auto)")
@@ -154,18 +163,21 @@ def parse_args(argv=None, *, prog: str | None = None, default_out_dir=None) -> a
         metavar="KEY=MODEL",
         help=f"backbone of an ablation row (defaults: {DEFAULT_ABLATION_MODELS})",
     )
-    parser.add_argument("--cache-dir", default=None, help="embedding cache (and dense-stage cache) folder; reruns read it back")
-    parser.add_argument("--out", default=None, help="JSON path (default paper_table-<dataset>.json in the current folder)")
-    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument(
+        "--embedding-cache", default=None, metavar="DIR",
+        help="embedding cache folder (DIR/embeddings, and the dense-stage cache DIR/dense_stage): reruns read it back",
+    )  # fmt: skip
+    parser.add_argument("--out", default=None, metavar="FILE.json", help="JSON path (default paper_table-<dataset>.json in the current folder)")
+    parser.add_argument("--image-size", type=int, default=224, help="input side in pixels (default 224)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per backbone forward pass")
     parser.add_argument("--local-files-only", action="store_true", help="never contact the Hugging Face hub")
     parser.add_argument("--random-state", type=int, default=383534468, help="seed of every fit (default: the paper's)")
-    parser.add_argument("--n-features", type=int, default=512)
-    parser.add_argument("--hidden-size", type=int, default=2048)
-    parser.add_argument("--n-layers", type=int, default=4)
-    parser.add_argument("--n-selected", type=int, default=50)
-    parser.add_argument("--n-per-class", type=int, default=5)
-    parser.add_argument("--compact-n-per-class", type=int, default=4)
+    parser.add_argument("--n-features", type=int, default=512, help="adapter channels (QPMClassifier n_features; default 512)")
+    parser.add_argument("--hidden-size", type=int, default=2048, help="adapter width (default 2048)")
+    parser.add_argument("--n-layers", type=int, default=4, help="adapter depth (default 4)")
+    parser.add_argument("--n-selected", type=int, default=50, help="features selected (default 50)")
+    parser.add_argument("--n-per-class", type=int, default=5, help="features per class (default 5)")
+    parser.add_argument("--compact-n-per-class", type=int, default=4, help="features per class of qpm_compact (default 4)")
     parser.add_argument(
         "--redundancy", choices=("paper", "consistent"), default="paper",
         help="redundancy rule of the selection (default: the authors' procedure, which produced the paper's numbers)",
@@ -173,8 +185,10 @@ def parse_args(argv=None, *, prog: str | None = None, default_out_dir=None) -> a
     parser.add_argument("--probe-c", type=float, default=1.0, help="inverse L2 strength of the linear probe")
     parser.add_argument("--quick", action="store_true", help="1 epoch per stage and a short probe fit (smoke tests)")
     parser.add_argument("--fail-fast", action="store_true", help="raise on the first failing row")
-    parser.add_argument("--verbose", action="store_true", help="progress bars")
-    args = parser.parse_args(argv)
+
+
+def finish_args(parser: argparse.ArgumentParser, args: argparse.Namespace, default_out_dir=None) -> argparse.Namespace:
+    """Check ``--rows`` against the known rows, add the ablations, and fill in ``--out``."""
     known = MAIN_ROWS + ABLATION_ROWS
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
     unknown = [r for r in rows if r not in known]
@@ -229,14 +243,18 @@ class Embeddings:
                 device=self.args.device,
                 output_dtype="float16",  # the paper's pipeline caches float16; halves the memory of CUB's patch grids
                 local_files_only=self.args.local_files_only,
-                embedding_cache=None if self.args.cache_dir is None else str(Path(self.args.cache_dir) / "embeddings"),
-                verbose=self.args.verbose,
+                embedding_cache=None if self.args.embedding_cache is None else str(Path(self.args.embedding_cache) / "embeddings"),
+                verbose=not self.args.quiet,
             )
             _log(f"embedding {len(self.paths)} images: {model} ({output})")
             start = time.perf_counter()
             self.store[key] = embedder.transform(self.paths)
             self.seconds[f"{model} [{output}]"] = round(time.perf_counter() - start, 3)
         return self.store[key]
+
+
+# Parsed arguments that are not settings of the run (the command line's own).
+_NOT_SETTINGS = ("out", "handler", "debug", "command")
 
 
 def _log(message: str) -> None:
@@ -284,7 +302,7 @@ class Runner:
             device=args.device,
             memory=self.memory_dir,
             random_state=args.random_state,
-            verbose=args.verbose,
+            verbose=not args.quiet,
         )
         params.update(row.params)
         if args.quick:
@@ -422,10 +440,20 @@ def format_table(results: list[dict], dataset: str) -> str:
 
 
 def main(argv=None, *, prog: str | None = None, default_out_dir=None) -> int:
-    """Run the harness with ``argv``; returns the exit status (1 when a row failed)."""
-    args = parse_args(argv, prog=prog, default_out_dir=default_out_dir)
-    import qpm_sklearn
+    """Parse ``argv`` and run the harness; returns the exit status (1 when a row failed)."""
+    return run(parse_args(argv, prog=prog, default_out_dir=default_out_dir))
 
+
+def run(args: argparse.Namespace) -> int:
+    """Run the harness with parsed arguments; returns the exit status (1 when a row failed)."""
+    import qpm_sklearn
+    from qpm_sklearn._atomic import write_bytes_atomically
+
+    from ._outputs import check_output_file, prepare_output_folder
+
+    out = Path(args.out).expanduser()
+    prepare_output_folder(out.parent, "--out")  # checked now: the JSON is written after hours of work
+    check_output_file(out, "--out")
     data = load_dataset(args.dataset, args.root)
     if data.is_train.all() or not data.is_train.any():
         raise ValueError(f"root={args.root!r}: the dataset needs both training and test images.")
@@ -435,7 +463,7 @@ def main(argv=None, *, prog: str | None = None, default_out_dir=None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="paper_table_") as scratch:
         # joblib caches the dense stage: qpm / qpm_compact (and sldd / qsenn) share one dense fit.
-        memory_dir = str(Path(args.cache_dir) / "dense_stage") if args.cache_dir else scratch
+        memory_dir = str(Path(args.embedding_cache) / "dense_stage") if args.embedding_cache else scratch
         runner = Runner(args, data, memory_dir)
         for position, name in enumerate(args.rows):
             row = rows[name]
@@ -471,13 +499,11 @@ def main(argv=None, *, prog: str | None = None, default_out_dir=None) -> int:
         "n_train": int(data.is_train.sum()),
         "n_test": int((~data.is_train).sum()),
         "n_classes": len(data.class_names),
-        "settings": {k: v for k, v in vars(args).items() if k not in ("out",)},
+        "settings": {k: v for k, v in vars(args).items() if k not in _NOT_SETTINGS},
         "embedding_seconds": runner.embeddings.seconds,
         "rows": results,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(_jsonable(report), indent=2) + "\n")
+    write_bytes_atomically(out, (json.dumps(_jsonable(report), indent=2) + "\n").encode("utf-8"))
     print(format_table(results, args.dataset))
     print(f"written: {out}")
     return 0 if all(r["status"] == "ok" for r in results) else 1
@@ -519,3 +545,15 @@ def _versions() -> dict:
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "sklearn": sklearn.__version__}
 
+
+
+def register(commands, common: argparse.ArgumentParser) -> None:
+    """Add ``table`` to the subcommands of the command line."""
+    parser = commands.add_parser(
+        "table",
+        parents=[common],
+        help="reproduce the paper's table on CUB-200-2011 or Stanford Cars",
+        description=DESCRIPTION,
+    )
+    add_arguments(parser)
+    parser.set_defaults(handler=lambda args: run(finish_args(parser, args)))
