@@ -40,8 +40,6 @@ numpydoc_validation_exclude = {
     r"\.__\w+__$",  # dunder methods (documented by Python)
     # Names a module imports: autodoc reads their docstrings while filtering members.
     r"\.(Any|Path|TypeVar|dataclass|field|replace|replace_atomically)$",
-    # Not yet validated: remove each line once its docstrings pass.
-    r"^qpm_sklearn\.cli\.",
 }
 
 # The user guide is Markdown (GitHub-flavoured: $...$ maths, ``` fences, tables).
