@@ -87,12 +87,21 @@ class FeatureAtlas:
         The head weights of the atlas's stage on these features.
     classes : ndarray of shape (n_classes,)
         ``classes_`` of the classifier.
+    top_maps : ndarray of shape (n_selected, k, h, w), float32
+        The feature's map on each of its top samples (for the figures and the report).
+    class_features : ndarray of shape (n_classes, m), int64
+        Positions in :attr:`features` of the features each class uses (``assignment_``),
+        largest absolute weight first; ``-1`` pads classes with fewer than ``m``, the most
+        any class uses.
     class_examples : ndarray of shape (n_classes, k), int64, or None
         With ``y``: each class's correctly classified rows with the largest margin
         (its logit minus the largest other logit), largest first, ties by row index;
         ``-1`` pads classes with fewer than ``k`` such rows.
     class_margins : ndarray of shape (n_classes, k), or None
         Their margins (``nan`` at the padding).
+    class_maps : ndarray of shape (n_classes, k, m, h, w), float32, or None
+        The maps of each class's features (:attr:`class_features`) on its examples
+        (zeros at the padding).
     accuracy : float or None
         With ``y``: the share of rows whose predicted class (largest logit) is ``y``.
     grid : tuple of int
@@ -105,6 +114,7 @@ class FeatureAtlas:
     top_samples: np.ndarray
     top_scores: np.ndarray
     peaks: np.ndarray
+    top_maps: np.ndarray
     mean: np.ndarray
     std: np.ndarray
     maximum: np.ndarray
@@ -113,11 +123,13 @@ class FeatureAtlas:
     classes_of: np.ndarray
     class_weights: np.ndarray
     classes: np.ndarray
+    class_features: np.ndarray
     grid: tuple[int, int]
     n_samples: int
     stage: str
     class_examples: np.ndarray | None = None
     class_margins: np.ndarray | None = None
+    class_maps: np.ndarray | None = None
     accuracy: float | None = None
     feature_names: dict[int, str] = field(default_factory=dict)
 
@@ -278,8 +290,9 @@ def feature_atlas(
     """Top-activating samples, peaks and activation statistics of every selected feature, in one pass.
 
     ``X`` is read once, ``batch_size`` rows at a time (a float16 ``np.memmap`` of a whole data
-    set works): besides one batch's maps, memory holds ``O(n_selected * k)`` numbers (plus
-    ``O(n_classes * k)`` with ``y``), never all maps.
+    set works): besides one batch's maps, memory holds the kept rows' maps,
+    ``O(n_selected * k * h * w)`` numbers (plus ``O(n_classes * k * m * h * w)`` with ``y``,
+    ``m`` the features per class), never all maps and nothing that grows with ``n``.
 
     Parameters
     ----------
@@ -339,6 +352,10 @@ def feature_atlas(
     top_scores = np.full((n_selected, k), -np.inf)
     top_rows = np.full((n_selected, k), -1, dtype=np.int64)
     top_peaks = np.zeros((n_selected, k), dtype=np.int64)  # flat cell index
+    top_maps: np.ndarray | None = None  # (n_selected, k, h*w), allocated with the first batch
+    assignment = np.asarray(clf.assignment_) != 0  # (C, n_selected)
+    class_features = _class_features(assignment, weight[:, channels])  # (C, m)
+    class_maps: np.ndarray | None = None  # (C, k, m, h*w)
     best_margin = np.full((n_classes, k), -np.inf)
     best_rows = np.full((n_classes, k), -1, dtype=np.int64)
     total = np.zeros(n_selected)
@@ -357,13 +374,17 @@ def feature_atlas(
         grid = (int(maps.shape[2]), int(maps.shape[3]))
         flat = maps.reshape(maps.shape[0], maps.shape[1], -1).astype(np.float64)
         pooled_all = flat.mean(axis=2)  # (B, K_stage)
-        mine = flat[:, channels]  # (B, n_selected, h*w)
+        mine = flat[:, channels].astype(np.float32)  # (B, n_selected, h*w)
+        if top_maps is None:
+            top_maps = np.zeros((n_selected, k, mine.shape[2]), dtype=np.float32)
+            class_maps = np.zeros((n_classes, k, class_features.shape[1], mine.shape[2]), dtype=np.float32)
         pooled = pooled_all[:, channels].T  # (n_selected, B)
         peak = mine.argmax(axis=2).T  # (n_selected, B)
         rows = np.broadcast_to(np.arange(start, stop), pooled.shape)
 
         top_scores, top_rows, order = _merge_top(top_scores, top_rows, pooled, rows, k)
         top_peaks = np.take_along_axis(np.concatenate([top_peaks, peak], axis=1), order, axis=1)
+        top_maps = _merge_maps(top_maps, mine, order, np.arange(n_selected)[:, None])
 
         total += pooled.sum(axis=1)
         total_sq += (pooled**2).sum(axis=1)
@@ -389,18 +410,20 @@ def feature_atlas(
             hits = np.flatnonzero(correct)
             candidates[batch_codes[hits], hits] = margin[hits]
             candidate_rows[batch_codes[hits], hits] = start + hits
-            best_margin, best_rows, _ = _merge_top(best_margin, best_rows, candidates, candidate_rows, k)
+            best_margin, best_rows, order = _merge_top(best_margin, best_rows, candidates, candidate_rows, k)
+            class_maps = _merge_maps(class_maps, mine, order, np.maximum(class_features, 0)[:, None, :])
 
-    assert grid is not None  # n_samples >= k >= 1
+    assert grid is not None and top_maps is not None and class_maps is not None  # n_samples >= k >= 1
     n_cols = grid[1]
     mean_activation = total / n_samples
     edges = (np.arange(HISTOGRAM_BINS + 1) - _HALF_BINS)[None, :] * np.exp2(exponent)[:, None]
-    assignment = np.asarray(clf.assignment_) != 0
     class_examples = class_margins = None
     accuracy = None
     if codes is not None:
         class_examples = np.where(np.isfinite(best_margin), best_rows, -1)
         class_margins = np.where(class_examples >= 0, best_margin, np.nan)
+        keep = (class_examples >= 0)[:, :, None, None] & (class_features >= 0)[:, None, :, None]
+        class_maps = np.where(keep, class_maps, 0.0).reshape(*class_maps.shape[:3], *grid).astype(np.float32)
         accuracy = n_correct / n_samples
     from .explanation import estimator_feature_names
 
@@ -409,6 +432,7 @@ def feature_atlas(
         top_samples=top_rows,
         top_scores=top_scores,
         peaks=np.stack([top_peaks // n_cols, top_peaks % n_cols], axis=-1),
+        top_maps=top_maps.reshape(n_selected, k, *grid),
         mean=mean_activation,
         std=np.sqrt(np.maximum(total_sq / n_samples - mean_activation**2, 0.0)),
         maximum=maximum,
@@ -417,14 +441,44 @@ def feature_atlas(
         classes_of=assignment.T.copy(),
         class_weights=weight[:, channels].copy(),
         classes=classes.copy(),
+        class_features=class_features,
         grid=grid,
         n_samples=n_samples,
         stage=stage,
         class_examples=class_examples,
         class_margins=class_margins,
+        class_maps=class_maps if codes is not None else None,
         accuracy=accuracy,
         feature_names=estimator_feature_names(clf),
     )
+
+
+def _class_features(assignment: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Positions of each class's features (``assignment_``), largest absolute weight first (ties: position); -1 pads."""
+    width = max(int(assignment.sum(axis=1).max()), 1)
+    out = np.full((len(weight), width), -1, dtype=np.int64)
+    for c, row in enumerate(weight):
+        used = np.flatnonzero(assignment[c])
+        used = used[np.argsort(-np.abs(row[used]), kind="stable")]
+        out[c, : len(used)] = used
+    return out
+
+
+def _merge_maps(kept: np.ndarray, batch: np.ndarray, order: np.ndarray, channels: np.ndarray) -> np.ndarray:
+    """The maps that go with a :func:`_merge_top` selection.
+
+    ``kept`` (L, k, P) or (L, k, m, P) are the maps of the previous best, ``batch`` (B,
+    n_selected, P) the batch's; ``order`` (L, k) indexes the concatenation [previous k |
+    batch B]; ``channels`` is (L, 1) (one channel per line) or (L, 1, m) (m per line).
+    """
+    k = kept.shape[1]
+    rows = np.clip(order - k, 0, len(batch) - 1)
+    if kept.ndim == 4:
+        rows = rows[:, :, None]
+    from_batch = batch[rows, channels]
+    extra = (1,) * (kept.ndim - 2)
+    previous = np.take_along_axis(kept, np.clip(order, 0, k - 1).reshape(*order.shape, *extra), axis=1)
+    return np.where((order >= k).reshape(*order.shape, *extra), from_batch, previous)
 
 
 def _logits(pooled, weight, bias, mean, std):
@@ -832,18 +886,14 @@ def _render(clf, X, atlas, images, y, names, class_names, alignment, part_names,
     needed = np.unique(np.concatenate([feature_rows, class_rows[class_rows >= 0]]))
     position = {int(r): i for i, r in enumerate(needed)}
     pixels = load_report_images(images, needed, atlas.grid, side, preprocessing)
-    maps = np.concatenate([
-        np.asarray(clf.feature_maps(X[needed[i : i + 64]], stage=atlas.stage)) for i in range(0, len(needed), 64)
-    ])  # fmt: skip
-    channels = np.arange(len(features)) if atlas.stage == "sparse" else np.asarray(features)
-    maps = maps[:, channels]  # (n_needed, n_selected, h, w)
 
-    def thumb(row: int, index: int, crop_peak=None) -> str:
-        p = position[int(row)]
-        picture = overlay_image(pixels[p], maps[p, index])
-        if crop_peak is not None:
+    def thumb(row: int, grid_map: np.ndarray, crop_peak=None) -> str:
+        picture = pixels[position[int(row)]]
+        if crop_peak is None:
+            picture = overlay_image(picture, grid_map)
+        else:
             top, left, bottom, right = crop_box(crop_peak, atlas.grid, side)
-            picture = pixels[p][top:bottom, left:right]
+            picture = picture[top:bottom, left:right]
         uri = _data_uri(np.ascontiguousarray(picture), thumbnail, quality)
         return f'<img loading="lazy" decoding="async" width="{thumbnail}" height="{thumbnail}" alt="row {int(row)}" src="{uri}">'
 
@@ -883,10 +933,11 @@ def _render(clf, X, atlas, images, y, names, class_names, alignment, part_names,
     # ---------------------------------------------------------------- classes
     out.append('<section id="classes"><h2>Classes</h2>')
     for c, label in enumerate(labels):
-        used = np.flatnonzero(atlas.classes_of[:, c])
+        used = [int(i) for i in atlas.class_features[c] if i >= 0]
         search = " ".join([label.lower(), *[feature_label[int(features[i])].lower() for i in used]])
         out.append(f'<section id="{_class_anchor(c)}" data-search="{_e(search)}"><h3>{_e(label)}</h3>')
         rows = [] if not n_examples else [int(r) for r in atlas.class_examples[c, :n_examples] if r >= 0]
+        slot = {int(i): j for j, i in enumerate(atlas.class_features[c]) if i >= 0}
         if n_examples and not rows:
             out.append('<p class="muted">no correctly classified row of this class in X.</p>')
         elif not n_examples:
@@ -895,7 +946,7 @@ def _render(clf, X, atlas, images, y, names, class_names, alignment, part_names,
             f"<th>row {r}</th>" for r in rows) + "</tr>")  # fmt: skip
         for i in used:
             feature = int(features[i])
-            cells = "".join(f"<td>{thumb(r, i)}</td>" for r in rows)
+            cells = "".join(f"<td>{thumb(r, atlas.class_maps[c, e, slot[int(i)]])}</td>" for e, r in enumerate(rows))
             out.append(
                 f'<tr id="{_class_anchor(c)}-{_feature_anchor(feature)}"><td><a href="#{_feature_anchor(feature)}">'
                 f"{_e(feature_label[feature])}</a></td><td>{atlas.class_weights[c, i]:+.3g}</td>{cells}</tr>"
@@ -924,7 +975,8 @@ def _render(clf, X, atlas, images, y, names, class_names, alignment, part_names,
         for rank in range(atlas.k):
             row, score = int(atlas.top_samples[i, rank]), float(atlas.top_scores[i, rank])
             peak = atlas.peaks[i, rank]
-            out.append(f"<figure>{thumb(row, i)}{thumb(row, i, crop_peak=peak)}<figcaption>#{rank + 1} row {row}<br>"
+            grid_map = atlas.top_maps[i, rank]
+            out.append(f"<figure>{thumb(row, grid_map)}{thumb(row, grid_map, crop_peak=peak)}<figcaption>#{rank + 1} row {row}<br>"
                        f"{score:.3g} (above {100 * share[rank]:.0f}%)</figcaption></figure>")  # fmt: skip
         out.append("</div></section>")
     out.append("</section></main>")

@@ -103,6 +103,14 @@ def test_atlas_equals_brute_force_with_ties(batch_size):
     np.testing.assert_array_equal(atlas.peaks, peaks)
     np.testing.assert_array_equal(atlas.top_scores, np.take_along_axis(pooled.T, top, axis=1))
     np.testing.assert_array_equal(atlas.class_examples, examples)
+    np.testing.assert_array_equal(atlas.top_maps, maps[top, np.arange(n_selected)[:, None]])
+    for c in range(3):  # each class's features (largest weight first; all weights are 1 here) on its examples
+        used = np.flatnonzero(stub.sparse_weight_[c])
+        np.testing.assert_array_equal(atlas.class_features[c, : len(used)], used)
+        assert (atlas.class_features[c, len(used):] == -1).all()
+        for e, row in enumerate(examples[c]):
+            expected = maps[row, used] if row >= 0 else np.zeros_like(maps[0, used])
+            np.testing.assert_array_equal(atlas.class_maps[c, e, : len(used)], expected)
     np.testing.assert_array_equal(atlas.features, stub.selected_features_)
     np.testing.assert_array_equal(atlas.classes_of, stub.assignment_.T.astype(bool))
     assert atlas.accuracy == pytest.approx(np.mean(np.argmax(logits, axis=1) == codes))
@@ -183,6 +191,7 @@ def test_dense_stage_uses_the_selected_channels(data, fitted):
     assert atlas.accuracy == pytest.approx(np.mean(fitted.predict(X, stage="dense") == y))
 
 
+@pytest.mark.filterwarnings("ignore:sldd_sparsify")
 @pytest.mark.parametrize("selection", ["sldd", "qsenn"])
 def test_comparison_systems(data, selection):
     X, y = data
@@ -229,3 +238,65 @@ def test_peak_pixels_through_the_squash_resize():
     # a 4 x 4 grid on a 400 x 200 (width x height) photo: cells are 100 x 50 pixels
     xy = peak_pixels(np.array([[0, 0], [3, 1]]), (4, 4), np.array([400, 200]))
     np.testing.assert_allclose(xy, [[50, 25], [150, 175]])
+
+
+@pytest.fixture(scope="module")
+def pictures(data):
+    """One non-square uint8 photo per row (squash-resized to 56 x 56 for the 4 x 4 grid)."""
+    rng = np.random.RandomState(3)
+    return rng.randint(0, 256, size=(len(data[0]), 30, 50, 3), dtype=np.uint8)
+
+
+def test_plot_feature_shows_the_resized_images_and_peak_crops(data, fitted, pictures):
+    pytest.importorskip("matplotlib")
+    from qpm_sklearn.images import load_resized
+    from qpm_sklearn.plotting import plot_feature
+    from qpm_sklearn.report import crop_box
+
+    X, y = data
+    atlas = feature_atlas(fitted, X, y=y, k=3)
+    feature = int(atlas.features[1])
+    fig = plot_feature(atlas, feature, pictures)
+    axes = np.array(fig.axes).reshape(2, 3)
+    for rank in range(3):
+        row = atlas.top_samples[1, rank]
+        seen = load_resized(pictures[row], row, 56)  # 14 pixels per cell of the 4 x 4 grid
+        np.testing.assert_array_equal(axes[0, rank].images[0].get_array(), seen)
+        top, left, bottom, right = crop_box(atlas.peaks[1, rank], atlas.grid, 56)
+        np.testing.assert_array_equal(axes[1, rank].images[0].get_array(), seen[top:bottom, left:right])
+    assert f"channel {feature}" in fig._suptitle.get_text()
+    # from the classifier directly, with X
+    assert len(plot_feature(fitted, feature, pictures, X=X, k=2).axes) == 4
+
+
+def test_plot_class_panel(data, fitted, pictures):
+    pytest.importorskip("matplotlib")
+    from qpm_sklearn.plotting import plot_class
+
+    X, y = data
+    atlas = feature_atlas(fitted, X, y=y, k=3)
+    label = fitted.classes_[0]
+    fig = plot_class(fitted, label, atlas, pictures, n_images=2)
+    assert len(fig.axes) == fitted.n_per_class * 2
+    names = [ax.get_ylabel() for ax in fig.axes if ax.get_ylabel()]
+    assert [n.split("\n")[0] for n in names] == [f"feature {f}" for f in fitted.class_features(label)]
+    with pytest.raises(ValueError, match="atlas has no class examples"):
+        plot_class(fitted, label, feature_atlas(fitted, X, k=2), pictures)
+    with pytest.raises(ValueError, match="label must be one of classes_"):
+        plot_class(fitted, "nope", atlas, pictures)
+
+
+def test_figure_errors(data, fitted, pictures):
+    pytest.importorskip("matplotlib")
+    from qpm_sklearn.plotting import plot_feature
+
+    X, y = data
+    atlas = feature_atlas(fitted, X, k=2)
+    with pytest.raises(ValueError, match="one image per row"):
+        plot_feature(atlas, int(atlas.features[0]), pictures[:-1])
+    with pytest.raises(ValueError, match="image_size=50 is not a multiple of the grid side 4"):
+        plot_feature(atlas, int(atlas.features[0]), pictures, image_size=50)
+    with pytest.raises(ValueError, match="feature must be one of"):
+        plot_feature(atlas, 10_000, pictures)
+    with pytest.raises(ValueError, match="needs X"):
+        plot_feature(fitted, int(atlas.features[0]), pictures)
