@@ -300,3 +300,117 @@ def test_figure_errors(data, fitted, pictures):
         plot_feature(atlas, 10_000, pictures)
     with pytest.raises(ValueError, match="needs X"):
         plot_feature(fitted, int(atlas.features[0]), pictures)
+
+
+# --------------------------------------------------------------------------- the HTML report
+def _parse_report(path):
+    """The page parsed by a strict HTML5 parser: (tree, ids, internal links, image sources)."""
+    html5lib = pytest.importorskip("html5lib")
+    text = path.read_text(encoding="utf-8")
+    tree = html5lib.HTMLParser(strict=True, namespaceHTMLElements=False).parse(text)  # raises on any parse error
+    ids = [el.get("id") for el in tree.iter() if el.get("id")]
+    links = [el.get("href") for el in tree.iter("a") if el.get("href") is not None]
+    sources = [el.get("src") for el in tree.iter("img")]
+    return text, tree, ids, links, sources
+
+
+def test_report_is_self_contained_and_consistent(data, fitted, pictures, tmp_path):
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+
+    from qpm_sklearn.report import write_report
+
+    X, y = data
+    atlas = feature_atlas(fitted, X, y=y, k=3)
+    path = write_report(fitted, X, pictures, tmp_path / "report.html", y=y, k=3, class_images=2, atlas=atlas,
+                        feature_names={int(fitted.selected_features_[0]): "blue <dot> & co"})  # fmt: skip
+    text, tree, ids, links, sources = _parse_report(path)
+    assert len(ids) == len(set(ids))
+    assert links and all(link.startswith("#") and link[1:] in ids for link in links)
+    assert not re.search(r"(?i)(https?:|ftp:|//[a-z0-9])", re.sub(r"data:image/[a-z]+;base64,[A-Za-z0-9+/=]+", "", text))
+    n_classes, n_selected = fitted.assignment_.shape
+    examples = (atlas.class_examples[:, :2] >= 0).sum(axis=1)
+    assert len(sources) == 2 * 3 * n_selected + int((examples * fitted.assignment_.sum(axis=1)).sum())
+    for src in sources:
+        header, payload = src.split(",", 1)
+        assert header in ("data:image/webp;base64", "data:image/jpeg;base64")
+        with Image.open(io.BytesIO(base64.b64decode(payload))) as image:
+            image.load()
+            assert image.size == (96, 96)
+    # every feature section shows its top rows, strongest first; every class its features and links
+    for i, feature in enumerate(fitted.selected_features_):
+        section = tree.find(f".//section[@id='feature-{feature}']")
+        alts = [img.get("alt") for img in section.iter("img")]
+        assert alts == [f"row {r}" for r in atlas.top_samples[i] for _ in range(2)]
+    for c in range(n_classes):
+        for feature in fitted.class_features(fitted.classes_[c]):
+            assert f"#class-{c}-feature-{feature}" in links  # the assignment matrix's cell
+    assert "blue &lt;dot&gt; &amp; co" in text and "<dot>" not in text
+    assert f"sparse {fitted.score(X, y):.3f}" in text
+
+
+def test_report_is_written_atomically_with_the_umask(data, fitted, pictures, tmp_path, monkeypatch):
+    import os
+
+    import qpm_sklearn.report as report
+
+    X, y = data
+    path = tmp_path / "report.html"
+    path.write_text("old report")
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    original = report._data_uri
+    monkeypatch.setattr(report, "_data_uri", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        report.write_report(fitted, X, pictures, path, k=2)
+    monkeypatch.setattr(report, "_data_uri", original)
+    assert path.read_text() == "old report" and sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+
+    def failing_write(handle):
+        handle.write(b"<!DOCTYPE html>")
+        raise KeyboardInterrupt  # Ctrl-C while the bytes go to disk
+
+    monkeypatch.setattr(report, "replace_atomically", lambda p, write: original_replace(p, failing_write))
+    original_replace = __import__("qpm_sklearn._atomic", fromlist=["x"]).replace_atomically
+    with pytest.raises(KeyboardInterrupt):
+        report.write_report(fitted, X, pictures, path, k=2)
+    assert path.read_text() == "old report" and sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+    monkeypatch.undo()
+
+    previous = os.umask(0o027)
+    try:
+        report.write_report(fitted, X, pictures, path, k=2)
+    finally:
+        os.umask(previous)
+    assert path.stat().st_mode & 0o777 == 0o640
+
+
+def test_report_errors(data, fitted, pictures, tmp_path):
+    from qpm_sklearn.report import write_report
+
+    X, y = data
+    with pytest.raises(ValueError, match=r"images must hold one image per row of X \(60\); got 59"):
+        write_report(fitted, X, pictures[:-1], tmp_path / "r.html")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_report(fitted, X, pictures, tmp_path / "missing" / "r.html")
+    with pytest.raises(ValueError, match="k=61 is larger"):
+        write_report(fitted, X, pictures, tmp_path / "r.html", k=61)
+    with pytest.raises(NotFittedError):
+        write_report(QPMClassifier(), X, pictures, tmp_path / "r.html")
+    with pytest.raises(ValueError, match="alignment must have shape"):
+        write_report(fitted, X, pictures, tmp_path / "r.html", k=2, alignment=np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="image_size=30 is not a multiple"):
+        write_report(fitted, X, pictures, tmp_path / "r.html", k=2, image_size=30)
+    wide = StubClassifier(np.ones((4, 2, 2, 3)))  # a 2 x 3 grid: no square image matches it
+    with pytest.raises(ValueError, match=r"grid \(2, 3\) is not square"):
+        write_report(wide, _ids(4), pictures[:4], tmp_path / "r.html", k=2)
+    assert not any(tmp_path.iterdir())
