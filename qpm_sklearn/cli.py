@@ -5,6 +5,7 @@
     qpm-sklearn embed photos/ --embedding-cache emb/           # resumable: rerun to continue
     qpm-sklearn fit photos/ --embedding-cache emb/ --out model.npz -p n_selected=30
     qpm-sklearn explain model.npz photos/test/ --embedding-cache emb/ --out explained/
+    qpm-sklearn report model.npz photos/test/ --embedding-cache emb/ --out report.html
     qpm-sklearn table --dataset cub --root ~/datasets --cache-dir cache/
 
 ``fit`` reads labels from class subfolders (``photos/<class>/<image>``) or takes an array of
@@ -210,6 +211,26 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import report_command
+
+    files = _image_files(args.images)
+    embeddings = args.embeddings
+    if embeddings is not None and len(np.load(embeddings, mmap_mode="r")) != len(files):
+        raise SystemExit(f"error: --embeddings {embeddings}: expected one row per image ({len(files)})")
+    y = None if args.labels is None else _read_labels(args.labels, len(files))
+    try:
+        message = report_command(
+            args.model_file, files, args.out, embeddings=embeddings, y=y, k=args.k,
+            feature_names=_read_feature_names(args.feature_names), embedder_params=_embedder_params(args),
+            embedding_cache=args.embedding_cache, quiet=args.quiet,
+        )  # fmt: skip
+    except (ValueError, OSError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    _write(message)
+    return 0
+
+
 def _cmd_table(argv: list[str]) -> int:
     from ._paper_table import main as paper_table
 
@@ -292,6 +313,22 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--dpi", type=int, default=100)
     _add_model_options(explain)
     explain.set_defaults(handler=_cmd_explain)
+
+    report = commands.add_parser(
+        "report",
+        help="write a self-contained HTML report of the whole model",
+        description="Write one static HTML file (images embedded, no network) showing what every selected "
+        "feature responds to across IMAGES, and each class's features on its typical images. Images are "
+        "embedded with the settings saved beside the model, or read from --embeddings (one row per image, "
+        "in the order the images are listed; folders are searched recursively and sorted).",
+    )
+    report.add_argument("model_file", metavar="MODEL.npz", help="a model written by 'qpm-sklearn fit'")
+    report.add_argument("images", nargs="+", metavar="IMAGES", help="image files or folders")
+    report.add_argument("--out", required=True, metavar="REPORT.html", help="the HTML file to write")
+    report.add_argument("--labels", default=None, metavar="FILE", help="true labels, one per image: accuracies and class panels")
+    report.add_argument("-k", type=int, default=8, help="top images per feature (default 8)")
+    _add_model_options(report)
+    report.set_defaults(handler=_cmd_report)
 
     commands.add_parser(
         "table",
