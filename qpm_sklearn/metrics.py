@@ -798,26 +798,27 @@ def part_alignment(
         raise ValueError(f"radius must be a number >= 0 (a fraction of the image's longer side); got {radius!r}.")
     from .report import FeatureAtlas, feature_atlas, peak_pixels
 
+    grid: tuple[int, int]
     if isinstance(clf_or_maps, FeatureAtlas):
-        keypoints, sizes = _check_keypoints(keypoints, image_sizes, clf_or_maps.n_samples)
+        points, sizes = _check_keypoints(keypoints, image_sizes, clf_or_maps.n_samples)
         rows, peaks, grid = clf_or_maps.top_samples, clf_or_maps.peaks, clf_or_maps.grid
     elif hasattr(clf_or_maps, "feature_maps"):
         if X is None or not hasattr(X, "shape"):
             raise ValueError("part_alignment needs X (an array of the images' embeddings) with a classifier.")
-        keypoints, sizes = _check_keypoints(keypoints, image_sizes, len(X))  # type: ignore[arg-type]
+        points, sizes = _check_keypoints(keypoints, image_sizes, len(X))  # type: ignore[arg-type]
         atlas = feature_atlas(clf_or_maps, X, k=k, batch_size=batch_size)
         rows, peaks, grid = atlas.top_samples, atlas.peaks, atlas.grid
     else:
         maps = np.asarray(clf_or_maps, dtype=np.float64)
         if maps.ndim != 4:
             raise ValueError(f"clf_or_maps must be a classifier, a FeatureAtlas or maps (n, K, h, w); got shape {maps.shape}.")
-        keypoints, sizes = _check_keypoints(keypoints, image_sizes, len(maps))
+        points, sizes = _check_keypoints(keypoints, image_sizes, len(maps))
         if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(maps):
             raise ValueError(f"k must be an int in [1, n_samples={len(maps)}]; got {k!r}.")
         rows, peaks = _top_peaks_of_maps(maps, int(k))
-        grid = maps.shape[2:]
-    xy = peak_pixels(peaks, tuple(grid), sizes[rows])  # (F, k, 2)
-    parts = keypoints[rows]  # (F, k, P, 3)
+        grid = (maps.shape[2], maps.shape[3])
+    xy = peak_pixels(peaks, grid, sizes[rows])  # (F, k, 2)
+    parts = points[rows]  # (F, k, P, 3)
     distance = np.hypot(parts[..., 0] - xy[..., None, 0], parts[..., 1] - xy[..., None, 1])
     near = (parts[..., 2] == 1) & (distance <= radius * sizes[rows].max(axis=-1)[..., None])
     return near.mean(axis=1)

@@ -368,7 +368,7 @@ def feature_atlas(
 
     for start in range(0, n_samples, batch_size):
         stop = min(start + batch_size, n_samples)
-        maps = np.asarray(clf.feature_maps(X[start:stop], stage=stage))  # (B, K_stage, h, w)
+        maps = np.asarray(clf.feature_maps(X[start:stop], stage=stage))  # type: ignore[index]  # (B, K_stage, h, w)
         if not np.all(np.isfinite(maps)):
             raise ValueError(f"the feature maps of rows {start}..{stop - 1} of X are not all finite.")
         grid = (int(maps.shape[2]), int(maps.shape[3]))
@@ -411,6 +411,7 @@ def feature_atlas(
             candidates[batch_codes[hits], hits] = margin[hits]
             candidate_rows[batch_codes[hits], hits] = start + hits
             best_margin, best_rows, order = _merge_top(best_margin, best_rows, candidates, candidate_rows, k)
+            assert class_maps is not None  # allocated with the batch's maps above
             class_maps = _merge_maps(class_maps, mine, order, np.maximum(class_features, 0)[:, None, :])
 
     assert grid is not None and top_maps is not None and class_maps is not None  # n_samples >= k >= 1
@@ -964,7 +965,7 @@ def _render(clf, X, atlas, images, y, names, class_names, alignment, part_names,
                    f'<span class="muted">(channel {feature})</span></h3>')  # fmt: skip
         out.append(f'<p class="muted">mean activation {atlas.mean[i]:.3g}, std {atlas.std[i]:.3g}, '
                    f"max {atlas.maximum[i]:.3g}. Used by: " + (", ".join(
-                       f'<a href="#{_class_anchor(c)}">{_e(labels[c])}</a>' for c in users) or "no class") + "</p>")  # fmt: skip
+                       f'<a href="#{_class_anchor(int(c))}">{_e(labels[c])}</a>' for c in users) or "no class") + "</p>")  # fmt: skip
         if alignment is not None:
             order = np.argsort(-alignment[i], kind="stable")[:3]
             parts = ", ".join(f"{_e(part_names[j])} {alignment[i, j]:.2f}" for j in order)
@@ -1006,7 +1007,7 @@ def _assignment_table(atlas: FeatureAtlas, labels: list[str], feature_label: dic
                 cells.append(f'<td class="on"><a href="#{target}" title="{name}" aria-label="{name}"></a></td>')
             else:
                 cells.append("<td></td>")
-        rows.append(f'<tr><th><a href="#{_class_anchor(c)}">{_e(label)}</a></th>{"".join(cells)}</tr>')
+        rows.append(f'<tr><th><a href="#{_class_anchor(int(c))}">{_e(label)}</a></th>{"".join(cells)}</tr>')
     rows.append("</table>")
     return "".join(rows)
 
@@ -1064,14 +1065,14 @@ def report_command(
     if feature_names is not None:
         clf.set_params(feature_names=feature_names)
     stored = model_path.with_name(model_path.name.removesuffix(".npz") + _EMBEDDER_SUFFIX)
-    params = json.loads(stored.read_text()) if stored.exists() else {}
+    params: dict[str, Any] = json.loads(stored.read_text()) if stored.exists() else {}
     params.update(embedder_params or {})
     if embeddings is not None:
         X = np.load(embeddings, mmap_mode="r")
     else:
         from .embedding import Dinov2Embedder
 
-        cache = {"embedding_cache": embedding_cache} if embedding_cache else {}
+        cache: dict[str, Any] = {"embedding_cache": embedding_cache} if embedding_cache else {}
         X = Dinov2Embedder(**params, **cache, verbose=not quiet).transform(list(images))
     written = write_report(
         clf, X, list(images), out, y=y, k=k, image_size=params.get("image_size"),
