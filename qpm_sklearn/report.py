@@ -596,12 +596,17 @@ def _heat_colours(values: np.ndarray) -> np.ndarray:
     return np.concatenate([red, green, blue], axis=-1)
 
 
-def overlay_image(pixels: np.ndarray, grid_map: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """``pixels`` (S, S, 3) uint8 blended with a colour ramp of ``grid_map`` (h, w) upsampled to S; uint8."""
+def overlay_image(pixels: np.ndarray, grid_map: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """``pixels`` (S, S, 3) uint8 with a colour ramp of ``grid_map`` (h, w) laid over it; uint8.
+
+    The map is upsampled to S (bilinear, min-max normalised) and its colour is mixed in with
+    opacity ``alpha * heat``: where the feature is silent the image shows unchanged.
+    """
     from .explanation import upsample_maps
 
-    heat = upsample_maps(np.asarray(grid_map, dtype=np.float32), pixels.shape[:2])
-    blended = (1 - alpha) * pixels.astype(np.float32) + alpha * 255 * _heat_colours(heat)
+    heat = upsample_maps(np.asarray(grid_map, dtype=np.float32), pixels.shape[:2])[..., None]
+    opacity = alpha * heat
+    blended = (1 - opacity) * pixels.astype(np.float32) + opacity * 255 * _heat_colours(heat[..., 0])
     return np.clip(blended + 0.5, 0, 255).astype(np.uint8)
 
 
