@@ -372,9 +372,9 @@ def feature_atlas(
         if not np.all(np.isfinite(maps)):
             raise ValueError(f"the feature maps of rows {start}..{stop - 1} of X are not all finite.")
         grid = (int(maps.shape[2]), int(maps.shape[3]))
-        flat = maps.reshape(maps.shape[0], maps.shape[1], -1).astype(np.float64)
-        pooled_all = flat.mean(axis=2)  # (B, K_stage)
-        mine = flat[:, channels].astype(np.float32)  # (B, n_selected, h*w)
+        flat = maps.reshape(maps.shape[0], maps.shape[1], -1)
+        pooled_all = flat.mean(axis=2, dtype=np.float64)  # (B, K_stage), accumulated in float64
+        mine = np.asarray(flat if stage == "sparse" else flat[:, channels], dtype=np.float32)  # (B, n_selected, h*w)
         if top_maps is None:
             top_maps = np.zeros((n_selected, k, mine.shape[2]), dtype=np.float32)
             class_maps = np.zeros((n_classes, k, class_features.shape[1], mine.shape[2]), dtype=np.float32)
@@ -621,20 +621,21 @@ def crop_box(peak: Sequence[int], grid: tuple[int, int], side: int, cells: int =
     return top, left, top + size, left + size
 
 
-def _data_uri(pixels: np.ndarray, thumb: int, quality: int) -> str:
-    from PIL import Image, features
+def _resized(pixels: np.ndarray, side: int) -> np.ndarray:
+    from PIL import Image
 
-    image = Image.fromarray(pixels)
-    if image.size != (thumb, thumb):
-        image = image.resize((thumb, thumb), Image.Resampling.BILINEAR)
+    if pixels.shape[:2] == (side, side):
+        return pixels
+    return np.asarray(Image.fromarray(pixels).resize((side, side), Image.Resampling.BILINEAR))
+
+
+def _data_uri(pixels: np.ndarray, quality: int) -> str:
+    """A JPEG data URI of ``pixels`` (JPEG: every browser decodes it and Pillow always writes it, fast)."""
+    from PIL import Image
+
     buffer = io.BytesIO()
-    if features.check("webp"):
-        image.save(buffer, format="WEBP", quality=quality, method=4)
-        mime = "image/webp"
-    else:  # Pillow built without libwebp
-        image.save(buffer, format="JPEG", quality=quality, optimize=True)
-        mime = "image/jpeg"
-    return f"data:{mime};base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    Image.fromarray(np.ascontiguousarray(pixels)).save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
 # --------------------------------------------------------------------------------------------
@@ -768,8 +769,8 @@ def write_report(
     per class (its features with weights, each shown on the class's most typical images)
     and one per feature (its top-``k`` images with the map overlaid and a crop around the
     peak, its activation histogram, the classes that use it, its name and part
-    alignment), and a search box. Images are embedded as compressed thumbnails (WebP data
-    URIs, JPEG where Pillow lacks WebP) and loaded lazily; the file refers to nothing
+    alignment), and a search box. Images are embedded as compressed thumbnails (JPEG data
+    URIs) and loaded lazily; the file refers to nothing
     outside itself, so it opens from ``file://`` without a network. It is written
     atomically: an interrupted write leaves no partial file.
 
@@ -893,14 +894,16 @@ def _render(clf, X, atlas, images, y, names, class_names, alignment, part_names,
     position = {int(r): i for i, r in enumerate(needed)}
     pixels = load_report_images(images, needed, atlas.grid, side, preprocessing)
 
+    small = np.stack([_resized(picture, thumbnail) for picture in pixels])  # overlays are drawn at thumbnail size
+
     def thumb(row: int, grid_map: np.ndarray, crop_peak=None) -> str:
-        picture = pixels[position[int(row)]]
+        p = position[int(row)]
         if crop_peak is None:
-            picture = overlay_image(picture, grid_map)
+            picture = overlay_image(small[p], grid_map)
         else:
             top, left, bottom, right = crop_box(crop_peak, atlas.grid, side)
-            picture = picture[top:bottom, left:right]
-        uri = _data_uri(np.ascontiguousarray(picture), thumbnail, quality)
+            picture = _resized(pixels[p][top:bottom, left:right], thumbnail)
+        uri = _data_uri(picture, quality)
         return f'<img loading="lazy" decoding="async" width="{thumbnail}" height="{thumbnail}" alt="row {int(row)}" src="{uri}">'
 
     out: list[str] = []
