@@ -930,9 +930,12 @@ def _render(clf, X, atlas, images, y, names, class_names, alignment, part_names,
         items = ", ".join(f"{_e(key)}={_e(_short(value))}" for key, value in shown.items())
         out.append(f"<li>selection: {items}</li>")
     if y is not None:
-        accuracies = {atlas.stage: atlas.accuracy}
-        other = "dense" if atlas.stage == "sparse" else "sparse"
-        accuracies[other] = float(np.mean(np.asarray(clf.predict(X, stage=other)) == np.asarray(y)))
+        accuracies = {}
+        for stage in ("sparse", "dense"):
+            if stage == atlas.stage and atlas.accuracy is not None:
+                accuracies[stage] = atlas.accuracy
+            else:
+                accuracies[stage] = float(np.mean(np.asarray(clf.predict(X, stage=stage)) == np.asarray(y)))
         text = ", ".join(f"{stage} {accuracies[stage]:.3f}" for stage in ("sparse", "dense"))
         out.append(f"<li>accuracy on these rows: {text}</li>")
     out.append("</ul>")
