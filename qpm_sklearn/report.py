@@ -51,6 +51,8 @@ _SMALLEST_EXPONENT = -60  # the range of a feature that is zero everywhere
 _DEFAULT_BATCH_SIZE = 256
 _PATCH = 14  # Dinov2Embedder's patch: image_size = 14 * grid side by default
 _EMBEDDER_SUFFIX = ".embedder.json"  # written beside a model by ``qpm-sklearn fit``
+# What load_resized takes as its resampling filter: the embedder's preprocessing names, or PIL's.
+_FILTERS = ("imagenet", "paper", "nearest", "box", "bilinear", "hamming", "bicubic", "lanczos")
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,7 +529,8 @@ def load_report_images(
     image_size : int, default=None
         The embedder's ``image_size``; None: 14 pixels per grid cell (Dinov2Embedder's patch).
     preprocessing : str, default="imagenet"
-        The embedder's ``preprocessing`` (it picks the resampling filter).
+        The embedder's ``preprocessing`` ("imagenet": bicubic, "paper": bilinear), or a PIL
+        filter name (for ``preprocessing="auto"``, the one the model's image processor names).
 
     Returns
     -------
@@ -536,6 +539,11 @@ def load_report_images(
     from .images import check_images, load_resized
 
     side = _image_side(tuple(grid), image_size)  # type: ignore[arg-type]
+    if preprocessing not in _FILTERS:
+        raise ValueError(
+            f"preprocessing must be the embedder's 'imagenet' or 'paper', or a PIL filter name {_FILTERS[2:]} "
+            f"(for 'auto', the filter its image processor names); got {preprocessing!r}."
+        )
     checked = check_images(images)
     rows = np.asarray(rows, dtype=np.int64).ravel()
     if len(rows) == 0:
@@ -1046,7 +1054,9 @@ def report_command(
     Loads the model written by :meth:`QPMClassifier.save`, embeds ``images`` with the settings
     saved beside it (``<model>.embedder.json``; ``embedder_params`` override them) unless
     ``embeddings`` (an ``.npy`` file, rows in the order of ``images``) is given, and writes
-    the report with :func:`write_report`.
+    the report with :func:`write_report`, the thumbnails resized to the embedder's
+    ``image_size`` with its filter (bicubic for ``preprocessing="auto"``, the filter of
+    DINOv2's image processors).
 
     Parameters
     ----------

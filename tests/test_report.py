@@ -265,6 +265,11 @@ def test_plot_feature_shows_the_resized_images_and_peak_crops(data, fitted, pict
         top, left, bottom, right = crop_box(atlas.peaks[1, rank], atlas.grid, 56)
         np.testing.assert_array_equal(axes[1, rank].images[0].get_array(), seen[top:bottom, left:right])
     assert f"channel {feature}" in fig._suptitle.get_text()
+    # PIL images and files are read and resized the same way
+    from PIL import Image
+
+    as_pil = plot_feature(atlas, feature, [Image.fromarray(p) for p in pictures])
+    np.testing.assert_array_equal(as_pil.axes[0].images[0].get_array(), axes[0, 0].images[0].get_array())
     # from the classifier directly, with X
     assert len(plot_feature(fitted, feature, pictures, X=X, k=2).axes) == 4
 
@@ -300,6 +305,8 @@ def test_figure_errors(data, fitted, pictures):
         plot_feature(atlas, 10_000, pictures)
     with pytest.raises(ValueError, match="needs X"):
         plot_feature(fitted, int(atlas.features[0]), pictures)
+    with pytest.raises(ValueError, match="preprocessing must be"):
+        plot_feature(atlas, int(atlas.features[0]), pictures, preprocessing="auto")
 
 
 # --------------------------------------------------------------------------- the HTML report
