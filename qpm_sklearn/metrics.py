@@ -9,6 +9,8 @@ Every metric is a fraction in [0, 1]; the paper reports them multiplied by 100.
 * :func:`plausibility` - share of the class evidence map (GradCAM-like) on the object mask.
 * :func:`evaluate` - the paper's table row for a fitted :class:`~qpm_sklearn.QPMClassifier`.
 * :func:`evaluate_linear_probe` - the same row for a linear probe on CLS embeddings (docs/baselines.md).
+* :func:`part_alignment` - where each feature's strongest images peak, against annotated keypoints.
+* :func:`suggest_feature_names` - names for the features that align with one part.
 
 Shapes: maps ``(n, K, h, w)``; ``weights`` ``(n, K)`` hold for every image the head-weight row of
 its predicted class restricted to the used features (``V_u[c_hat_i]`` in docs/method.md#metrics); train features
@@ -18,10 +20,10 @@ its predicted class restricted to the used features (``V_u[c_hat_i]`` in docs/me
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from numbers import Integral
 from statistics import NormalDist
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, TypeAlias
 
 import numpy as np
 import numpy.typing as npt
@@ -44,6 +46,8 @@ __all__ = [
     "resize_masks",
     "evaluate",
     "evaluate_linear_probe",
+    "part_alignment",
+    "suggest_feature_names",
 ]
 
 # Images whose maps are evaluated at once (bounds memory for dense heads / raw patch tokens).
@@ -567,3 +571,179 @@ def evaluate_linear_probe(
         return patches[start:stop].transpose(0, 3, 1, 2)
 
     return _table_row(predicted, y, weight_matrix, codes, maps_of, masks, X_fit, y_fit, random_state)
+
+
+# ---------------------------------------------------------------------------------------------
+# part alignment
+
+
+def _check_keypoints(keypoints, image_sizes, n_samples):
+    keypoints = np.asarray(keypoints, dtype=np.float64)
+    if keypoints.ndim != 3 or keypoints.shape[0] != n_samples or keypoints.shape[2] != 3:
+        raise ValueError(
+            f"keypoints must have shape (n_samples={n_samples}, n_parts, 3) holding (x, y, visible) per part; "
+            f"got {keypoints.shape}."
+        )
+    if not np.isin(keypoints[..., 2], (0, 1)).all():
+        raise ValueError("keypoints[..., 2] (visible) must be 0 or 1.")
+    if not np.all(np.isfinite(keypoints[keypoints[..., 2] == 1][:, :2])):
+        raise ValueError("keypoints must hold finite (x, y) for every visible part.")
+    sizes = np.asarray(image_sizes, dtype=np.float64)
+    if sizes.shape != (n_samples, 2):
+        raise ValueError(f"image_sizes must have shape (n_samples={n_samples}, 2) holding (width, height); got {sizes.shape}.")
+    if not np.all(np.isfinite(sizes)) or np.any(sizes <= 0):
+        raise ValueError("image_sizes must hold positive (width, height) of every image.")
+    return keypoints, sizes
+
+
+def _top_peaks_of_maps(maps: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k rows per channel by pooled mean (ties: lower row) and the (row, col) of each one's map maximum."""
+    n, n_channels, h, w = maps.shape
+    pooled = maps.reshape(n, n_channels, -1).mean(axis=2)
+    rows = np.lexsort((np.broadcast_to(np.arange(n)[:, None], pooled.shape).T, -pooled.T), axis=1)[:, :k]
+    flat = maps.reshape(n, n_channels, -1)[rows, np.arange(n_channels)[:, None]].argmax(axis=2)
+    return rows, np.stack([flat // w, flat % w], axis=-1)
+
+
+def part_alignment(
+    clf_or_maps: Any,
+    X: npt.ArrayLike | None,
+    keypoints: npt.ArrayLike,
+    image_sizes: npt.ArrayLike,
+    *,
+    radius: float = 0.1,
+    k: int = 8,
+    batch_size: int = 256,
+) -> np.ndarray:
+    """For each feature and part, the share of the feature's top-``k`` images whose map peak lies near the part.
+
+    For every feature, the ``k`` images with the largest pooled activation are taken (as
+    :func:`qpm_sklearn.report.feature_atlas` finds them, ties by lower row). The cell of each
+    one's map maximum is mapped back to the original image through the squash resize (its
+    centre, in original pixels), and counts for a part when the part is visible in that image
+    and within ``radius`` of it. The share is over all ``k`` images: an image where the part
+    is hidden counts against it.
+
+    Keypoint layout (any keypoint data set, CUB's ``parts/part_locs.txt`` as
+    :func:`qpm_sklearn.datasets.load_cub` reads it with ``parts=True``): ``keypoints[i, j] =
+    (x, y, visible)`` of part ``j`` in image ``i``, in the original image's pixels (x to the
+    right, y down, from the top-left corner), ``visible`` 1 or 0 (coordinates of hidden parts
+    are ignored); ``image_sizes[i] = (width, height)`` of the original image.
+
+    Parameters
+    ----------
+    clf_or_maps : QPMClassifier, FeatureAtlas or array-like of shape (n, K, h, w)
+        A fitted classifier (its selected features, on ``X``), an atlas already computed on
+        the images (``X`` is then not read), or feature maps.
+    X : array-like or None
+        Patch embeddings of the images, with a classifier; None otherwise.
+    keypoints : array-like of shape (n, n_parts, 3)
+    image_sizes : array-like of shape (n, 2)
+    radius : float, default=0.1
+        Largest distance from the peak to the part, as a fraction of the image's longer side.
+    k : int, default=8
+        Top images per feature (an atlas's own ``k`` when an atlas is given).
+    batch_size : int, default=256
+        Rows per forward pass of a classifier.
+
+    Returns
+    -------
+    alignment : ndarray of shape (n_features, n_parts)
+        Shares in [0, 1]; rows in ``selected_features_`` (or map channel) order.
+
+    Raises
+    ------
+    ValueError
+        For keypoints or image sizes of the wrong shape, ``k`` larger than the number of
+        images, or a negative radius.
+
+    Examples
+    --------
+    >>> maps = np.zeros((2, 1, 2, 2))
+    >>> maps[0, 0, 0, 1] = 1.0  # image 0 peaks in the top-right cell
+    >>> keypoints = [[[75, 20, 1], [10, 80, 1]], [[0, 0, 0], [0, 0, 0]]]
+    >>> part_alignment(maps, None, keypoints, [[100, 100], [100, 100]], radius=0.1, k=1).tolist()
+    [[1.0, 0.0]]
+    """
+    if not isinstance(radius, (int, float, np.number)) or isinstance(radius, bool) or not radius >= 0:
+        raise ValueError(f"radius must be a number >= 0 (a fraction of the image's longer side); got {radius!r}.")
+    from .report import FeatureAtlas, feature_atlas, peak_pixels
+
+    grid: tuple[int, int]
+    if isinstance(clf_or_maps, FeatureAtlas):
+        points, sizes = _check_keypoints(keypoints, image_sizes, clf_or_maps.n_samples)
+        rows, peaks, grid = clf_or_maps.top_samples, clf_or_maps.peaks, clf_or_maps.grid
+    elif hasattr(clf_or_maps, "feature_maps"):
+        if X is None or not hasattr(X, "shape"):
+            raise ValueError("part_alignment needs X (an array of the images' embeddings) with a classifier.")
+        points, sizes = _check_keypoints(keypoints, image_sizes, len(X))  # type: ignore[arg-type]
+        atlas = feature_atlas(clf_or_maps, X, k=k, batch_size=batch_size)
+        rows, peaks, grid = atlas.top_samples, atlas.peaks, atlas.grid
+    else:
+        maps = np.asarray(clf_or_maps, dtype=np.float64)
+        if maps.ndim != 4:
+            raise ValueError(f"clf_or_maps must be a classifier, a FeatureAtlas or maps (n, K, h, w); got shape {maps.shape}.")
+        points, sizes = _check_keypoints(keypoints, image_sizes, len(maps))
+        if not isinstance(k, (int, np.integer)) or not 1 <= k <= len(maps):
+            raise ValueError(f"k must be an int in [1, n_samples={len(maps)}]; got {k!r}.")
+        rows, peaks = _top_peaks_of_maps(maps, int(k))
+        grid = (maps.shape[2], maps.shape[3])
+    xy = peak_pixels(peaks, grid, sizes[rows])  # (F, k, 2)
+    parts = points[rows]  # (F, k, P, 3)
+    distance = np.hypot(parts[..., 0] - xy[..., None, 0], parts[..., 1] - xy[..., None, 1])
+    near = (parts[..., 2] == 1) & (distance <= radius * sizes[rows].max(axis=-1)[..., None])
+    return near.mean(axis=1)
+
+
+def suggest_feature_names(
+    alignment: npt.ArrayLike, part_names: Sequence[str], min_share: float = 0.5, *, features: npt.ArrayLike
+) -> dict[int, str]:
+    """Names ``"<part> (<share>)"`` for the features whose top images peak on one part.
+
+    A feature is named after the part with its largest share in ``alignment`` when that
+    share is at least ``min_share`` and larger than every other part's; the other features
+    stay unnamed. The result is ready for ``QPMClassifier(feature_names=...)`` and
+    :func:`qpm_sklearn.report.write_report` (two features on the same part get their channel
+    id appended when their names would otherwise be equal).
+
+    Parameters
+    ----------
+    alignment : array-like of shape (n_features, n_parts)
+        From :func:`part_alignment`.
+    part_names : sequence of str
+        One name per part (column).
+    min_share : float, default=0.5
+        Smallest share in [0, 1] for a name.
+    features : array-like of shape (n_features,)
+        The adapter channel id of each row (``selected_features_``), the keys of the result.
+
+    Returns
+    -------
+    names : dict of int to str
+
+    Examples
+    --------
+    >>> suggest_feature_names([[0.8, 0.1], [0.3, 0.3]], ["beak", "wing"], features=[12, 40])
+    {12: 'beak (0.80)'}
+    """
+    alignment = np.asarray(alignment, dtype=np.float64)
+    features = np.asarray(features)
+    if alignment.ndim != 2:
+        raise ValueError(f"alignment must have shape (n_features, n_parts); got {alignment.shape}.")
+    if features.shape != (alignment.shape[0],) or features.dtype.kind not in "iu":
+        raise ValueError(f"features must hold one int channel id per row of alignment ({alignment.shape[0]}); got {features!r}.")
+    if len(part_names) != alignment.shape[1]:
+        raise ValueError(f"part_names must name the {alignment.shape[1]} parts (columns) of alignment; got {len(part_names)}.")
+    if not isinstance(min_share, (int, float, np.number)) or not 0 <= min_share <= 1:
+        raise ValueError(f"min_share must be a number in [0, 1]; got {min_share!r}.")
+    names: dict[int, str] = {}
+    for feature, shares in zip(features, alignment):
+        order = np.argsort(-shares, kind="stable")
+        best = shares[order[0]]
+        runner_up = shares[order[1]] if len(order) > 1 else -np.inf
+        if best >= min_share and best > runner_up:
+            names[int(feature)] = f"{part_names[order[0]]} ({best:.2f})"
+    counts: dict[str, int] = {}
+    for name in names.values():
+        counts[name] = counts.get(name, 0) + 1
+    return {feature: name if counts[name] == 1 else f"{name} #{feature}" for feature, name in names.items()}

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     import matplotlib.figure
 
     from . import classifier
+    from .report import FeatureAtlas
 
-__all__ = ["plot_explanation", "plot_class_comparison", "plot_assignment"]
+__all__ = ["plot_explanation", "plot_class_comparison", "plot_assignment", "plot_feature", "plot_class"]
 
 _OVERLAY_ALPHA = 0.55
 _PIXELS_PER_CELL = 14  # a ViT-B/14 patch: the blank canvas has the size of the image the grid came from
@@ -327,4 +328,189 @@ def plot_assignment(
         f"assignment: {n_classes} classes x {n_selected} features\n{per_class.min()}-{per_class.max()} per class",
         fontsize=10,
     )
+    return fig
+
+
+def _atlas_images(atlas, images, rows, image_size, preprocessing):
+    """The images of ``rows`` squash-resized as the embedder saw them (checked against the atlas)."""
+    from .images import check_images
+    from .report import load_report_images
+
+    checked = check_images(images)
+    if len(checked) != atlas.n_samples:
+        raise ValueError(
+            f"images must hold one image per row of the X the atlas was computed on ({atlas.n_samples}); "
+            f"got {len(checked)}."
+        )
+    return load_report_images(checked, rows, atlas.grid, image_size, preprocessing)
+
+
+def _blank_axis(ax):
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def plot_feature(
+    clf_or_atlas: classifier.QPMClassifier | FeatureAtlas,
+    feature: int,
+    images: Any,
+    *,
+    X: npt.ArrayLike | None = None,
+    k: int | None = None,
+    image_size: int | None = None,
+    preprocessing: str = "imagenet",
+    feature_names: Sequence[str] | dict[int, str] | None = None,
+    class_names: Sequence[str] | dict[Any, str] | None = None,
+) -> matplotlib.figure.Figure:
+    """Figure of one feature: its top-k images with the map overlaid, and a crop around each peak.
+
+    Top row: the images where the feature's pooled activation is largest (strongest first),
+    squash-resized as the embedder saw them, with the feature's map (bilinear, min-max
+    normalised per image) overlaid and the peak cell outlined. Bottom row: a crop of five
+    grid cells around the peak. The title names the feature and the classes that use it.
+
+    Parameters
+    ----------
+    clf_or_atlas : QPMClassifier or FeatureAtlas
+        A :func:`qpm_sklearn.report.feature_atlas`, or a fitted classifier (then ``X`` is
+        required and the atlas is computed).
+    feature : int
+        Adapter channel id (one of ``selected_features_``).
+    images : sequence of paths / PIL images / uint8 arrays, or uint8 array (n, H, W[, 3])
+        One image per row of the atlas's ``X``.
+    X : array-like, default=None
+        Patch embeddings, with a classifier.
+    k : int, default=None
+        Images shown; None: all the atlas keeps (8 when the atlas is computed here).
+    image_size : int, default=None
+        The embedder's ``image_size``; None: 14 pixels per grid cell.
+    preprocessing : str, default="imagenet"
+        The embedder's ``preprocessing`` (its resampling filter).
+    feature_names, class_names : sequence or dict, default=None
+        As in :func:`plot_explanation`; feature names default to the atlas's.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> atlas = feature_atlas(clf, X_test, y=y_test)  # doctest: +SKIP
+    >>> plot_feature(atlas, atlas.features[0], test_paths).savefig("feature.png")  # doctest: +SKIP
+    """
+    from matplotlib.patches import Rectangle
+
+    from .report import FeatureAtlas, crop_box, feature_atlas
+
+    if isinstance(clf_or_atlas, FeatureAtlas):
+        atlas = clf_or_atlas
+    else:
+        if X is None:
+            raise ValueError("plot_feature needs X (the embeddings of images) when given a classifier, not an atlas.")
+        atlas = feature_atlas(clf_or_atlas, X, k=8 if k is None else k)
+    index = atlas.feature_index(feature)
+    shown = atlas.k if k is None else k
+    if not isinstance(shown, (int, np.integer)) or not 1 <= shown <= atlas.k:
+        raise ValueError(f"k must be an int in [1, {atlas.k}] (the atlas keeps {atlas.k}); got {k!r}.")
+    if feature_names is None:
+        feature_names = atlas.feature_names
+    rows = atlas.top_samples[index, :shown]
+    pixels = _atlas_images(atlas, images, rows, image_size, preprocessing)
+    side = pixels.shape[1]
+    heat = upsample_maps(atlas.top_maps[index, :shown], side)
+    cell = side / atlas.grid[0]
+    fig = _figure(figsize=(1.9 * shown, 4.2), layout="constrained")
+    axes = fig.subplots(2, shown, squeeze=False)
+    for rank in range(shown):
+        peak = atlas.peaks[index, rank]
+        _overlay(axes[0, rank], pixels[rank], heat[rank], f"#{rank + 1} row {int(rows[rank])}\n{atlas.top_scores[index, rank]:.3g}")
+        axes[0, rank].add_patch(Rectangle((peak[1] * cell - 0.5, peak[0] * cell - 0.5), cell, cell, fill=False,
+                                          edgecolor="white", linewidth=1.5))  # fmt: skip
+        top, left, bottom, right = crop_box(peak, atlas.grid, side)
+        axes[1, rank].imshow(pixels[rank][top:bottom, left:right])
+        _blank_axis(axes[1, rank])
+    axes[1, 0].set_ylabel("around the peak", fontsize=8)
+    users = [_class_name(c, atlas.classes, class_names) for c in atlas.classes[atlas.classes_of[index]]]
+    listed = ", ".join(users[:8]) + (f" and {len(users) - 8} more" if len(users) > 8 else "")
+    fig.suptitle(f"{_feature_name(feature, feature_names)} (channel {int(feature)}): top {shown} of "
+                 f"{atlas.n_samples} images\nused by {listed or 'no class'}", fontsize=10)  # fmt: skip
+    return fig
+
+
+def plot_class(
+    clf: classifier.QPMClassifier,
+    label: object,
+    atlas: FeatureAtlas,
+    images: Any,
+    *,
+    n_images: int | None = 4,
+    image_size: int | None = None,
+    preprocessing: str = "imagenet",
+    feature_names: Sequence[str] | dict[int, str] | None = None,
+    class_names: Sequence[str] | dict[Any, str] | None = None,
+) -> matplotlib.figure.Figure:
+    """The per-class panel: each of the class's features (named, with its weight) on the class's typical images.
+
+    Rows are the class's features, largest absolute weight first; columns its most typical
+    correctly classified images (largest margin, from ``feature_atlas(..., y=y)``), each
+    with the row's feature map overlaid.
+
+    Parameters
+    ----------
+    clf : QPMClassifier
+        The fitted classifier the atlas was computed for.
+    label : class label
+        One of ``classes_``.
+    atlas : FeatureAtlas
+        From :func:`qpm_sklearn.report.feature_atlas` with ``y``.
+    images : sequence of paths / PIL images / uint8 arrays, or uint8 array (n, H, W[, 3])
+        One image per row of the atlas's ``X``.
+    n_images : int or None, default=4
+        Typical images shown (at most the atlas's ``k``); None: all.
+    image_size : int, default=None
+        The embedder's ``image_size``; None: 14 pixels per grid cell.
+    preprocessing : str, default="imagenet"
+    feature_names, class_names : sequence or dict, default=None
+        As in :func:`plot_explanation`; feature names default to the classifier's.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> atlas = feature_atlas(clf, X_test, y=y_test)  # doctest: +SKIP
+    >>> plot_class(clf, "Brewer_Blackbird", atlas, test_paths).savefig("class.png")  # doctest: +SKIP
+    """
+    if atlas.class_examples is None or atlas.class_maps is None:
+        raise ValueError("atlas has no class examples: compute it with feature_atlas(clf, X, y=y).")
+    if not np.array_equal(atlas.features, clf.selected_features_) or not np.array_equal(atlas.classes, clf.classes_):
+        raise ValueError("atlas was not computed for this classifier (other features or classes).")
+    matches = np.flatnonzero(atlas.classes == label)
+    if len(matches) != 1:
+        raise ValueError(f"label must be one of classes_ {atlas.classes.tolist()}; got {label!r}.")
+    c = int(matches[0])
+    limit = atlas.k if n_images is None else n_images
+    if not isinstance(limit, (int, np.integer)) or limit < 1:
+        raise ValueError(f"n_images must be a positive int or None; got {n_images!r}.")
+    if feature_names is None:
+        feature_names = estimator_feature_names(clf)
+    examples = [int(r) for r in atlas.class_examples[c, :limit] if r >= 0]
+    used = [int(i) for i in atlas.class_features[c] if i >= 0]
+    name = _class_name(label, atlas.classes, class_names)
+    if not examples:
+        raise ValueError(f"class {name!r} has no correctly classified row in the atlas's X: nothing to show.")
+    pixels = _atlas_images(atlas, images, examples, image_size, preprocessing)
+    side = pixels.shape[1]
+    fig = _figure(figsize=(1.9 * len(examples) + 0.6, 1.9 * len(used) + 0.8), layout="constrained")
+    axes = fig.subplots(len(used), len(examples), squeeze=False)
+    for j, i in enumerate(used):
+        heat = upsample_maps(atlas.class_maps[c, : len(examples), j], side)
+        feature = int(atlas.features[i])
+        for e in range(len(examples)):
+            title = f"row {examples[e]}" if j == 0 else ""
+            _overlay(axes[j, e], pixels[e], heat[e], title)
+        axes[j, 0].set_ylabel(f"{_feature_name(feature, feature_names)}\nweight {atlas.class_weights[c, i]:+.3g}",
+                              fontsize=8)  # fmt: skip
+    fig.suptitle(f"class {name}: its {len(used)} features on its most typical images", fontsize=10)
     return fig

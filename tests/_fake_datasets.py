@@ -20,12 +20,18 @@ def _write_image(path: Path, rng, size: int, box, fill) -> None:
     Image.fromarray(pixels).save(path)
 
 
-def write_fake_cub(folder, *, n_classes=3, n_per_class=4, size=28, segmentations=True, classes_txt=True, seed=0):
+FAKE_PARTS = ("back", "left eye", "beak")
+
+
+def write_fake_cub(folder, *, n_classes=3, n_per_class=4, size=28, segmentations=True, classes_txt=True, seed=0,
+                   parts=True):  # fmt: skip
     """Write ``folder/CUB200/CUB_200_2011`` (the DINO-QPM layout) and return that CUB_200_2011 path.
 
     Image ids are listed in images.txt in a shuffled order (the loader must keep the file order);
     every other image is a training image. Returns ``(cub_dir, expected)`` with ``expected`` the
-    per-row relpaths, 0-based labels and is_train, in images.txt order, built independently.
+    per-row relpaths, 0-based labels and is_train, in images.txt order, built independently;
+    with ``parts`` also ``parts/parts.txt`` and ``parts/part_locs.txt`` (listed in shuffled order)
+    and the expected ``keypoints`` (n, 3 parts, (x, y, visible)) in images.txt order.
     """
     rng = np.random.default_rng(seed)
     cub_dir = Path(folder) / "CUB200" / "CUB_200_2011"
@@ -53,7 +59,20 @@ def write_fake_cub(folder, *, n_classes=3, n_per_class=4, size=28, segmentations
     (cub_dir / "train_test_split.txt").write_text("".join(f"{i} {int(t)}\n" for i, _, _, t in by_id))
     if classes_txt:
         (cub_dir / "classes.txt").write_text("".join(f"{c + 1} {d}\n" for c, d in enumerate(class_dirs)))
+    keypoints = np.zeros((len(rows), len(FAKE_PARTS), 3))
+    if parts:
+        (cub_dir / "parts").mkdir()
+        (cub_dir / "parts" / "parts.txt").write_text("".join(f"{j + 1} {n}\n" for j, n in enumerate(FAKE_PARTS)))
+        entries = []
+        for row, (image_id, _, _, _) in enumerate(rows):
+            for j in range(len(FAKE_PARTS)):
+                visible = int(rng.integers(0, 2))
+                x, y = (float(rng.integers(0, size * 10)) / 10, float(rng.integers(0, size * 10)) / 10) if visible else (0.0, 0.0)
+                keypoints[row, j] = (x, y, visible)
+                entries.append(f"{image_id} {j + 1} {x:.1f} {y:.1f} {visible}\n")
+        (cub_dir / "parts" / "part_locs.txt").write_text("".join(entries[i] for i in rng.permutation(len(entries))))
     expected = dict(
+        keypoints=keypoints,
         image_ids=[r[0] for r in rows],
         relpaths=[r[1] for r in rows],
         labels=[r[2] for r in rows],

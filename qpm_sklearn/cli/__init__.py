@@ -1,15 +1,16 @@
-"""The ``qpm-sklearn`` command line: embed images, fit, explain, and reproduce the paper's table.
+"""The ``qpm-sklearn`` command line: embed images, fit, explain, report, and reproduce the paper's table.
 
 ::
 
     qpm-sklearn embed photos/ --embedding-cache emb/           # resumable: rerun to continue
     qpm-sklearn fit photos/ --embedding-cache emb/ --out model.npz -p n_selected=30
     qpm-sklearn explain model.npz photos/test/ --embedding-cache emb/ --out explained/
+    qpm-sklearn report model.npz photos/test/ --embedding-cache emb/ --out report.html
     qpm-sklearn table --dataset cub --root ~/datasets --embedding-cache cache/
 
 ``fit`` reads labels from class subfolders (``photos/<class>/<image>``) or takes an array of
 embeddings with a labels file. The model is written with :meth:`QPMClassifier.save` (no pickle);
-beside it, ``<model>.embedder.json`` keeps the embedder's settings, so ``explain`` embeds new
+beside it, ``<model>.embedder.json`` keeps the embedder's settings, so ``explain`` and ``report`` embed new
 images the way the training images were embedded.
 
 Every expected failure is one line on stderr naming the argument or file at fault, with the exit
@@ -29,14 +30,14 @@ import warnings
 from collections.abc import Iterator, Sequence
 from typing import NoReturn
 
-from . import _embed, _explain, _fit, _table
+from . import _embed, _explain, _fit, _report, _table
 from ._console import note, one_line
 from ._errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_USAGE, CommandError
 
 __all__ = ["main", "build_parser", "COMMANDS", "EXIT_ERROR", "EXIT_USAGE", "EXIT_INTERRUPTED"]
 
 #: The modules of the subcommands, in the order ``--help`` lists them.
-COMMANDS = (_embed, _fit, _explain, _table)
+COMMANDS = (_embed, _fit, _explain, _report, _table)
 
 #: Setting this environment variable to 1 has the effect of ``--debug``.
 DEBUG_VARIABLE = "QPM_SKLEARN_DEBUG"

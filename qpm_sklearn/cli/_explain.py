@@ -10,27 +10,20 @@ import numpy as np
 
 from ._console import note, say
 from ._errors import CommandError, UsageError
-from ._inputs import add_embedder_options, embed, embedder_params, image_files, read_embeddings, read_feature_names
+from ._inputs import (
+    add_embedder_options,
+    embed,
+    embedder_params,
+    image_files,
+    load_model,
+    model_file,
+    read_embeddings,
+    read_feature_names,
+)
 from ._outputs import prepare_output_folder, written_together
 from ._sidecar import read_sidecar
 
 _DEFAULT_IMAGE_SIZE = 224
-
-
-def _model_file(path: str) -> Path:
-    model_path = Path(path).expanduser()
-    if not model_path.is_file():
-        raise CommandError(f"MODEL {path}: no such file" if not model_path.exists() else f"MODEL {path}: is a folder; expected a model file")
-    return model_path
-
-
-def _load_model(model_path: Path):
-    from ..classifier import QPMClassifier
-
-    try:
-        return QPMClassifier.load(model_path)
-    except ValueError as exc:
-        raise CommandError(f"MODEL {model_path}: {exc}") from None
 
 
 def _figures(explanation, files: list[str], n: int, size: int, dpi: int) -> dict[str, bytes]:
@@ -56,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     if args.figures < 0 or args.dpi < 1:
         raise UsageError(f"--figures {args.figures} / --dpi {args.dpi}: expected --figures >= 0 and --dpi >= 1")
     # Inputs and the output folder are checked before the model (and torch) is loaded.
-    model_path = _model_file(args.model_file)
+    model_path = model_file(args.model_file)
     names = read_feature_names(args.feature_names)
     if args.embeddings is not None:
         if args.images:
@@ -76,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
             )
         params = {**(saved or {}), **embedder_params(args)}  # options on the command line win
     out = prepare_output_folder(Path(args.out).expanduser(), "--out")
-    clf = _load_model(model_path)
+    clf = load_model(model_path)
     if names is not None:
         clf.set_params(feature_names=names)
     if files is not None:

@@ -188,3 +188,21 @@ def embed(files: list[str], params: dict, args: argparse.Namespace) -> np.ndarra
     if not args.quiet:
         note(f"embedding {len(files)} images with {params.get('model', 'the default model')}")
     return Dinov2Embedder(**params, **cache, verbose=not args.quiet).transform(files)
+
+
+def model_file(path: str) -> Path:
+    """The model file ``path`` (MODEL.npz) when it is a file; else a CommandError."""
+    model_path = Path(path).expanduser()
+    if not model_path.is_file():
+        raise CommandError(f"MODEL {path}: no such file" if not model_path.exists() else f"MODEL {path}: is a folder; expected a model file")
+    return model_path
+
+
+def load_model(model_path: Path):
+    """The :class:`QPMClassifier` saved at ``model_path``; a file it refuses is a CommandError naming it."""
+    from ..classifier import QPMClassifier
+
+    try:
+        return QPMClassifier.load(model_path)
+    except ValueError as exc:
+        raise CommandError(f"MODEL {model_path}: {exc}") from None

@@ -128,7 +128,9 @@ def _without_number(name: str) -> str:
     return re.sub(r"^\d+\.", "", name)
 
 
-def load_cub(root: str | os.PathLike[str], *, labels: Literal["codes", "names"] = "codes") -> Bunch:
+def load_cub(
+    root: str | os.PathLike[str], *, labels: Literal["codes", "names"] = "codes", parts: bool = False
+) -> Bunch:
     """Load CUB-200-2011 (Wah et al., 2011) with its official train/test split.
 
     Reads the metadata files of the official archive, as the DINO-QPM code does:
@@ -151,6 +153,10 @@ def load_cub(root: str | os.PathLike[str], *, labels: Literal["codes", "names"] 
         name without the number prefix (``"Brewer_Blackbird"``), and so does ``class_names``; a
         classifier fitted on such labels takes the names wherever it takes a class, e.g.
         ``clf.compare_classes("Brewer_Blackbird", "Rusty_Blackbird")``.
+    parts : bool, default=False
+        Also read the part annotations ``parts/parts.txt`` (``<part id> <name>``, the 15
+        keypoints) and ``parts/part_locs.txt`` (``<image id> <part id> <x> <y> <visible>``, in
+        original image pixels), for :func:`qpm_sklearn.metrics.part_alignment`.
 
     Returns
     -------
@@ -160,6 +166,9 @@ def load_cub(root: str | os.PathLike[str], *, labels: Literal["codes", "names"] 
         (str array, "train"/"test"), ``is_train`` (bool array), ``mask_paths`` (list of str, or
         ``None`` without segmentations/), ``image_ids`` (int64, the ids of images.txt) and
         ``root`` (the resolved CUB_200_2011 folder). Read masks with :func:`load_masks`.
+        With ``parts=True`` also ``part_names`` (list of str, part-id order), ``keypoints``
+        (float64 ``(n, n_parts, 3)``: x, y, visible 0/1, in original pixels, rows in images.txt
+        order) and ``image_sizes`` (int64 ``(n, 2)``: width, height of each image file).
 
     Raises
     ------
@@ -223,7 +232,55 @@ def load_cub(root: str | os.PathLike[str], *, labels: Literal["codes", "names"] 
                 "prefix; use labels='codes'."
             )
         data.labels = np.asarray(data.class_names)[codes]
+    if parts:
+        data.part_names, data.keypoints = _read_parts(cub_dir, image_ids)
+        data.image_sizes = _image_sizes(paths)
     return data
+
+
+def _read_parts(cub_dir: Path, image_ids: list[str]) -> tuple[list[str], npt.NDArray[np.float64]]:
+    """Part names and keypoints ``(n, n_parts, 3)`` (x, y, visible) in the row order of images.txt."""
+    names_file = require_file(cub_dir / "parts" / "parts.txt", "CUB-200-2011 part names")
+    named = _read_table(names_file, 2)
+    part_ids = _as_ints([part_id for part_id, _ in named], names_file)
+    if sorted(part_ids.tolist()) != list(range(1, len(part_ids) + 1)):
+        raise ValueError(f"{names_file}: part ids must be 1 .. {len(part_ids)}, each once; got {sorted(part_ids.tolist())}.")
+    part_names = [name.strip() for _, name in sorted(zip(part_ids.tolist(), (n for _, n in named)))]
+    locs_file = require_file(cub_dir / "parts" / "part_locs.txt", "CUB-200-2011 part locations")
+    rows = _read_table(locs_file, 5)
+    row_of = {image_id: i for i, image_id in enumerate(image_ids)}
+    keypoints = np.zeros((len(image_ids), len(part_names), 3))
+    seen = np.zeros((len(image_ids), len(part_names)), dtype=bool)
+    for number, (image_id, part_id, x, y, visible) in enumerate(rows, start=1):
+        try:
+            i, j = row_of[image_id], int(part_id) - 1
+            values = (float(x), float(y), int(visible.strip()))
+        except (KeyError, ValueError):
+            raise ValueError(
+                f"{locs_file}, entry {number}: expected '<image id of images.txt> <part id> <x> <y> <0|1>'; "
+                f"got {' '.join([image_id, part_id, x, y, visible.strip()])!r}."
+            ) from None
+        if not 0 <= j < len(part_names) or values[2] not in (0, 1) or seen[i, j]:
+            raise ValueError(
+                f"{locs_file}, entry {number}: part id {part_id} of image {image_id} is unknown, listed twice, "
+                f"or its visibility {visible.strip()!r} is not 0/1."
+            )
+        keypoints[i, j], seen[i, j] = values, True
+    if not seen.all():
+        i, j = np.argwhere(~seen)[0]
+        raise ValueError(f"{locs_file} has no entry for part {j + 1} of image {image_ids[i]} ({(~seen).sum()} missing).")
+    return part_names, keypoints
+
+
+def _image_sizes(paths: list[str]) -> npt.NDArray[np.int64]:
+    """(width, height) of each image file, from its header (the pixel frame of part_locs.txt)."""
+    from PIL import Image
+
+    sizes = np.zeros((len(paths), 2), dtype=np.int64)
+    for i, path in enumerate(paths):
+        with Image.open(path) as image:
+            sizes[i] = image.size
+    return sizes
 
 
 def _mask_paths(cub_dir: Path, relpaths: list[str]) -> list[str] | None:

@@ -70,7 +70,11 @@ def make_parts(
     n_distractors: int = 2,
     noise: float = 0.5,
     random_state: int | np.random.RandomState | None = None,
-) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.bool_]]:
+    return_parts: bool = False,
+) -> (
+    tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.bool_]]
+    | tuple[npt.NDArray[np.float32], npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.int64]]
+):
     """Patch grids whose class is decided by a few localised parts, with the parts' masks.
 
     Every class is a combination of ``n_parts_per_class`` part prototypes drawn from a pool shared
@@ -104,6 +108,9 @@ def make_parts(
         Standard deviation of the Gaussian noise on every token coordinate.
     random_state : int, RandomState instance or None, default=None
         Seeds prototypes, class combinations, placement and noise.
+    return_parts : bool, default=False
+        Also return where each planted part is and which prototype it is (the data are
+        the same either way).
 
     Returns
     -------
@@ -113,6 +120,10 @@ def make_parts(
         Class labels 0 .. n_classes - 1.
     masks : ndarray of shape (n_samples, h, w), bool
         The cells covered by the sample's class parts (ground truth for Plausibility).
+    parts : ndarray of shape (n_samples, n_parts_per_class, 3), int
+        Only with ``return_parts``: for each of the sample's parts, its prototype id
+        (0 .. n_prototypes - 1) and the (row, col) of the top-left cell of its
+        ``part_size`` square.
 
     Examples
     --------
@@ -120,6 +131,9 @@ def make_parts(
     >>> X, y, masks = make_parts(n_samples=8, random_state=0)
     >>> X.shape, y.shape, masks.shape, int(masks[0].sum())
     ((8, 8, 8, 16), (8,), (8, 8, 8), 2)
+    >>> X, y, masks, parts = make_parts(n_samples=8, random_state=0, return_parts=True)
+    >>> parts.shape  # (prototype, row, col) of each of a sample's 2 parts
+    (8, 2, 3)
     """
     n_samples = _check_int(n_samples, "n_samples", 1)
     n_classes = _check_int(n_classes, "n_classes", 2)
@@ -160,6 +174,7 @@ def make_parts(
     y = rng.permutation(np.arange(n_samples) % n_classes)
     X = rng.normal(scale=noise, size=(n_samples, h, w, n_dims))
     masks = np.zeros((n_samples, h, w), dtype=bool)
+    parts = np.zeros((n_samples, n_parts_per_class, 3), dtype=np.int64)
     for i in range(n_samples):
         corners = None
         while corners is None:  # cannot loop forever: at most half of the grid is ever covered
@@ -171,4 +186,7 @@ def make_parts(
             X[i, r : r + part_size, c : c + part_size] += part_strength * direction
             if j < n_parts_per_class:
                 masks[i, r : r + part_size, c : c + part_size] = True
+                parts[i, j] = (parts_of_class[y[i], j], r, c)
+    if return_parts:
+        return X.astype(np.float32), y, masks, parts
     return X.astype(np.float32), y, masks
