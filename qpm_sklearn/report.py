@@ -104,6 +104,8 @@ class FeatureAtlas:
         ``(h, w)`` of the feature maps.
     n_samples : int
     stage : {"sparse", "dense"}
+    feature_names : dict of int to str
+        The classifier's feature names by channel id (``feature_names``; unnamed channels absent).
     """
 
     features: np.ndarray
