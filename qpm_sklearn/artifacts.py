@@ -31,7 +31,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
@@ -41,6 +41,9 @@ from .backbones import hub_name, layout_of, load_backbone, load_config
 from .classifier import QPMClassifier
 from .embedding import Dinov2Embedder, PatchEmbedder
 from .persistence import ModelFileDefect, decode_value, encode_value, short
+
+if TYPE_CHECKING:
+    import transformers
 
 __all__ = ["BUNDLED_ESTIMATORS", "FORMAT_VERSION", "SKOPS_TRUSTED_TYPES", "load_pipeline", "save_backbone", "save_pipeline"]
 
@@ -95,7 +98,8 @@ def save_backbone(embedder: PatchEmbedder | str | os.PathLike[str], folder: str 
     Returns
     -------
     folder : pathlib.Path
-        The folder written.
+        The folder written, as an absolute path (a relative ``model`` would resolve
+        against the working directory of whoever loads the embedder).
 
     Raises
     ------
@@ -117,11 +121,11 @@ def save_backbone(embedder: PatchEmbedder | str | os.PathLike[str], folder: str 
         model, offline = embedder.model, embedder.local_files_only if local_files_only is None else local_files_only
     else:
         model, offline = embedder, bool(local_files_only)
-    folder = Path(folder)
+    folder = Path(folder).expanduser().resolve()
     _check_empty(folder, "folder")
     name = os.fspath(model)
     config = load_config(model, local_files_only=offline)
-    backbone = load_backbone(model, layout_of(config, name), local_files_only=offline)
+    backbone = cast("transformers.PreTrainedModel", load_backbone(model, layout_of(config, name), local_files_only=offline))
     processor = _processor_config(model, offline)
     folder.mkdir(parents=True, exist_ok=True)
     backbone.save_pretrained(folder)

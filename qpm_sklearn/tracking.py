@@ -22,7 +22,7 @@ import os
 import tempfile
 from numbers import Real
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.pipeline import Pipeline
@@ -35,10 +35,13 @@ __all__ = ["PipelineModel", "log_pipeline", "log_training"]
 
 _ARTIFACT = "pipeline"
 
-try:
+if TYPE_CHECKING:
     from mlflow.pyfunc import PythonModel as _PythonModel
-except ImportError:  # the module stays importable (docs, doctests); its functions say what is missing
-    _PythonModel = object
+else:
+    try:
+        from mlflow.pyfunc import PythonModel as _PythonModel
+    except ImportError:  # the module stays importable (docs, doctests); its functions say what is missing
+        _PythonModel = object
 
 
 def _mlflow() -> Any:
@@ -107,7 +110,7 @@ def log_training(estimator: QPMClassifier | Pipeline, *, prefix: str = "") -> No
     mlflow.log_text(classifier.summary(), f"{prefix}qpm_summary.txt")
 
 
-class PipelineModel(_PythonModel):  # type: ignore[misc, valid-type]
+class PipelineModel(_PythonModel):
     """An ``mlflow.pyfunc`` model of a pipeline saved with :func:`~qpm_sklearn.artifacts.save_pipeline`.
 
     Built by :func:`log_pipeline`; MLflow loads it with the pipeline folder among the

@@ -2,7 +2,10 @@
 
 import json
 import pickle
+import re
 import shutil
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -127,3 +130,25 @@ def test_save_backbone_keeps_a_two_tower_models_vision_features(tmp_path):
     copied = embedder.set_params(model=str(copy)).transform(X[:3])
     np.testing.assert_allclose(copied, expected, rtol=0, atol=1e-6)
     assert json.loads((copy / "config.json").read_text())["model_type"] == "clip_vision_model"
+
+
+def section_code(heading):
+    """The python code blocks of one ``## heading`` section of docs/deploying.md, in order."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "deploying.md").read_text(encoding="utf-8")
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [textwrap.dedent(block) for block in re.findall(r"^ *```python\n(.*?)^ *```", section, flags=re.S | re.M)]
+
+
+def test_docs_examples_run(fitted, tmp_path, monkeypatch):
+    pipeline, backbone, X = fitted
+    expected = pipeline.predict(X)
+    blocks = section_code("Self-contained artifacts")
+    assert len(blocks) == 2
+    monkeypatch.chdir(tmp_path)
+    namespace = {"pipeline": pipeline, "images": X}
+    exec(blocks[0], namespace)
+    np.testing.assert_array_equal(namespace["labels"], expected)
+    exec(blocks[1], namespace)
+    assert pipeline[0].get_params()["model"] == str(tmp_path / "backbone_copy")
+    shutil.rmtree(backbone)
+    np.testing.assert_array_equal(pipeline.predict(X), expected)  # now on the copy

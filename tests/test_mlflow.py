@@ -5,6 +5,7 @@ given to each ``log_model``: MLflow otherwise infers them by loading the model a
 subprocess, which tests nothing of ours and costs seconds.
 """
 
+import functools
 import shutil
 
 import numpy as np
@@ -20,6 +21,7 @@ import qpm_sklearn  # noqa: E402
 from qpm_sklearn import Dinov2Embedder, QPMClassifier  # noqa: E402
 from qpm_sklearn.testing import save_random_backbone  # noqa: E402
 from qpm_sklearn.tracking import log_pipeline, log_training  # noqa: E402
+from test_artifacts import section_code  # noqa: E402
 
 SMALL = dict(
     n_features=12, n_selected=4, n_per_class=2, hidden_size=16, n_layers=2,
@@ -107,3 +109,17 @@ def test_log_training_records_history_and_selection(fitted, tracking):
     assert summary == classifier.summary()
     with pytest.raises(TypeError, match="QPMClassifier or a Pipeline ending in one"):
         log_training(pipeline[0])
+
+
+
+def test_docs_examples_run(fitted, tracking, monkeypatch):
+    pipeline, _, X = fitted
+    for module in (mlflow.pyfunc, mlflow.sklearn):  # the examples leave the requirements to MLflow's inference
+        monkeypatch.setattr(module, "log_model", functools.partial(module.log_model, pip_requirements=REQUIREMENTS))
+    blocks = section_code("MLflow")
+    assert len(blocks) == 2
+    namespaces = [{"pipeline": pipeline, "images": X} for _ in blocks]
+    for block, namespace in zip(blocks, namespaces):
+        exec(block, namespace)
+        np.testing.assert_array_equal(namespace["labels"], pipeline.predict(X))
+    np.testing.assert_allclose(namespaces[0]["proba"], pipeline.predict_proba(X), rtol=0, atol=1e-6)
