@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -57,7 +58,9 @@ def test_loads_with_the_original_backbone_and_the_saved_folder_moved(fitted, tmp
 
 
 def test_folder_holds_no_pickle(fitted, tmp_path):
-    pipeline, _, _ = fitted
+    pipeline, _, X = fitted
+    # machine-local and torch-typed parameters: the cache is dropped, the dtype kept by name
+    pipeline[0].set_params(embedding_cache=str(tmp_path / "cache"), dtype=torch.float32)
     folder = save_pipeline(pipeline, tmp_path / "bundle")
     files = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     assert files == [
@@ -69,6 +72,9 @@ def test_folder_holds_no_pickle(fitted, tmp_path):
     manifest = json.loads((folder / MANIFEST).read_text())
     assert [step["estimator"] for step in manifest["steps"]] == ["Dinov2Embedder", "QPMClassifier"]
     assert manifest["steps"][0]["params"]["model"] is None
+    assert manifest["steps"][0]["params"]["embedding_cache"] is None
+    loaded = load_pipeline(folder)
+    assert loaded[0].get_params()["dtype"] == "float32" and loaded[0].get_params()["embedding_cache"] is None
     assert not list(tmp_path.glob(".bundle*"))  # no staging folder left behind
 
 
