@@ -66,8 +66,9 @@ BUNDLED_ESTIMATORS: dict[str, type] = {
 #: ``mlflow.sklearn.log_model(..., skops_trusted_types=SKOPS_TRUSTED_TYPES)``.
 #: Their state is numbers, strings, lists, dicts and numpy arrays only (the embedder's
 #: loaded model and the classifier's torch networks are never serialised), so nothing
-#: else needs trusting. A ``device`` or ``dtype`` given as a torch object adds that torch
-#: type; give them as strings (``device="cpu"``) instead.
+#: else needs trusting. A ``device`` or ``dtype`` given as a torch object, or ``memory`` as
+#: a ``joblib.Memory``, adds those types; give them as strings (``device="cpu"``,
+#: ``memory="cache_folder"``) instead.
 SKOPS_TRUSTED_TYPES: list[str] = [f"{cls.__module__}.{cls.__qualname__}" for cls in BUNDLED_ESTIMATORS.values()]
 
 
