@@ -37,6 +37,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.utils.validation import check_is_fitted
 
 from ._atomic import write_bytes_atomically
+from ._utils import quiet_transformers
 from .backbones import hub_name, layout_of, load_backbone, load_config
 from .classifier import QPMClassifier
 from .embedding import Dinov2Embedder, PatchEmbedder
@@ -120,16 +121,18 @@ def save_backbone(embedder: PatchEmbedder | str | os.PathLike[str], folder: str 
     """
     if isinstance(embedder, PatchEmbedder):
         model, offline = embedder.model, embedder.local_files_only if local_files_only is None else local_files_only
+        verbose = embedder.verbose
     else:
-        model, offline = embedder, bool(local_files_only)
+        model, offline, verbose = embedder, bool(local_files_only), False
     folder = Path(folder).expanduser().resolve()
     _check_empty(folder, "folder")
     name = os.fspath(model)
-    config = load_config(model, local_files_only=offline)
-    backbone = cast("transformers.PreTrainedModel", load_backbone(model, layout_of(config, name), local_files_only=offline))
+    config = load_config(model, local_files_only=offline, verbose=verbose)
+    backbone = cast("transformers.PreTrainedModel", load_backbone(model, layout_of(config, name), local_files_only=offline, verbose=verbose))
     processor = _processor_config(model, offline)
     folder.mkdir(parents=True, exist_ok=True)
-    backbone.save_pretrained(folder)
+    with quiet_transformers(verbose):  # its progress bar, as for loading
+        backbone.save_pretrained(folder)
     if processor is not None:
         write_bytes_atomically(folder / _PROCESSOR_CONFIG, (json.dumps(processor, indent=2, sort_keys=True) + "\n").encode())
     return folder
