@@ -1,6 +1,7 @@
 """qpm_sklearn: globally interpretable image classifiers on frozen DINOv2 features.
 
-Public names: :class:`Dinov2Embedder` (and :class:`PatchEmbedder` for other backbones), :class:`QPMClassifier`, :class:`Explanation`.
+Public names: :class:`Dinov2Embedder` (and :class:`PatchEmbedder` for other backbones), :class:`QPMClassifier`, :class:`Explanation`;
+:data:`SKOPS_TRUSTED_TYPES` (what to trust when loading a skops or MLflow artifact of them).
 """
 
 import importlib
@@ -10,9 +11,11 @@ __version__ = "0.1.0"
 
 # The estimators are imported on first use (PEP 562): image-decoding worker processes
 # import qpm_sklearn.images, which must not pay for importing torch and scikit-learn.
-_PUBLIC = {"Dinov2Embedder": "embedding", "PatchEmbedder": "embedding", "QPMClassifier": "classifier", "Explanation": "explanation"}
+_PUBLIC = {"Dinov2Embedder": "embedding", "PatchEmbedder": "embedding", "QPMClassifier": "classifier", "Explanation": "explanation",
+           "SKOPS_TRUSTED_TYPES": "artifacts"}
 
 if typing.TYPE_CHECKING:  # what __getattr__ returns, for type checkers
+    from .artifacts import SKOPS_TRUSTED_TYPES
     from .classifier import QPMClassifier
     from .embedding import Dinov2Embedder, PatchEmbedder
     from .explanation import Explanation

@@ -339,7 +339,18 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         cached = getattr(self, "_backbone_config", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        config = _backbones.load_config(self.model, local_files_only=self.local_files_only, verbose=self.verbose)
+        try:
+            config = _backbones.load_config(self.model, local_files_only=self.local_files_only, verbose=self.verbose)
+        except OSError as exc:
+            # A pickled or skops-saved embedder names its backbone by folder or hub id; a
+            # moved folder, or a machine without the hub, surfaces here.
+            raise type(exc)(
+                f"{type(self).__name__}: the backbone model={os.fspath(self.model)!r} cannot be found ({exc}). "
+                "If it is a local folder that was moved or deleted, point the embedder at its new place with "
+                "set_params(model=...). To carry the backbone with a fitted pipeline, save the pipeline with "
+                "qpm_sklearn.artifacts.save_pipeline(pipeline, folder) and load it with load_pipeline(folder), "
+                "or copy the weights with qpm_sklearn.artifacts.save_backbone(embedder, folder)."
+            ) from exc
         self._backbone_config = (key, config)
         return config
 
