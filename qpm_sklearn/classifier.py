@@ -1056,7 +1056,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         labels = column_or_1d(y, warn=True)
         if len(labels) != len(tokens):
             raise ValueError(f"X and y must have the same number of samples; got {len(tokens)} and {len(labels)}.")
-        unknown = sorted({repr(label) for label in np.unique(labels) if not np.any(self.classes_ == label)})
+        unknown = [label for label in np.unique(labels).tolist() if not np.any(self.classes_ == label)]
         if unknown:
             raise ValueError(f"y holds labels {unknown} that are not in classes_ {self.classes_.tolist()}.")
         y_codes = np.searchsorted(self.classes_, labels).astype(np.int64)
