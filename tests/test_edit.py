@@ -272,3 +272,23 @@ def test_explain_target_explains_that_class(fitted):
     assert per_row.prediction.tolist() == ["a", "b", "c"]
     with pytest.raises(ValueError, match="label must be one of"):
         clf.explain(X[:2], target="zebra")
+
+
+def test_plot_counterfactual_draws_one_bar_per_target_feature(fitted):
+    pytest.importorskip("matplotlib")
+    from qpm_sklearn.plotting import plot_counterfactual
+
+    clf, X, _ = fitted
+    cf = clf.counterfactual(X[:3], target="b")
+    figure = plot_counterfactual(cf, index=1)
+    assert len(figure.axes[0].patches) == int((cf.features[1] >= 0).sum())
+    with pytest.raises(ValueError, match="index must be an int"):
+        plot_counterfactual(cf, index=3)
+
+
+def test_constraint_parameters_need_selection_qpm():
+    X, y = data()
+    with pytest.raises(ValueError, match="apply to selection='qpm' only"):
+        QPMClassifier(**dict(SETTINGS, selection="sldd", exclude=[1])).fit(X, y)
+    with pytest.raises(ValueError, match="n_per_class names class 'zebra'"):
+        QPMClassifier(**dict(SETTINGS, n_per_class={"zebra": 2})).fit(X, y)

@@ -54,3 +54,14 @@ def test_explain_parts_writes_the_docs_figures(tmp_path):
     assert written == sorted(p.name for p in (EXAMPLES.parent / "docs" / "figures").glob("*.png"))
     for path in tmp_path.glob("*.png"):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_watermark_example_measures_before_and_after(capsys):
+    result = load_example("watermark").main(["--seeds", "1"])
+    out = capsys.readouterr().out
+    assert "watermark feature" in out and "reference: fitted without watermark" in out
+    run = result["runs"][0]
+    assert run["watermark_feature"] in run["dense_channels_firing"]
+    assert run["watermark_feature"] not in run["edit"]["added"]
+    for key in ("before", "exclude_watermark_feature", "exclude_dense_channels_firing", "clean_fit"):
+        assert 0.0 <= run[key]["test_accuracy"] <= 1.0
