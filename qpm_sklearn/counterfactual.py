@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .explanation import feature_labels
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
 STD_FLOOR = 1e-6
 
 
-def head_logits(pooled, weight, bias, mean, std) -> np.ndarray:
+def head_logits(pooled: ArrayLike, weight: ArrayLike, bias: ArrayLike, mean: ArrayLike, std: ArrayLike) -> np.ndarray:
     """Logits of the sparse head on raw pooled features, in float64.
 
     Parameters
@@ -133,7 +134,9 @@ class Counterfactual:
         )
 
 
-def single_feature_counterfactuals(pooled, target, weight, bias, mean, std):
+def single_feature_counterfactuals(
+    pooled: ArrayLike, target: ArrayLike, weight: ArrayLike, bias: ArrayLike, mean: ArrayLike, std: ArrayLike
+) -> tuple[np.ndarray, np.ndarray]:
     """The smallest change of each target feature's raw pooled value that makes the target win.
 
     For sample i, target t and a feature j that t uses, the logits move linearly with the change

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .._utils import check_int as _check_int
 from ._problem import Problem, assignment_scale, build_problem, check_matrix
@@ -83,8 +84,15 @@ class Constraints:
         return int(self.budgets if np.ndim(self.budgets) == 0 else self.budgets[c])
 
 
-def check_constraints(n_features: int, n_classes: int, n_selected: int, n_per_class, exclude=None, include=None,
-                      fixed=None) -> Constraints:
+def check_constraints(
+    n_features: int,
+    n_classes: int,
+    n_selected: int,
+    n_per_class: int | ArrayLike | Mapping[int, int],
+    exclude: ArrayLike | None = None,
+    include: ArrayLike | None = None,
+    fixed: Mapping[int, ArrayLike] | None = None,
+) -> Constraints:
     """Validate the constraints of a solve; raise ValueError naming the one that cannot be met.
 
     Checks the ids, that no feature is both required and excluded, that the required features

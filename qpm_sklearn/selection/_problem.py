@@ -127,7 +127,7 @@ def build_problem(A, n_selected, n_per_class, penalty, bias, *, check_budget=Tru
     return Problem(W=assignment_scale(n_per_class, n_classes) * A, Q=Q, bias=bias, m=n_selected, k=n_per_class)
 
 
-def assignment_scale(n_per_class, n_classes: int) -> float:
+def assignment_scale(n_per_class: int | ArrayLike, n_classes: int) -> float:
     """The factor alpha = 1000 / sum_c k_c of the assignment term (docs/method.md#problem).
 
     With one budget k for every class this is ``1000 / (k * n_classes)``; ``n_per_class`` may
@@ -182,7 +182,7 @@ def selection_objective(
     *,
     penalty: ArrayLike | None = None,
     bias: ArrayLike | None = None,
-    n_per_class: int | None = None,
+    n_per_class: int | ArrayLike | None = None,
 ) -> float:
     """Objective of a selection by the formula of docs/method.md#problem (no feasibility check).
 
