@@ -2,7 +2,6 @@
 
 import json
 import pickle
-import zipfile
 
 import numpy as np
 import pytest
@@ -111,22 +110,20 @@ def test_edited_model_saves_loads_pickles_and_explains(fitted, tmp_path):
 def test_model_file_without_the_constraint_parameters_still_loads(fitted, tmp_path):
     clf, X, _ = fitted
     path = clf.save(tmp_path / "model")
-    with zipfile.ZipFile(path) as archive:
-        entries = {name: archive.read(name) for name in archive.namelist()}
-    meta_name = next(name for name in entries if name.startswith("__meta__"))
-    with np.load(path, allow_pickle=False) as contents:
-        meta = json.loads(str(contents["__meta__.json"]))
-    for name in ("exclude", "include", "fixed"):
-        del meta["params"][name]
-    rewritten = tmp_path / "old.npz"
-    arrays = {}
     with np.load(path, allow_pickle=False) as contents:
         arrays = {name: contents[name] for name in contents.files}
+    meta = json.loads(str(arrays["__meta__.json"]))
+    for name in ("exclude", "include", "fixed"):
+        del meta["params"][name]
     arrays["__meta__.json"] = np.array(json.dumps(meta))
-    np.savez(rewritten, **arrays)
-    assert meta_name
-    loaded = QPMClassifier.load(rewritten)
+    np.savez(tmp_path / "old.npz", **arrays)
+    loaded = QPMClassifier.load(tmp_path / "old.npz")
     assert loaded.exclude is None and np.array_equal(loaded.predict(X), clf.predict(X))
+    meta["params"]["unknown"] = 1
+    arrays["__meta__.json"] = np.array(json.dumps(meta))
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="unknown \\['unknown'\\]"):
+        QPMClassifier.load(tmp_path / "bad.npz")
 
 
 def test_fit_with_the_edit_parameters_reuses_the_cached_dense_stage(tmp_path, count_stages):
