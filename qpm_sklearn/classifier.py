@@ -359,7 +359,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         self,
         n_features: int = 512,
         n_selected: int = 50,
-        n_per_class: int = 5,
+        n_per_class: int | Sequence[int] | dict[Any, int] = 5,
         hidden_size: int = 2048,
         n_layers: int = 4,
         dense_epochs: int = 25,
@@ -440,16 +440,17 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
                 "exclude, include, fixed and per-class n_per_class apply to selection='qpm' only; "
                 f"got selection={self.selection!r}."
             )
-        if constrained:
+        if constrained or not isinstance(self.n_per_class, Integral):
             if classes is not None:
                 self._selection_constraints(classes)
             return
-        if self.n_per_class > self.n_selected:
+        n_per_class = int(self.n_per_class)
+        if n_per_class > self.n_selected:
             raise ValueError(
                 f"n_per_class={self.n_per_class} must not exceed n_selected={self.n_selected}."
             )
         if self.selection == "qpm":
-            check_selection_budget(self.n_selected, self.n_per_class, n_classes)
+            check_selection_budget(self.n_selected, n_per_class, n_classes)
 
     def _selection_constraints(self, classes: np.ndarray) -> dict[str, Any]:
         """The selection's constraints in the solver's terms (class indices, channel ids), checked.
@@ -457,16 +458,16 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         ``n_per_class`` and ``fixed`` name classes by label; every error names the parameter.
         """
         n_classes = len(classes)
-        n_per_class = self.n_per_class
-        if isinstance(n_per_class, dict):
-            n_per_class = {self._label_index(classes, label, "n_per_class"): k for label, k in n_per_class.items()}
-        elif not isinstance(n_per_class, Integral):
-            n_per_class = np.asarray(n_per_class)
+        budgets: Any = self.n_per_class
+        if isinstance(budgets, dict):
+            budgets = {self._label_index(classes, label, "n_per_class"): k for label, k in budgets.items()}
+        elif not isinstance(budgets, Integral):
+            budgets = np.asarray(budgets)
         fixed = None
         if self.fixed is not None:
             fixed = {self._label_index(classes, label, "fixed"): ids for label, ids in self.fixed.items()}
-        constraints = dict(n_per_class=n_per_class, exclude=self.exclude, include=self.include, fixed=fixed)
-        checked = check_constraints(self.n_features, n_classes, self.n_selected, **constraints)
+        checked = check_constraints(self.n_features, n_classes, self.n_selected, budgets, self.exclude, self.include,
+                                    fixed)  # fmt: skip
         return dict(
             n_per_class=checked.budgets,
             exclude=checked.exclude if checked.exclude.size else None,
@@ -885,7 +886,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
 
     def _target_indices(self, target: object, n: int) -> np.ndarray:
         """Class indices of ``target``: one label for all ``n`` rows, or one label per row."""
-        if np.ndim(target) == 0:
+        if np.isscalar(target) or (isinstance(target, np.ndarray) and target.ndim == 0):
             return np.full(n, self._class_index(target), dtype=np.intp)
         labels = np.asarray(target, dtype=self.classes_.dtype if self.classes_.dtype.kind in "iuf" else object)
         if labels.shape != (n,):
@@ -925,7 +926,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             column = self._selected_column(channel, "interventions")
             if isinstance(value, str) and value in ("off", "mean"):
                 pooled[:, column] = 0.0 if value == "off" else float(self.feature_mean_[column])
-            elif isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(value):
+            elif isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(float(value)):
                 pooled[:, column] = float(value)
             else:
                 raise ValueError(f"interventions[{channel!r}] must be 'off', 'mean' or a finite number; got {value!r}.")

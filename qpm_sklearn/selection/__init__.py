@@ -313,8 +313,8 @@ def solve_selection(
     """
     start, cpu_start = time.perf_counter(), time.process_time()
     kept = None
-    if exclude is None and include is None and fixed is None and np.ndim(n_per_class) == 0 \
-            and not isinstance(n_per_class, Mapping):
+    if exclude is None and include is None and fixed is None and not isinstance(n_per_class, Mapping) \
+            and np.ndim(n_per_class) == 0:
         problem = build_problem(A, n_selected, n_per_class, penalty, bias)
     else:
         n_features, n_classes = np.shape(A) if np.ndim(A) == 2 else (0, 0)
@@ -325,8 +325,9 @@ def solve_selection(
         problem, kept = instance.problem, instance.kept
     if initial is not None:
         initial = np.asarray(initial)
-        if initial.ndim != 1 or initial.dtype.kind not in "iu" or np.any(initial < 0) or np.any(initial >= len(A)):
-            raise ValueError(f"initial must be feature ids in [0, {len(A)}); got {initial!r}.")
+        n_features = int(np.shape(A)[0])
+        if initial.ndim != 1 or initial.dtype.kind not in "iu" or np.any(initial < 0) or np.any(initial >= n_features):
+            raise ValueError(f"initial must be feature ids in [0, {n_features}); got {initial!r}.")
         if kept is not None:
             initial = np.searchsorted(kept, np.intersect1d(initial, kept))
         initial = np.unique(initial.astype(np.intp))

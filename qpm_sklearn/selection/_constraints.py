@@ -81,7 +81,7 @@ class Constraints:
         return bool(self.exclude.size or self.include.size or self.fixed or np.ndim(self.budgets))
 
     def budget(self, c: int) -> int:
-        return int(self.budgets if np.ndim(self.budgets) == 0 else self.budgets[c])
+        return int(np.asarray(self.budgets).reshape(-1)[0 if np.ndim(self.budgets) == 0 else c])
 
 
 def check_constraints(

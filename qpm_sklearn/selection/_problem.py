@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import heapq
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -127,7 +128,7 @@ def build_problem(A, n_selected, n_per_class, penalty, bias, *, check_budget=Tru
     return Problem(W=assignment_scale(n_per_class, n_classes) * A, Q=Q, bias=bias, m=n_selected, k=n_per_class)
 
 
-def assignment_scale(n_per_class: int | ArrayLike, n_classes: int) -> float:
+def assignment_scale(n_per_class: int | Sequence[int] | np.ndarray, n_classes: int) -> float:
     """The factor alpha = 1000 / sum_c k_c of the assignment term (docs/method.md#problem).
 
     With one budget k for every class this is ``1000 / (k * n_classes)``; ``n_per_class`` may
@@ -147,7 +148,7 @@ def assignment_scale(n_per_class: int | ArrayLike, n_classes: int) -> float:
         return 1000.0 / float(budgets.sum())
     _check_int(n_per_class, "n_per_class", 1, 10**12)
     _check_int(n_classes, "n_classes", 1, 10**12)
-    return 1000.0 / (n_per_class * n_classes)
+    return 1000.0 / (cast(int, n_per_class) * n_classes)
 
 
 def check_selection_budget(n_selected: int, n_per_class: int, n_classes: int) -> None:
@@ -182,7 +183,7 @@ def selection_objective(
     *,
     penalty: ArrayLike | None = None,
     bias: ArrayLike | None = None,
-    n_per_class: int | ArrayLike | None = None,
+    n_per_class: int | Sequence[int] | np.ndarray | None = None,
 ) -> float:
     """Objective of a selection by the formula of docs/method.md#problem (no feasibility check).
 
