@@ -47,11 +47,18 @@ class HeadRecord:
 
 def qpm_head(
     features, y_codes, n_classes, *, n_selected, n_per_class, redundancy, solver_options, seed, verbose,
-    sample_weight=None,
+    sample_weight=None, exclude=None, include=None, fixed=None, initial=None,
 ):
-    """The DINO-QPM head from the dense training features (stage 2): A, R, penalty, quadratic program."""
+    """The DINO-QPM head from the dense training features (stage 2): A, R, penalty, quadratic program.
+
+    ``exclude``, ``include``, ``fixed`` (class index -> channel ids) and per-class ``n_per_class``
+    constrain the selection; ``initial`` warm-starts it (:func:`solve_selection`). The
+    constraints, when any, are recorded in ``info["constraints"]``.
+    """
     A = feature_class_correlation(features, y_codes, sample_weight=sample_weight)
     penalty, tau = redundancy_penalty(feature_similarity(A), n_selected, rule=redundancy)
+    constraints = {name: value for name, value in (("exclude", exclude), ("include", include), ("fixed", fixed))
+                   if value is not None}  # fmt: skip
     result = solve_selection(
         A,
         n_selected=n_selected,
@@ -59,6 +66,8 @@ def qpm_head(
         penalty=penalty,
         random_state=seed,
         verbose=verbose,
+        **constraints,
+        **({} if initial is None else {"initial": initial}),
         **solver_options,
     )
     selected = np.asarray(result.selected, dtype=np.int64)
@@ -73,5 +82,17 @@ def qpm_head(
         bias=np.zeros(n_classes, dtype=np.float32),
         mean=mean[selected],
         std=std[selected],
-        info=dict(result.as_dict(), tau=float(tau), redundancy=redundancy, method="qpm"),
+        info=dict(result.as_dict(), tau=float(tau), redundancy=redundancy, method="qpm", **_constraint_record(
+            n_per_class, constraints)),
     )
+
+
+def _constraint_record(n_per_class, constraints) -> dict[str, Any]:
+    """The selection's constraints as plain JSON values (nothing when there are none)."""
+    if not constraints and np.ndim(n_per_class) == 0:
+        return {}
+    record: dict[str, Any] = {"n_per_class": np.asarray(n_per_class).tolist()}
+    for name in ("exclude", "include"):
+        record[name] = np.asarray(constraints.get(name, []), dtype=np.int64).tolist()
+    record["fixed"] = [[int(c), np.asarray(ids, dtype=np.int64).tolist()] for c, ids in constraints.get("fixed", {}).items()]
+    return {"constraints": record}

@@ -6,6 +6,7 @@ import numbers
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -15,7 +16,7 @@ import numpy.typing as npt
 import torch
 from joblib import Memory
 from scipy.special import log_softmax, softmax
-from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context, clone
 from sklearn.utils import check_random_state
 from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils._param_validation import HasMethods, StrOptions
@@ -43,6 +44,7 @@ from ._stages import (
 from ._utils import StrictInterval, check_sample_weight
 from .adapter import DenseHead, QPMNetwork, SparseHead, TokenMLP, empty_network, load_network_state, standardise
 from .baselines import sparse_head
+from .counterfactual import Counterfactual, head_logits, single_feature_counterfactuals
 from .explanation import Explanation, class_summary, estimator_feature_names
 from .persistence import (
     FORMAT_VERSION,
@@ -54,10 +56,13 @@ from .persistence import (
     take_value,
     write_model_file,
 )
-from .selection import check_selection_budget, check_solver_options
-from .training import forward_in_batches
+from .selection import check_constraints, check_selection_budget, check_solver_options
+from .training import forward_in_batches, tokens_on_device
 
 _STAGES = ("sparse", "dense")
+
+#: Parameters added after format version 2 was fixed; a file without them loads with their default (None).
+_LATER_PARAMETERS = ("exclude", "include", "fixed")
 
 _Classifier = TypeVar("_Classifier", bound="QPMClassifier")
 
@@ -75,6 +80,7 @@ PARAMETER_GROUPS = {
     "sparse": (
         "n_selected", "n_per_class", "sparse_epochs", "sparse_batch_size", "sparse_lr", "sparse_weight_decay",
         "sparse_diversity", "l1_maps", "l1_features", "selection", "redundancy", "solver_options",
+        "exclude", "include", "fixed",
     ),
     "runtime": ("device", "memory", "random_state", "verbose", "feature_names"),
 }  # fmt: skip
@@ -116,6 +122,31 @@ def _fitted_state(classes, n_features_in, dense, sparse_mlp_state, head: HeadRec
     return fitted
 
 
+def _json_constraints(changes: dict) -> dict:
+    """An edit's arguments as plain JSON values (labels and ids as Python scalars)."""
+
+    def plain(value):
+        if isinstance(value, dict):
+            return [[plain(key), plain(item)] for key, item in value.items()]
+        if isinstance(value, (list, tuple, np.ndarray)):
+            return [plain(item) for item in value]
+        return value.item() if isinstance(value, np.generic) else value
+
+    return {name: plain(value) for name, value in changes.items()}
+
+
+def _kept_feature_names(feature_names, old_selected: np.ndarray, new_selected: np.ndarray):
+    """``feature_names`` for a new selection: the names of the channels still selected (as a dict)."""
+    if feature_names is None:
+        return None
+    if isinstance(feature_names, dict):
+        named = {int(key): name for key, name in feature_names.items()}
+    else:
+        named = dict(zip(old_selected.tolist(), feature_names))
+    kept = {channel: name for channel, name in named.items() if channel in set(new_selected.tolist())}
+    return kept or None
+
+
 def _storable_classes(classes: np.ndarray) -> np.ndarray:
     if classes.dtype.kind in "biufU":
         return classes
@@ -144,8 +175,11 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Adapter channels (feature maps) learned in the dense stage.
     n_selected : int, default=50
         Features kept by the selection, shared by all classes.
-    n_per_class : int, default=5
-        Features assigned to every class.
+    n_per_class : int, array-like of int or dict, default=5
+        Features assigned to every class: one budget for all, one per class in
+        ``classes_`` order, or ``{label: k}`` naming every class (a confusable class
+        may get more features than an easy one; docs/correcting.md).
+        ``selection="qpm"`` only for anything but an int.
     hidden_size : int, default=2048
         Width of the MLP's hidden layers.
     n_layers : int, default=4
@@ -205,6 +239,16 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
     solver_options : dict, default=None
         Extra keyword arguments for :func:`qpm_sklearn.selection.solve_selection`
         (``time_limit``, ``solver``, ``algebra``, ...).
+    exclude : array-like of int, default=None
+        Adapter channel ids the selection must not use (a feature that fires on a
+        watermark or the background; docs/correcting.md). ``selection="qpm"`` only.
+    include : array-like of int, default=None
+        Adapter channel ids the selection must keep. ``selection="qpm"`` only.
+    fixed : dict, default=None
+        ``{label: channel ids}``: features a class must use (up to its whole set).
+        ``selection="qpm"`` only. :meth:`edit` applies all of these to a fitted
+        model without retraining its dense stage; the same values given to ``fit``
+        (with ``memory=``) reproduce an edit.
     device : str or torch.device, default=None
         Where to train and predict; None picks CUDA, then MPS, then the CPU.
     memory : str, joblib.Memory or None, default=None
@@ -278,7 +322,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "n_features": [StrictInterval(Integral, 1, None, closed="left")],
         "n_selected": [StrictInterval(Integral, 1, None, closed="left")],
-        "n_per_class": [StrictInterval(Integral, 1, None, closed="left")],
+        "n_per_class": [StrictInterval(Integral, 1, None, closed="left"), "array-like", dict],
         "hidden_size": [StrictInterval(Integral, 1, None, closed="left")],
         "n_layers": [StrictInterval(Integral, 1, None, closed="left")],
         "dense_epochs": [StrictInterval(Integral, 1, None, closed="left")],
@@ -301,6 +345,9 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         "selection": [StrOptions({"qpm", "sldd", "qsenn"})],
         "redundancy": [StrOptions({"consistent", "paper"})],
         "solver_options": [dict, None],
+        "exclude": ["array-like", None],
+        "include": ["array-like", None],
+        "fixed": [dict, None],
         "device": [str, torch.device, None],
         "memory": [None, str, HasMethods(["cache"])],
         "random_state": ["random_state"],
@@ -312,7 +359,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         self,
         n_features: int = 512,
         n_selected: int = 50,
-        n_per_class: int = 5,
+        n_per_class: int | Sequence[int] | dict[Any, int] = 5,
         hidden_size: int = 2048,
         n_layers: int = 4,
         dense_epochs: int = 25,
@@ -335,6 +382,9 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         selection: Literal["qpm", "sldd", "qsenn"] = "qpm",
         redundancy: Literal["paper", "consistent"] = "paper",
         solver_options: dict[str, Any] | None = None,
+        exclude: Sequence[int] | None = None,
+        include: Sequence[int] | None = None,
+        fixed: dict[Any, Sequence[int]] | None = None,
         device: str | torch.device | None = None,
         memory: str | Memory | None = None,
         random_state: int | np.random.RandomState | None = None,
@@ -366,6 +416,9 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         self.selection = selection
         self.redundancy = redundancy
         self.solver_options = solver_options
+        self.exclude = exclude
+        self.include = include
+        self.fixed = fixed
         self.device = device
         self.memory = memory
         self.random_state = random_state
@@ -373,18 +426,61 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         self.feature_names = feature_names
 
     # ------------------------------------------------------------------ fit
-    def _check_budgets(self, n_classes: int) -> None:
+    def _check_budgets(self, n_classes: int, classes=None) -> None:
         if self.n_selected > self.n_features:
             raise ValueError(
                 f"n_selected={self.n_selected} must not exceed n_features={self.n_features} "
                 "(the selection picks among the adapter's channels)."
             )
-        if self.n_per_class > self.n_selected:
+        constrained = not isinstance(self.n_per_class, Integral) or any(
+            value is not None for value in (self.exclude, self.include, self.fixed)
+        )
+        if constrained and self.selection != "qpm":
+            raise ValueError(
+                "exclude, include, fixed and per-class n_per_class apply to selection='qpm' only; "
+                f"got selection={self.selection!r}."
+            )
+        if constrained or not isinstance(self.n_per_class, Integral):
+            if classes is not None:
+                self._selection_constraints(classes)
+            return
+        n_per_class = int(self.n_per_class)
+        if n_per_class > self.n_selected:
             raise ValueError(
                 f"n_per_class={self.n_per_class} must not exceed n_selected={self.n_selected}."
             )
         if self.selection == "qpm":
-            check_selection_budget(self.n_selected, self.n_per_class, n_classes)
+            check_selection_budget(self.n_selected, n_per_class, n_classes)
+
+    def _selection_constraints(self, classes: np.ndarray) -> dict[str, Any]:
+        """The selection's constraints in the solver's terms (class indices, channel ids), checked.
+
+        ``n_per_class`` and ``fixed`` name classes by label; every error names the parameter.
+        """
+        n_classes = len(classes)
+        budgets: Any = self.n_per_class
+        if isinstance(budgets, dict):
+            budgets = {self._label_index(classes, label, "n_per_class"): k for label, k in budgets.items()}
+        elif not isinstance(budgets, Integral):
+            budgets = np.asarray(budgets)
+        fixed = None
+        if self.fixed is not None:
+            fixed = {self._label_index(classes, label, "fixed"): ids for label, ids in self.fixed.items()}
+        checked = check_constraints(self.n_features, n_classes, self.n_selected, budgets, self.exclude, self.include,
+                                    fixed)  # fmt: skip
+        return dict(
+            n_per_class=checked.budgets,
+            exclude=checked.exclude if checked.exclude.size else None,
+            include=checked.include if checked.include.size else None,
+            fixed=checked.fixed or None,
+        )
+
+    @staticmethod
+    def _label_index(classes: np.ndarray, label: object, name: str) -> int:
+        matches = np.flatnonzero(classes == label)
+        if len(matches) != 1:
+            raise ValueError(f"{name} names class {label!r}, which is not one of the classes {classes.tolist()}.")
+        return int(matches[0])
 
     def _solver_options(self) -> dict:
         """``solver_options`` checked before any training (a bad key fails now, not after the dense stage)."""
@@ -471,7 +567,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"y must contain at least 2 classes to train a classifier; got 1 class: {classes[0]!r}."
             )
-        self._check_budgets(n_classes)
+        self._check_budgets(n_classes, classes)
         solver_options = self._solver_options()
         y_codes = y_codes.astype(np.int64)
         sample_weight = self._sample_weight(sample_weight, labels, tokens)
@@ -493,9 +589,9 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         )
         if self.selection == "qpm":
             head = qpm_head(
-                dense["features"], y_codes, n_classes, n_selected=self.n_selected, n_per_class=self.n_per_class,
-                redundancy=self.redundancy, solver_options=solver_options, seed=selection_seed, verbose=self.verbose,
-                sample_weight=sample_weight,
+                dense["features"], y_codes, n_classes, n_selected=self.n_selected, redundancy=self.redundancy,
+                solver_options=solver_options, seed=selection_seed, verbose=self.verbose, sample_weight=sample_weight,
+                **self._selection_constraints(classes),
             )  # fmt: skip
         else:
             head = sparse_head(
@@ -749,13 +845,18 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             "only_b": np.setdiff1d(features_b, features_a),
         }
 
-    def explain(self, X: npt.ArrayLike) -> Explanation:
+    def explain(self, X: npt.ArrayLike, target: object = None) -> Explanation:
         """Explain each prediction of the sparse model as a sum of localised features.
 
         Parameters
         ----------
         X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
             Patch embeddings with the embedding size d seen in ``fit``.
+        target : label or array-like of shape (n,), default=None
+            Explain this class (one label for all rows, or one per row) instead of the
+            prediction: ``prediction``, ``logit``, ``features``, ``contributions`` and
+            ``maps`` then describe the target class, while ``proba`` stays the model's
+            (so ``proba.argmax(1)`` is still the prediction).
 
         Returns
         -------
@@ -763,7 +864,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         """
         out = self._forward(X, "sparse", return_maps=True)
         logits, maps, pooled = out["logits"], out["maps"], out["features"]
-        predicted = np.argmax(logits, axis=1)
+        predicted = np.argmax(logits, axis=1) if target is None else self._target_indices(target, len(logits))
         weight = self.sparse_weight_[predicted]  # (n, K)
         share = weight * standardise(pooled, self.feature_mean_, self.feature_std_)
         width = int((self.sparse_weight_ != 0).sum(axis=1).max())
@@ -783,6 +884,236 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             maps=np.where(used[:, :, None, None], maps[rows, order], 0.0).astype(np.float32),
             feature_names=estimator_feature_names(self),
         )
+
+    def _target_indices(self, target: object, n: int) -> np.ndarray:
+        """Class indices of ``target``: one label for all ``n`` rows, or one label per row."""
+        if np.isscalar(target) or (isinstance(target, np.ndarray) and target.ndim == 0):
+            return np.full(n, self._class_index(target), dtype=np.intp)
+        labels = np.asarray(target, dtype=self.classes_.dtype if self.classes_.dtype.kind in "iuf" else object)
+        if labels.shape != (n,):
+            raise ValueError(f"target must be one label or one label per sample ({n}); got shape {labels.shape}.")
+        return np.array([self._class_index(label) for label in labels], dtype=np.intp)
+
+    # ------------------------------------------------------- what-if
+    def intervene(self, X: npt.ArrayLike, interventions: dict) -> np.ndarray:
+        """Class probabilities with chosen features forced to a value for every sample.
+
+        Every logit is a sum of standardised pooled features, so forcing feature ``f`` to
+        a value changes the logits of exactly the classes that use it.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
+        interventions : dict
+            Selected channel id -> ``"off"`` (no activation: pooled value 0), ``"mean"``
+            (the training mean ``feature_mean_``: a zero contribution) or a number (the raw
+            pooled value to use).
+
+        Returns
+        -------
+        proba : ndarray of shape (n, n_classes)
+            Probabilities under the intervention, columns in ``classes_`` order.
+
+        Examples
+        --------
+        >>> clf.intervene(X, {17: "off"}).argmax(1)  # doctest: +SKIP
+        """
+        check_is_fitted(self)
+        if not isinstance(interventions, dict):
+            raise TypeError(f"interventions must be a dict channel id -> 'off', 'mean' or a number; got {type(interventions).__name__}.")
+        pooled = self.pooled_features(X).astype(np.float64)
+        for channel, value in interventions.items():
+            column = self._selected_column(channel, "interventions")
+            if isinstance(value, str) and value in ("off", "mean"):
+                pooled[:, column] = 0.0 if value == "off" else float(self.feature_mean_[column])
+            elif isinstance(value, Real) and not isinstance(value, bool) and np.isfinite(float(value)):
+                pooled[:, column] = float(value)
+            else:
+                raise ValueError(f"interventions[{channel!r}] must be 'off', 'mean' or a finite number; got {value!r}.")
+        return softmax(self._head_logits(pooled), axis=1)
+
+    def _head_logits(self, pooled: np.ndarray) -> np.ndarray:
+        return head_logits(pooled, self.sparse_weight_, self.sparse_bias_, self.feature_mean_, self.feature_std_)
+
+    def _selected_column(self, channel: object, name: str) -> int:
+        if isinstance(channel, bool) or not isinstance(channel, (Integral, np.integer)):
+            raise TypeError(f"{name} keys are adapter channel ids (ints); got {channel!r}.")
+        matches = np.flatnonzero(self.selected_features_ == channel)
+        if len(matches) != 1:
+            raise ValueError(
+                f"{name} names channel {channel}, which is not a selected feature; selected_features_ is "
+                f"{self.selected_features_.tolist()}."
+            )
+        return int(matches[0])
+
+    def counterfactual(self, X: npt.ArrayLike, target: object) -> Counterfactual:
+        """For every sample, the smallest change of one of the target's features that makes the target the prediction.
+
+        Closed form from the linear head (:func:`qpm_sklearn.counterfactual.single_feature_counterfactuals`):
+        the change of one raw pooled activation, all others as they are, at which the
+        target's logit meets the best other one; ``inf`` where that feature cannot do it.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings with the embedding size d seen in ``fit``.
+        target : label or array-like of shape (n,)
+            The class to reach, for all samples or per sample.
+
+        Returns
+        -------
+        counterfactual : Counterfactual
+            ``features (n, k)`` (the target's channel ids), ``delta (n, k)`` (raw change),
+            ``delta_standardised``, ``best (n,)``.
+
+        Examples
+        --------
+        >>> cf = clf.counterfactual(X, target="Rusty Blackbird")  # doctest: +SKIP
+        >>> cf.to_frame()  # doctest: +SKIP
+        """
+        pooled = self.pooled_features(X).astype(np.float64)
+        targets = self._target_indices(target, len(pooled))
+        columns, delta = single_feature_counterfactuals(
+            pooled, targets, self.sparse_weight_, self.sparse_bias_, self.feature_mean_, self.feature_std_
+        )
+        scale = np.maximum(self.feature_std_.astype(np.float64), 1e-6)
+        standardised = np.where(columns >= 0, delta / scale[np.maximum(columns, 0)], np.inf)
+        finite = np.isfinite(standardised)
+        best = np.where(finite.any(1), np.argmin(np.where(finite, np.abs(standardised), np.inf), axis=1), -1)
+        prediction = self.classes_[np.argmax(self._head_logits(pooled), axis=1)]
+        return Counterfactual(
+            target=self.classes_[targets],
+            prediction=prediction,
+            features=np.where(columns >= 0, self.selected_features_[np.maximum(columns, 0)], -1),
+            delta=delta,
+            delta_standardised=standardised,
+            best=best.astype(np.intp),
+            feature_names=estimator_feature_names(self),
+        )
+
+    # ------------------------------------------------------------ edit
+    def edit(
+        self: _Classifier,
+        X: npt.ArrayLike,
+        y: npt.ArrayLike,
+        *,
+        exclude: Sequence[int] | None = None,
+        include: Sequence[int] | None = None,
+        fixed: dict[Any, Sequence[int]] | None = None,
+        n_per_class: int | Sequence[int] | dict[Any, int] | None = None,
+        sparse_epochs: int | None = None,
+        sample_weight: npt.ArrayLike | None = None,
+    ) -> _Classifier:
+        """A new model with the selection re-solved under constraints; the dense stage is reused.
+
+        The dense stage is not retrained: its pooled features of ``X`` (from the stored
+        dense network) give the selection's statistics, the selection is solved again
+        under the constraints, warm-started from the current selection (an edit without
+        constraints keeps it unless a strictly better one is found), and only the sparse
+        stage is trained, from the dense stage's MLP as in ``fit`` (``sparse_epochs=0``:
+        the new head on the dense features, no fine-tuning). This model is left as it was.
+
+        Constraints left at None keep this model's values; a given one replaces it (pass
+        ``[]`` or ``{}`` to drop one). The edited model's parameters hold the constraints,
+        so ``fit`` with them (and ``memory=``) reproduces the edit.
+
+        Parameters
+        ----------
+        X : array-like of shape (n, h, w, d), (n, p, d) or (n, d)
+            Patch embeddings, normally the training set.
+        y : array-like of shape (n,)
+            Their labels (from ``classes_``).
+        exclude, include : array-like of int, optional
+            Adapter channel ids the selection must not use / must keep.
+        fixed : dict, optional
+            ``{label: channel ids}`` a class must use.
+        n_per_class : int, array-like of int or dict, optional
+            New budgets: one for all, one per class, or ``{label: k}`` for some classes
+            (the others keep theirs).
+        sparse_epochs : int, optional
+            Epochs of the sparse stage (default: the model's ``sparse_epochs``).
+        sample_weight : array-like of shape (n,), optional
+            As in ``fit``.
+
+        Returns
+        -------
+        edited : QPMClassifier
+            A new fitted model; ``selection_info_["edit"]`` records the constraints, the
+            objective before and after and the certified gap.
+
+        Examples
+        --------
+        >>> edited = clf.edit(X, y, exclude=[17])  # doctest: +SKIP
+        >>> 17 in edited.selected_features_  # doctest: +SKIP
+        False
+        """
+        check_is_fitted(self)
+        if self.selection != "qpm":
+            raise ValueError(
+                f"edit() re-solves the DINO-QPM selection; this model was fitted with selection={self.selection!r}, "
+                "whose head is no selection an edit could constrain."
+            )
+        tokens, grid = check_tokens(X, n_features_in=self.n_features_in_, min_samples=2)
+        labels = column_or_1d(y, warn=True)
+        if len(labels) != len(tokens):
+            raise ValueError(f"X and y must have the same number of samples; got {len(tokens)} and {len(labels)}.")
+        unknown = [label for label in np.unique(labels).tolist() if not np.any(self.classes_ == label)]
+        if unknown:
+            raise ValueError(f"y holds labels {unknown} that are not in classes_ {self.classes_.tolist()}.")
+        y_codes = np.searchsorted(self.classes_, labels).astype(np.int64)
+        changes: dict[str, Any] = {name: value for name, value in
+                                   (("exclude", exclude), ("include", include), ("fixed", fixed)) if value is not None}
+        if n_per_class is not None:
+            if isinstance(n_per_class, dict):  # some classes: the others keep their budget
+                current = self._selection_constraints(self.classes_)["n_per_class"]
+                budgets = np.broadcast_to(np.asarray(current), (len(self.classes_),)).astype(np.int64).copy()
+                for label, k in n_per_class.items():
+                    budgets[self._label_index(self.classes_, label, "n_per_class")] = k
+                n_per_class = {label: int(k) for label, k in zip(self.classes_.tolist(), budgets)}
+            changes["n_per_class"] = n_per_class
+        if sparse_epochs is not None:
+            changes["sparse_epochs"] = sparse_epochs
+        edited = clone(self).set_params(**changes)
+        edited._validate_params()
+        edited._check_budgets(len(self.classes_), self.classes_)
+        constraints = edited._selection_constraints(self.classes_)
+        sample_weight = edited._sample_weight(sample_weight, labels, tokens)
+        rng = check_random_state(edited.random_state)  # the clone's copy: this model's state stays as it is
+        _, selection_seed, sparse_seed = (torch_seed(rng) for _ in range(3))  # the seeds fit draws
+        device = resolve_device(self.device)
+        dense_features = self._forward(X, "dense")["features"]
+        head = qpm_head(
+            dense_features, y_codes, len(self.classes_), n_selected=self.n_selected, redundancy=self.redundancy,
+            solver_options=self._solver_options(), seed=selection_seed, verbose=self.verbose,
+            sample_weight=sample_weight, initial=self.selected_features_, **constraints,
+        )  # fmt: skip
+        staged = tokens_on_device(tokens, device, check_input=False)
+        sparse_mlp_state, head, sparse_history = fit_sparse_stage(
+            staged, y_codes, grid, len(self.classes_), self.dense_mlp_state_, head, edited._group_settings("sparse"),
+            split_seed=selection_seed, seed=sparse_seed, device=device, sample_weight=sample_weight,
+            verbose=self.verbose,
+        )  # fmt: skip
+        record = {
+            "objective_before": float(self.selection_info_.get("objective", float("nan"))),
+            "objective_after": float(head.info["objective"]),
+            "upper_bound": float(head.info["upper_bound"]),
+            "gap": float(head.info["gap"]),
+            "selected_before": self.selected_features_.tolist(),
+            "removed": np.setdiff1d(self.selected_features_, head.selected).tolist(),
+            "added": np.setdiff1d(head.selected, self.selected_features_).tolist(),
+            "constraints": _json_constraints(changes),
+        }
+        head = replace(head, info=dict(head.info, edit=record))
+        dense = {"mlp": self.dense_mlp_state_, "head": self.dense_head_state_,
+                 "history": [{k: v for k, v in row.items() if k != "stage"} for row in self.history_
+                             if row.get("stage") == "dense"]}  # fmt: skip
+        fitted = _fitted_state(self.classes_, self.n_features_in_, dense, sparse_mlp_state, head, sparse_history,
+                               getattr(self, "feature_names_in_", None))  # fmt: skip
+        fitted["_networks"] = {}
+        edited.__dict__.update(fitted)
+        edited.feature_names = _kept_feature_names(self.feature_names, self.selected_features_, head.selected)
+        return edited
 
     def summary(self) -> str:
         """A text table of each class and the features it uses, with their weights.
@@ -885,6 +1216,8 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         """The estimator of a model file's decoded parameters and stored fitted state, checked."""
         estimator = cls()
         expected = set(estimator.get_params(deep=False))
+        for name in _LATER_PARAMETERS:  # files written before these parameters existed hold their default
+            params.setdefault(name, None)
         if set(params) != expected:
             missing, unknown = sorted(expected - set(params)), sorted(set(params) - expected)
             raise ModelFileDefect(f"the parameters do not match {cls.__name__}'s: missing {missing}, unknown {unknown}")
@@ -927,8 +1260,9 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             raise ModelFileDefect(f"classes_ must be at least 2 distinct labels in sorted order; got {short(classes.tolist())}")
         n_classes = len(classes)
         try:
-            self._check_budgets(n_classes)
-        except ValueError as exc:
+            self._check_budgets(n_classes, classes)
+            budgets = self._selection_constraints(classes)["n_per_class"] if self.selection == "qpm" else None
+        except (ValueError, TypeError) as exc:
             raise ModelFileDefect(f"invalid parameters: {exc}") from None
         selected = fitted["selected_features_"] = take_array(
             contents, "selected_features_", FITTED_ARRAYS["selected_features_"], (None,)
@@ -945,7 +1279,7 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
             raise ModelFileDefect("feature_std_ holds negative values")
         if self.selection == "qpm":
             ones = weight != 0
-            if n_selected != self.n_selected or np.any(weight[ones] != 1) or np.any(ones.sum(axis=1) != self.n_per_class):
+            if n_selected != self.n_selected or np.any(weight[ones] != 1) or np.any(ones.sum(axis=1) != budgets):
                 raise ModelFileDefect(
                     f"with selection='qpm' the sparse head must be 0/1 with n_per_class={self.n_per_class} ones per "
                     f"class over n_selected={self.n_selected} features; got shape {weight.shape}"

@@ -20,9 +20,17 @@ if TYPE_CHECKING:
     import matplotlib.figure
 
     from . import classifier
+    from .counterfactual import Counterfactual
     from .report import FeatureAtlas
 
-__all__ = ["plot_explanation", "plot_class_comparison", "plot_assignment", "plot_feature", "plot_class"]
+__all__ = [
+    "plot_explanation",
+    "plot_class_comparison",
+    "plot_assignment",
+    "plot_feature",
+    "plot_class",
+    "plot_counterfactual",
+]
 
 _OVERLAY_ALPHA = 0.55
 _PIXELS_PER_CELL = 14  # a ViT-B/14 patch: the blank canvas has the size of the image the grid came from
@@ -513,4 +521,54 @@ def plot_class(
         axes[j, 0].set_ylabel(f"{_feature_name(feature, feature_names)}\nweight {atlas.class_weights[c, i]:+.3g}",
                               fontsize=8)  # fmt: skip
     fig.suptitle(f"class {name}: its {len(used)} features on its most typical images", fontsize=10)
+    return fig
+
+
+def plot_counterfactual(counterfactual: Counterfactual, index: int = 0, *, standardised: bool = True) -> matplotlib.figure.Figure:
+    """Bar chart of one sample's counterfactual: the change each target feature would need on its own.
+
+    Bars are the changes (in training standard deviations, or raw pooled units); features that
+    cannot make the target win on their own are listed as impossible, and the smallest change is
+    highlighted.
+
+    Parameters
+    ----------
+    counterfactual : Counterfactual
+        From :meth:`QPMClassifier.counterfactual <qpm_sklearn.QPMClassifier.counterfactual>`.
+    index : int, default=0
+        The sample to draw.
+    standardised : bool, default=True
+        Changes in standard deviations (``delta_standardised``) or raw (``delta``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Examples
+    --------
+    >>> plot_counterfactual(clf.counterfactual(X, target=3), index=0).savefig("cf.png")  # doctest: +SKIP
+    """
+    n = len(counterfactual)
+    if isinstance(index, bool) or not isinstance(index, (int, np.integer)) or not -n <= index < n:
+        raise ValueError(f"index must be an int in [{-n}, {n}); got {index!r}.")
+    features = np.asarray(counterfactual.features[index])
+    used = features >= 0
+    values = np.asarray((counterfactual.delta_standardised if standardised else counterfactual.delta)[index])[used]
+    features = features[used]
+    names = [_feature_name(int(f), counterfactual.feature_names) for f in features]
+    finite = np.isfinite(values)
+    best = int(counterfactual.best[index])
+    fig = _figure(figsize=(5.5, 1.2 + 0.4 * max(len(features), 1)), layout="constrained")
+    ax = fig.add_subplot()
+    colours = ["tab:orange" if position == best else "tab:blue" for position in range(len(features))]
+    ax.barh(range(len(features)), np.where(finite, values, 0.0), color=colours)
+    labels = [name if ok else f"{name} (impossible)" for name, ok in zip(names, finite)]
+    ax.set_yticks(range(len(features)), labels, fontsize=8)
+    ax.invert_yaxis()
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_xlabel("change needed (standard deviations)" if standardised else "change needed (raw pooled activation)")
+    ax.set_title(
+        f"sample {index}: predicted {counterfactual.prediction[index]!r}, to become {counterfactual.target[index]!r}",
+        fontsize=10,
+    )
     return fig

@@ -226,3 +226,15 @@ def test_explain_parts_writes_the_docs_figures(tmp_path):
         with Image.open(path) as image:
             image.load()
             assert np.asarray(image.convert("L")).std() > 10
+
+
+def test_watermark_example_measures_before_and_after(capsys):
+    result = load_example("watermark").main(["--seeds", "1"])
+    out = capsys.readouterr().out
+    assert "watermark feature" in out and "reference: fitted without watermark" in out
+    run = result["runs"][0]
+    assert run["watermark_feature"] in run["dense_channels_firing"]
+    assert run["watermark_feature"] not in run["edit"]["added"]
+    accuracy = {key: run[key]["test_accuracy"] for key in ("before", "exclude_dense_channels_firing", "clean_fit")}
+    # Removing what fires on the watermark must not make the model worse on clean test data.
+    assert accuracy["exclude_dense_channels_firing"] >= accuracy["before"], accuracy

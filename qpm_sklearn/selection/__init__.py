@@ -40,21 +40,23 @@ from .._utils import check_int as _check_int
 from ._bounds import (
     OSQP_ALGEBRAS,
     certified_bound,
-    class_thresholds,
+    dual_thresholds,
     clique_bound,
     concave_shift,
     osqp_algebra,
     solve_relaxation,
 )
+from ._constraints import check_constraints, class_budgets, constrained_problem
 from ._milp import solve_milp
 from ._problem import assignment_scale, build_problem, check_selection_budget, evaluate, selection_objective
 from ._redundancy import feature_class_correlation, feature_similarity, redundancy_penalty
-from ._search import LocalSearch, log_progress, round_relaxation, tabu_search
+from ._search import LocalSearch, log_progress, round_relaxation, tabu_search, warm_start
 
 
 __all__ = [
     "SelectionResult",
     "assignment_scale",
+    "check_constraints",
     "check_selection_budget",
     "check_solver_options",
     "feature_class_correlation",
@@ -137,7 +139,8 @@ _SOLVER_OPTIONS = {
 _COMMON_OPTIONS = ("solver", "time_limit")
 
 
-_ESTIMATOR_ARGUMENTS = ("A", "n_selected", "n_per_class", "penalty", "bias", "random_state", "verbose")
+_ESTIMATOR_ARGUMENTS = ("A", "n_selected", "n_per_class", "penalty", "bias", "random_state", "verbose", "exclude",
+                        "include", "fixed", "initial")
 
 
 def _check_option(name: str, value):
@@ -221,7 +224,7 @@ def solve_selection(
     A: ArrayLike,
     *,
     n_selected: int,
-    n_per_class: int,
+    n_per_class: int | ArrayLike | Mapping[int, int],
     penalty: ArrayLike | None = None,
     bias: ArrayLike | None = None,
     time_limit: float | None = None,
@@ -234,6 +237,10 @@ def solve_selection(
     candidates_per_class: int | None = None,
     n_iterations: int = 1000,
     mip_rel_gap: float = 1e-6,
+    exclude: ArrayLike | None = None,
+    include: ArrayLike | None = None,
+    fixed: Mapping[int, ArrayLike] | None = None,
+    initial: ArrayLike | None = None,
 ) -> SelectionResult:
     """Select ``n_selected`` features and assign ``n_per_class`` of them to every class.
 
@@ -253,12 +260,22 @@ def solve_selection(
     ``solver="exact"``: the linearised MILP solved by HiGHS (``scipy.optimize.milp``), the
     no-duplicate rule added lazily; a proven optimum when it finishes within ``time_limit``.
 
+    Constraints (docs/selection.md#constraints): ``exclude`` features are never selected,
+    ``include`` ones always, class ``c`` always uses ``fixed[c]``, and ``n_per_class`` may give
+    every class its own budget k_c (then ``alpha = 1000 / sum_c k_c``). Every part of both
+    solvers honours them; the certified bound stays valid. Without any, the solve is exactly
+    the unconstrained one.
+
     Parameters
     ----------
     A : array-like of shape (n_features, n_classes)
         Feature-class scores (:func:`feature_class_correlation`).
-    n_selected, n_per_class : int
-        Budgets; ``comb(n_selected, n_per_class)`` must be at least the number of classes.
+    n_selected : int
+        Features selected.
+    n_per_class : int, array-like of int of shape (n_classes,) or dict
+        Features of every class: one budget for all, or every class's own (an array, or a dict
+        class index -> k naming every class). The classes of one budget k need distinct sets:
+        at most ``comb(n_selected, k)`` of them.
     penalty : array-like of shape (n_features, n_features), optional
         Pair penalties; entries ``i < j`` count (:func:`redundancy_penalty`). Default: none.
     bias : array-like of shape (n_features,), optional
@@ -288,6 +305,14 @@ def solve_selection(
         Moves of the tabu search after the first local search (0: local search only).
     mip_rel_gap : float
         Relative gap at which HiGHS stops (``solver="exact"``).
+    exclude, include : array-like of int, optional
+        Feature ids that must not / must be selected.
+    fixed : dict, optional
+        Class index -> feature ids the class must use (up to its whole budget).
+    initial : array-like of int, optional
+        A selection to start from (``solver="osqp"``): it is repaired to meet the constraints,
+        improved by local search, and kept unless the search from the relaxation finds a
+        strictly better one; the tabu search then starts from the better.
 
     Returns
     -------
@@ -304,16 +329,34 @@ def solve_selection(
     True
     """
     start, cpu_start = time.perf_counter(), time.process_time()
-    problem = build_problem(A, n_selected, n_per_class, penalty, bias)
+    kept = None
+    if exclude is None and include is None and fixed is None and not isinstance(n_per_class, Mapping) \
+            and np.ndim(n_per_class) == 0:
+        problem = build_problem(A, n_selected, n_per_class, penalty, bias)
+    else:
+        n_features, n_classes = np.shape(A) if np.ndim(A) == 2 else (0, 0)
+        if n_features == 0:
+            build_problem(A, n_selected, 1, penalty, bias)  # raises the usual error for A
+        constraints = check_constraints(n_features, n_classes, n_selected, n_per_class, exclude, include, fixed)
+        instance = constrained_problem(A, n_selected, penalty, bias, constraints)
+        problem, kept = instance.problem, instance.kept
+    if initial is not None:
+        initial = np.asarray(initial)
+        n_features = int(np.shape(A)[0])
+        if initial.ndim != 1 or initial.dtype.kind not in "iu" or np.any(initial < 0) or np.any(initial >= n_features):
+            raise ValueError(f"initial must be feature ids in [0, {n_features}); got {initial!r}.")
+        if kept is not None:
+            initial = np.searchsorted(kept, np.intersect1d(initial, kept))
+        initial = np.unique(initial.astype(np.intp))
     check_solver_options({"solver": solver, "time_limit": time_limit, "algebra": algebra, "eps": eps,
                           "max_iter": max_iter, "candidates_per_class": candidates_per_class,
                           "n_iterations": n_iterations} if solver == "osqp" else
                          {"solver": solver, "time_limit": time_limit, "mip_rel_gap": mip_rel_gap})
     verbose = _check_verbose(verbose)
-    candidates_per_class = 12 * n_per_class + 4 if candidates_per_class is None else candidates_per_class
+    candidates_per_class = 12 * problem.k + 4 if candidates_per_class is None else candidates_per_class
     deadline = math.inf if time_limit is None else start + time_limit
     default_options = dict(algebra=algebra, eps=eps, max_iter=max_iter, candidates_per_class=candidates_per_class,
-                           n_iterations=n_iterations, random_state=random_state, verbose=verbose)
+                           n_iterations=n_iterations, random_state=random_state, verbose=verbose, initial=initial)
     if solver == "exact":
         S, upper_bound, proven = solve_milp(problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap,
                                              verbose=verbose >= 2)
@@ -336,6 +379,14 @@ def solve_selection(
 
     S = np.sort(S)
     objective, _, assignment = evaluate(problem, S)
+    if not np.isfinite(objective):
+        raise ValueError(
+            "no selection meets the constraints: the solver found no selection of n_selected features whose "
+            "classes all get distinct sets with their pinned features and budgets; loosen fixed, n_per_class "
+            "or exclude, or raise n_selected."
+        )
+    if kept is not None:
+        S = kept[S]
     if upper_bound <= objective:  # the bound meets the objective: proven optimal
         upper_bound, bound_method = objective, "objective" if bound_method != "milp" else bound_method
     gap = (upper_bound - objective) / max(abs(objective), 1e-12)
@@ -356,7 +407,7 @@ def solve_selection(
 
 
 def _solve_default(problem, *, deadline, algebra, eps, max_iter, candidates_per_class, n_iterations,
-                   random_state, verbose):
+                   random_state, verbose, initial=None):
     """Relaxation (OSQP), rounding, local search, certified bounds, tabu search.
 
     Returns (S, upper bound, bound method, timed out).
@@ -375,7 +426,11 @@ def _solve_default(problem, *, deadline, algebra, eps, max_iter, candidates_per_
     with threadpool_limits(limits=1, user_api="blas"):  # small products: threads only contend
         search = LocalSearch(problem, deadline)
         S, value = search.run(round_relaxation(problem, s))
-        clique = clique_bound(problem, class_thresholds(problem.W, s, problem.k), value, deadline=deadline)
+        if initial is not None:  # ties keep the warm start
+            warm, warm_value = search.run(warm_start(problem, initial, s))
+            if warm_value >= value:
+                S, value = warm, warm_value
+        clique = clique_bound(problem, dual_thresholds(problem, s), value, deadline=deadline)
         if clique < upper_bound:
             upper_bound, bound_method = clique, "clique"
         log_progress(verbose, "local search", value, upper_bound)

@@ -32,8 +32,10 @@ def concave_shift(Q: np.ndarray) -> float:
     return max(0.0, -smallest) * (1.0 + 1e-9) + 1e-12 * (1.0 + np.abs(Q).max())
 
 
-def class_thresholds(W: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
+def class_thresholds(W: np.ndarray, s: np.ndarray, k) -> np.ndarray:
     """Per class, the optimal dual threshold u of max{W.e : 0 <= e <= s, sum e = k}.
+
+    ``k`` is an int, or an array of every class's own budget.
 
     It minimises k*u + sum_f s_f max(0, W[f] - u): the weight at which the s-mass of the
     features sorted by weight reaches k.
@@ -41,7 +43,12 @@ def class_thresholds(W: np.ndarray, s: np.ndarray, k: int) -> np.ndarray:
     order = np.argsort(-W, axis=0, kind="stable")
     mass = np.cumsum(s[order], axis=0)
     position = np.minimum((mass < k - 1e-12).sum(0), W.shape[0] - 1)
-    return W[order[position, np.arange(W.shape[1])], np.arange(W.shape[1])]
+    u = W[order[position, np.arange(W.shape[1])], np.arange(W.shape[1])]
+    if np.ndim(k) == 0:
+        return u
+    # pinned edges are -inf (Problem.dual_terms): a class whose free mass runs out takes its lowest weight
+    lowest = np.where(np.isfinite(W), W, np.inf).min(0)
+    return np.where(np.isfinite(u), u, np.where(np.isfinite(lowest), lowest, 0.0))
 
 
 def certified_bound(problem: Problem, s: np.ndarray, shift: float) -> float:
@@ -53,15 +60,23 @@ def certified_bound(problem: Problem, s: np.ndarray, shift: float) -> float:
     ``s`` and g_c(s) <= k u_c + sum_f s_f max(0, W[f, c] - u_c) for any u_c (LP duality). The
     maximum of the resulting linear function over {0 <= s <= 1, sum s = m} is the sum of its m
     largest coefficients. With non-negative penalties, dropping the penalty instead gives a
-    second bound; the smaller is returned.
+    second bound; the smaller is returned. Under constraints the same functions bound the
+    problem with its pinned features dropped (a relaxation: the bound stays valid) and
+    per-class budgets in the dual term; forced features enter the maximisation as fixed ones.
     """
     s = np.clip(s, 0.0, 1.0)
-    u = class_thresholds(problem.W, s, problem.k)
+    u = dual_thresholds(problem, s)
     curvature = problem.Q @ s + shift * s
     bound = _dual_bound(problem, u, slope=0.5 * shift - curvature, constant=0.5 * float(s @ curvature))
     if np.all(problem.Q >= 0):
         bound = min(bound, _dual_bound(problem, u))
     return bound
+
+
+def dual_thresholds(problem: Problem, s: np.ndarray) -> np.ndarray:
+    """:func:`class_thresholds` of the problem's assignment LPs (pinned edges taken, :attr:`Problem.dual_terms`)."""
+    W, budgets, _ = problem.dual_terms
+    return class_thresholds(W, s, budgets)
 
 
 def osqp_algebra(algebra: str) -> str:
@@ -102,7 +117,7 @@ class _PrunedRelaxation:
 
     @classmethod
     def build(cls, problem: Problem, n_candidates: np.ndarray, ranking: np.ndarray) -> "_PrunedRelaxation":
-        W, k, m = problem.W, problem.k, problem.m
+        W, k, m = problem.W, problem.class_budget, problem.m
         n_features, n_classes = W.shape
         classes = np.arange(n_classes)
         edge_class = np.repeat(classes, n_candidates)
@@ -112,6 +127,11 @@ class _PrunedRelaxation:
         slacks = n_features + n_edges + classes
         n_var = n_features + n_edges + n_classes
         pruned = n_candidates < n_features
+        variable_lower = np.zeros(n_var)
+        if problem.forced is not None:  # s_f = 1 for forced features
+            variable_lower[:n_features] = problem.forced
+        if problem.pinned is not None:  # e = 1 on pinned edges
+            variable_lower[edges] = problem.pinned[edge_feature, edge_class]
         slack_value = np.where(pruned, W[ranking[np.minimum(n_candidates, n_features - 1), classes], classes], 0.0)
         sum_s = sp.csc_matrix((np.ones(n_features), (np.zeros(n_features, int), np.arange(n_features))), (1, n_var))
         edge_below_s = sp.csc_matrix(
@@ -125,7 +145,7 @@ class _PrunedRelaxation:
         return cls(
             gain=np.concatenate([problem.bias, W[edge_feature, edge_class], slack_value]),
             matrix=sp.vstack([sum_s, edge_below_s, class_total, sp.identity(n_var, format="csc")], format="csc"),
-            lower=np.concatenate([[m], np.full(n_edges, -np.inf), np.full(n_classes, k), np.zeros(n_var)]),
+            lower=np.concatenate([[m], np.full(n_edges, -np.inf), np.full(n_classes, k), variable_lower]),
             upper=np.concatenate(
                 [[m], np.zeros(n_edges), np.full(n_classes, k), np.ones(n_features), np.full(n_edges, np.inf),
                  np.where(pruned, np.inf, 0.0)]
@@ -147,7 +167,9 @@ def solve_relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verb
     the problem is solved again, warm-started.
     """
     n_features, n_classes = problem.W.shape
-    ranking = np.argsort(-problem.W, axis=0, kind="stable")
+    # pinned edges rank first, so that they are always candidates
+    ranking = np.argsort(-(problem.W if problem.pinned is None else np.where(problem.pinned, np.inf, problem.W)),
+                         axis=0, kind="stable")
     n_candidates = np.full(n_classes, min(n_features, candidates_per_class))
     curvature = sp.triu(sp.csc_matrix(problem.Q + shift * np.eye(n_features)), format="csc")
     s = np.full(n_features, problem.m / n_features)
@@ -171,7 +193,8 @@ def solve_relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verb
         solver = osqp.OSQP(algebra=algebra)
         solver.setup(P, q, relaxed.matrix, relaxed.lower, relaxed.upper, **settings)
         if warm:
-            solver.warm_start(x=_relaxed_warm_start(s, problem.W, relaxed.edge_feature, relaxed.edge_class, problem.k))
+            solver.warm_start(x=_relaxed_warm_start(s, problem.W, relaxed.edge_feature, relaxed.edge_class,
+                                                    problem.class_budget))
         result = solver.solve(raise_error=False)
         info["osqp_status"] = result.info.status
         info["osqp_iterations"] += int(result.info.iter)
@@ -198,8 +221,18 @@ def solve_relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verb
 def _dual_bound(problem: Problem, u: np.ndarray, slope=0.0, constant=0.0) -> float:
     """Maximum over {0 <= s <= 1, sum s = m} of the linear over-estimator
     k sum u + constant + (bias + slope + sum_c max(0, W[:, c] - u_c))'s: its m largest coefficients."""
-    coefficients = problem.bias + slope + np.maximum(problem.W - u, 0.0).sum(1)
-    return problem.k * float(u.sum()) + constant + float(np.partition(coefficients, -problem.m)[-problem.m :].sum())
+    coefficients = problem.bias + slope + np.maximum(problem.dual_terms[0] - u, 0.0).sum(1)
+    return problem.budget_total(u) + constant + _largest_sum(coefficients, problem.m, problem.forced)
+
+
+def _largest_sum(coefficients: np.ndarray, m: int, forced=None) -> float:
+    """max over {0 <= s <= 1, sum s = m, s = 1 on forced} of coefficients's: the forced ones and the
+    largest of the others."""
+    if forced is None:
+        return float(np.partition(coefficients, -m)[-m:].sum())
+    rest, n_rest = coefficients[~forced], m - int(forced.sum())
+    taken = float(np.partition(rest, -n_rest)[-n_rest:].sum()) if n_rest > 0 else 0.0
+    return float(coefficients[forced].sum()) + taken
 
 
 def _conflict_cliques(Q: np.ndarray, value: np.ndarray) -> list[np.ndarray]:
@@ -304,7 +337,7 @@ def clique_bound(problem: Problem, u: np.ndarray, lower: float, *, deadline: flo
     progress), and the smallest value seen is returned. Without penalty every clique is a single
     feature and this is the Lagrangian (= LP) bound of the assignment relaxation.
     """
-    W, Q, k, m = problem.W, problem.Q, problem.k, problem.m
+    (W, k, _), Q, m = problem.dual_terms, problem.Q, problem.m
     reward = np.zeros(len(Q))
     if m > 1 and (Q < 0).any():
         reward = 0.5 * np.partition(np.maximum(-Q, 0.0), -(m - 1), axis=1)[:, -(m - 1):].sum(1)
@@ -314,8 +347,8 @@ def clique_bound(problem: Problem, u: np.ndarray, lower: float, *, deadline: flo
     best, step, stalled = math.inf, 1.0, 0
     for _ in range(n_rounds):
         value = problem.bias + reward + np.maximum(W - u, 0.0).sum(1)
-        bound, chosen = k * float(u.sum()), np.zeros(split.shape)
-        direction_u = np.full(u.shape, float(k))
+        bound, chosen = problem.budget_total(u), np.zeros(split.shape)
+        direction_u = np.full(u.shape, float(k)) if np.ndim(k) == 0 else k.astype(np.float64)
         for t, cover in enumerate(covers):
             inner, S = cover.best(value / len(covers) + split[t], m)
             bound += inner
@@ -329,7 +362,7 @@ def clique_bound(problem: Problem, u: np.ndarray, lower: float, *, deadline: flo
                 step, stalled = 0.5 * step, 0
         direction_split = chosen - chosen.mean(0)
         norm = float(direction_u @ direction_u + (direction_split**2).sum())
-        if norm == 0 or best - lower <= tolerance or step < 1e-3 or time.perf_counter() > deadline:
+        if norm == 0 or not math.isfinite(lower) or best - lower <= tolerance or step < 1e-3 or time.perf_counter() > deadline:
             break
         length = step * (bound - lower) / norm
         u = u - length * direction_u
@@ -346,6 +379,6 @@ def _relaxed_warm_start(s, W, edge_feature, edge_class, k):
         index = index[np.argsort(-W[edge_feature[index], c], kind="stable")]
         capacity = s[edge_feature[index]]
         already = np.concatenate([[0.0], np.cumsum(capacity)[:-1]])
-        e[index] = np.minimum(capacity, np.maximum(k - already, 0.0))
+        e[index] = np.minimum(capacity, np.maximum((k if np.ndim(k) == 0 else k[c]) - already, 0.0))
     slack = np.maximum(k - np.bincount(edge_class, weights=e, minlength=n_classes), 0.0)
     return np.concatenate([s, e, slack])

@@ -26,10 +26,11 @@ def solve_milp(problem: Problem, *, time_limit, mip_rel_gap, verbose):
     pair (c1, c2) continuous z_f <= min(E[f,c1] + E[f,c2], 2 - E[f,c1] - E[f,c2]) with
     sum z >= 2 (z_f reaches 1 only where exactly one class uses f, so the columns differ).
     Pairs found duplicated are constrained and the MILP solved again, until no duplicates
-    remain. Returns (S or None, upper bound, proven optimal); not proven means stopped by the
+    remain. Constraints: the class rows take each class's own budget, and forced features
+    (s = 1) and pinned edges (E = 1) get a lower bound of 1. Returns (S or None, upper bound, proven optimal); not proven means stopped by the
     time limit.
     """
-    W, Q, k, m = problem.W, problem.Q, problem.k, problem.m
+    W, Q, k, m = problem.W, problem.Q, problem.class_budget, problem.m
     n_features, n_classes = W.shape
     n_edges = n_features * n_classes
     features = np.arange(n_features)
@@ -54,7 +55,7 @@ def solve_milp(problem: Problem, *, time_limit, mip_rel_gap, verbose):
             np.concatenate([n_features + edge_rows, edge_rows // n_classes]),
             np.full(n_edges, -np.inf), np.zeros(n_edges))
         add(np.ones(n_edges), edge_rows % n_classes, n_features + edge_rows,  # k per class
-            np.full(n_classes, k), np.full(n_classes, k))
+            np.broadcast_to(k, (n_classes,)).astype(np.float64), np.broadcast_to(k, (n_classes,)).astype(np.float64))
         n_pos = int(positive.sum())
         add(np.tile([1.0, 1.0, -1.0], n_pos), np.repeat(np.arange(n_pos), 3),
             np.column_stack([pair_i[positive], pair_j[positive], y[positive]]).ravel(),
@@ -77,6 +78,17 @@ def solve_milp(problem: Problem, *, time_limit, mip_rel_gap, verbose):
         constraint = LinearConstraint(sp.vstack(blocks, format="csr"), np.concatenate(lower), np.concatenate(upper))
         return cost, integrality, constraint
 
+    variable_lower = np.zeros(n_base)
+    if problem.forced is not None:
+        variable_lower[:n_features] = problem.forced
+    if problem.pinned is not None:
+        variable_lower[n_features : n_features + n_edges] = problem.pinned.ravel()
+
+    def bounds(n_var):
+        if not problem.constrained:
+            return Bounds(0.0, 1.0)
+        return Bounds(np.concatenate([variable_lower, np.zeros(n_var - n_base)]), np.ones(n_var))
+
     class_pairs: set[tuple[int, int]] = set()
     involved: set[int] = set()
     upper_bound, start = math.inf, time.perf_counter()
@@ -85,7 +97,7 @@ def solve_milp(problem: Problem, *, time_limit, mip_rel_gap, verbose):
         options = {"disp": verbose, "mip_rel_gap": mip_rel_gap}
         if time_limit is not None:
             options["time_limit"] = max(time_limit - (time.perf_counter() - start), 1e-3)
-        result = milp(cost, integrality=integrality, bounds=Bounds(0.0, 1.0), constraints=constraint,
+        result = milp(cost, integrality=integrality, bounds=bounds(cost.size), constraints=constraint,
                       options=options)
         dual_bound = getattr(result, "mip_dual_bound", None)
         if dual_bound is not None and np.isfinite(dual_bound):

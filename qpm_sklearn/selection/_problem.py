@@ -12,8 +12,9 @@ from __future__ import annotations
 import functools
 import heapq
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -39,7 +40,43 @@ class Problem:
     Q: np.ndarray  # (N, N) symmetric, zero diagonal; the objective subtracts s^T Q s / 2
     bias: np.ndarray  # (N,)
     m: int
-    k: int
+    k: int  # the budget of every class; with per-class budgets, the largest
+    # Constraints (None: none). ``budgets`` (C,) holds every class's own k_c when they differ;
+    # ``forced`` (N,) the features that must be selected (included ones and every pinned one);
+    # ``pinned`` (N, C) the features each class must use.
+    budgets: np.ndarray | None = None
+    forced: np.ndarray | None = None
+    pinned: np.ndarray | None = None
+
+    @property
+    def constrained(self) -> bool:
+        """True when any constraint beyond the plain budgets applies (the solvers' general path)."""
+        return self.budgets is not None or self.forced is not None or self.pinned is not None
+
+    @property
+    def class_budget(self):
+        """Every class's k_c as an int array when budgets differ, else the int k (same arithmetic as before)."""
+        return self.budgets if self.budgets is not None else self.k
+
+    @functools.cached_property
+    def dual_terms(self):
+        """(weights, budgets, constant) of the classes' assignment LPs once pinned edges are taken.
+
+        Class c's value is ``constant_c + max{W'.e : 0 <= e <= s, sum e = k'_c}`` with its pinned
+        weights counted in the constant, removed from ``W'`` (``-inf``) and from its budget ``k'_c``.
+        Without pins: ``(W, class_budget, 0.0)``.
+        """
+        if self.pinned is None:
+            return self.W, self.class_budget, 0.0
+        budgets = np.broadcast_to(np.asarray(self.class_budget), (self.W.shape[1],)) - self.pinned.sum(0)
+        return np.where(self.pinned, -np.inf, self.W), budgets.astype(np.int64), float((self.W * self.pinned).sum())
+
+    def budget_total(self, u: np.ndarray) -> float:
+        """sum_c k'_c u_c plus the pinned constant (the budgets' share of the dual bounds, :attr:`dual_terms`)."""
+        if not self.constrained:
+            return self.k * float(u.sum())
+        _, budgets, constant = self.dual_terms
+        return float(np.broadcast_to(budgets, u.shape) @ u) + constant
 
     @functools.cached_property
     def scale(self) -> float:
@@ -67,12 +104,14 @@ class Problem:
         return 0.5 * float(self.Q[np.ix_(S, S)].sum())
 
 
-def build_problem(A, n_selected, n_per_class, penalty, bias) -> Problem:
+def build_problem(A, n_selected, n_per_class, penalty, bias, *, check_budget=True) -> Problem:
+    """The unconstrained instance (``check_budget=False``: the caller has checked distinct sets under its constraints)."""
     A = check_matrix(A, "A")
     n_features, n_classes = A.shape
     _check_int(n_selected, "n_selected", 1, n_features)
     _check_int(n_per_class, "n_per_class", 1, n_selected)
-    check_selection_budget(n_selected, n_per_class, n_classes)
+    if check_budget:
+        check_selection_budget(n_selected, n_per_class, n_classes)
     Q = np.zeros((n_features, n_features))
     if penalty is not None:
         penalty = check_matrix(penalty, "penalty")
@@ -89,8 +128,11 @@ def build_problem(A, n_selected, n_per_class, penalty, bias) -> Problem:
     return Problem(W=assignment_scale(n_per_class, n_classes) * A, Q=Q, bias=bias, m=n_selected, k=n_per_class)
 
 
-def assignment_scale(n_per_class: int, n_classes: int) -> float:
-    """The factor alpha = 1000 / (n_per_class * n_classes) of the assignment term (docs/method.md#problem).
+def assignment_scale(n_per_class: int | Sequence[int] | np.ndarray, n_classes: int) -> float:
+    """The factor alpha = 1000 / sum_c k_c of the assignment term (docs/method.md#problem).
+
+    With one budget k for every class this is ``1000 / (k * n_classes)``; ``n_per_class`` may
+    also be an array of the classes' own budgets.
 
     Parameters
     ----------
@@ -107,10 +149,17 @@ def assignment_scale(n_per_class: int, n_classes: int) -> float:
     --------
     >>> assignment_scale(5, 200)
     1.0
+    >>> assignment_scale([2, 3, 5], 3)
+    100.0
     """
+    if np.ndim(n_per_class) == 1:
+        budgets = np.asarray(n_per_class)
+        if budgets.shape != (n_classes,) or budgets.dtype.kind not in "iu" or np.any(budgets < 1):
+            raise ValueError(f"n_per_class must hold {n_classes} positive ints; got {n_per_class!r}.")
+        return 1000.0 / float(budgets.sum())
     _check_int(n_per_class, "n_per_class", 1, 10**12)
     _check_int(n_classes, "n_classes", 1, 10**12)
-    return 1000.0 / (n_per_class * n_classes)
+    return 1000.0 / (cast(int, n_per_class) * n_classes)
 
 
 def check_selection_budget(n_selected: int, n_per_class: int, n_classes: int) -> None:
@@ -159,7 +208,7 @@ def selection_objective(
     *,
     penalty: ArrayLike | None = None,
     bias: ArrayLike | None = None,
-    n_per_class: int | None = None,
+    n_per_class: int | Sequence[int] | np.ndarray | None = None,
 ) -> float:
     """Objective of a selection by the formula of docs/method.md#problem (no feasibility check).
 
@@ -172,9 +221,9 @@ def selection_objective(
     penalty : array-like of shape (n_features, n_features), optional
         Only the entries ``i < j`` count.
     bias : array-like of shape (n_features,), optional
-    n_per_class : int, optional
-        The k of ``alpha = 1000 / (k * C)``. Default: the number of ones per row, which must
-        then be the same in every row.
+    n_per_class : int or array-like of int, optional
+        The k of ``alpha = 1000 / (k * C)``, or every class's own k_c (``alpha = 1000 / sum_c k_c``).
+        Default: the number of ones per row, which must then be the same in every row.
 
     Returns
     -------
@@ -197,6 +246,8 @@ def selection_objective(
                 f"got row sums {sorted(per_row.tolist())}. Pass n_per_class."
             )
         n_per_class = int(per_row[0])
+    if np.ndim(n_per_class) == 1:
+        n_per_class = np.asarray(n_per_class, dtype=np.int64)
     value = assignment_scale(n_per_class, n_classes) * float((A[selected].T * assignment).sum())
     if penalty is not None:
         block = np.asarray(penalty, dtype=np.float64)[np.ix_(selected, selected)]
@@ -310,7 +361,100 @@ def _assignment_matrix(subsets: list[tuple], m: int) -> np.ndarray:
 
 
 def evaluate(problem: Problem, S: np.ndarray) -> tuple[float, float, np.ndarray]:
-    """(objective, objective without the no-duplicate rule, assignment) of the selection S."""
-    assignment, value, free_value = _assign(problem.W[S], problem.k)
+    """(objective, objective without the no-duplicate rule, assignment) of the selection S.
+
+    Under constraints, a selection that misses a forced feature or admits no assignment with
+    distinct rows is worth ``-inf``.
+    """
+    if problem.constrained:
+        if problem.forced is not None and not problem.forced[S].sum() == problem.forced.sum():
+            return -math.inf, -math.inf, np.zeros((problem.W.shape[1], S.size), dtype=bool)
+        budgets = np.broadcast_to(np.asarray(problem.class_budget), (problem.W.shape[1],))
+        pinned = np.zeros((S.size, problem.W.shape[1]), dtype=bool) if problem.pinned is None else problem.pinned[S]
+        assignment, value, free_value = _assign_constrained(problem.W[S], budgets, pinned)
+    else:
+        assignment, value, free_value = _assign(problem.W[S], problem.k)
     linear = float(problem.bias[S].sum()) - problem.pair_penalty(S)
     return value + linear, free_value + linear, assignment
+
+
+def _pinned_subsets(values: np.ndarray, pinned: np.ndarray, free_budget: int):
+    """Yield the feasible sets of one class (its pinned features plus ``free_budget`` others) by
+    non-increasing value: the subsets of the free features in :func:`_best_subsets` order."""
+    free = np.flatnonzero(~pinned)
+    base = np.flatnonzero(pinned).tolist()
+    base_value = float(values[pinned].sum())
+    for value, positions in _best_subsets(values[free], free_budget):
+        yield base_value + value, tuple(sorted(base + free[list(positions)].tolist()))
+
+
+def _assign_constrained(WS: np.ndarray, budgets: np.ndarray, pinned: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """:func:`_assign` under per-class budgets and pinned features: class c takes its pinned
+    features plus its ``budgets[c] - |pinned|`` best others, duplicates repaired exactly.
+
+    Returns (assignment, value, value without the no-duplicate rule); value is ``-inf`` when no
+    assignment with distinct rows exists. The proof of :func:`_assign` carries over: every
+    class's list holds its own feasible sets by decreasing value, so no class of a group of size
+    g needs a set beyond its g best (or all it has, when it has fewer); a listed set that is not
+    feasible for a class (another size, a pinned feature missing) is barred from it in the
+    matching.
+    """
+    m, n_classes = WS.shape
+    free_budget = budgets - pinned.sum(0)
+    if np.any(free_budget < 0) or np.any(free_budget > m - pinned.sum(0)):
+        return np.zeros((n_classes, m), dtype=bool), -math.inf, -math.inf
+    free_weight = np.where(pinned, -np.inf, WS)
+    rank = np.empty((m, n_classes), dtype=np.intp)
+    np.put_along_axis(rank, np.argsort(-free_weight, axis=0, kind="stable"), np.arange(m)[:, None], axis=0)
+    member = pinned | (rank < free_budget[None, :])
+    free_value = float((WS * member).sum())
+    top_sets = [tuple(np.flatnonzero(column).tolist()) for column in member.T]
+    owners: dict[tuple, list[int]] = {}
+    for c, subset in enumerate(top_sets):
+        owners.setdefault(subset, []).append(c)
+    groups = [set(group) for group in owners.values() if len(group) > 1]
+    if not groups:
+        return member.T.copy(), free_value, free_value
+    generators: dict[int, Iterator[tuple[float, tuple]]] = {}
+    lists: dict[int, list[tuple]] = {}
+
+    def listed(group):
+        for c in group:
+            if c not in generators:
+                generators[c] = _pinned_subsets(WS[:, c], pinned[:, c], int(free_budget[c]))
+                lists[c] = []
+            while len(lists[c]) < len(group):
+                subset = next(generators[c], None)
+                if subset is None:
+                    break
+                lists[c].append(subset[1])
+        return {subset for c in group for subset in lists[c]}
+
+    while True:
+        subsets = [listed(group) for group in groups]
+        merged = _merge_overlapping(groups, subsets)
+        grouped = set().union(*merged)
+        for group in merged:
+            group.update(c for subset in listed(group) for c in owners.get(subset, ()) if c not in grouped)
+        if len(merged) == len(groups) and sum(map(len, merged)) == sum(map(len, groups)):
+            break
+        groups = merged
+    chosen = list(top_sets)
+    for group in groups:
+        rows = sorted(group)
+        columns = sorted({subset for c in rows for subset in lists[c]})
+        if len(columns) < len(rows):
+            return member.T.copy(), -math.inf, free_value
+        member_matrix = np.zeros((len(columns), m))
+        for j, subset in enumerate(columns):
+            member_matrix[j, list(subset)] = 1.0
+        feasible = np.array([[subset in lists[c] for subset in columns] for c in rows])
+        gain = WS[:, rows].T @ member_matrix.T
+        barred = -(1.0 + np.abs(gain).sum()) * (len(rows) + 1)  # worse than any feasible matching
+        matched_rows, matched_columns = linear_sum_assignment(np.where(feasible, gain, barred), maximize=True)
+        if len(matched_rows) < len(rows) or not feasible[matched_rows, matched_columns].all():
+            return member.T.copy(), -math.inf, free_value
+        for r, j in zip(matched_rows, matched_columns):
+            chosen[rows[r]] = columns[j]
+    assignment = _assignment_matrix(chosen, m)
+    return assignment, float((WS.T * assignment).sum()), free_value

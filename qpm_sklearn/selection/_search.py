@@ -35,8 +35,11 @@ def _swap_gains(problem: Problem, S: np.ndarray, rank_S=None, leaders=None) -> n
     class c can gain there, so the sums run over those entries of the precomputed per-class
     order (a few dozen per class), not over all of W. Rows of features already in S are -inf.
     ``rank_S`` (positions of S in every class's order) and ``leaders`` (:func:`_class_leaders`)
-    are computed unless given (:class:`_SwapState` keeps them up to date).
+    are computed unless given (:class:`_SwapState` keeps them up to date). Under constraints
+    the gains come from :func:`_constrained_swap_gains`.
     """
+    if problem.constrained:
+        return _constrained_swap_gains(problem, S)
     k, m = problem.k, problem.m
     n_classes, n_features = problem.order.shape
     classes = np.arange(n_classes)
@@ -75,6 +78,49 @@ def _swap_gains(problem: Problem, S: np.ndarray, rank_S=None, leaders=None) -> n
     return gains
 
 
+def _constrained_swap_gains(problem: Problem, S: np.ndarray) -> np.ndarray:
+    """:func:`_swap_gains` under per-class budgets, pinned and forced features.
+
+    Class c always holds its pinned features and takes its ``r_c = k_c - |pinned|`` best free
+    ones; with v_k / v_k1 the r_c-th / (r_c+1)-th largest free weight over S the swap formula
+    of :func:`_swap_gains` holds per class with r_c for k (a class with r_c = 0 is unchanged
+    by any swap). Dense form: ``gains = added[j] + loss[i] + change @ top.T`` with ``top[i, c]``
+    when S[i] is among class c's free top-r_c. Forced features may not leave (their columns are
+    -inf), nor may features in S enter.
+    """
+    W = problem.W
+    n_features, n_classes = W.shape
+    m = S.size
+    classes = np.arange(n_classes)
+    budgets = np.broadcast_to(np.asarray(problem.class_budget), (n_classes,))
+    pinned = np.zeros((m, n_classes), dtype=bool) if problem.pinned is None else problem.pinned[S]
+    free_budget = budgets - pinned.sum(0)
+    n_free = m - pinned.sum(0)
+    free_weight = np.where(pinned, -np.inf, W[S])
+    order = np.argsort(-free_weight, axis=0, kind="stable")
+    sorted_free = np.take_along_axis(free_weight, order, axis=0)
+    rank = np.empty((m, n_classes), dtype=np.intp)
+    np.put_along_axis(rank, order, np.arange(m)[:, None], axis=0)
+    below = float(W.min()) - 1.0  # when every free feature is in the top, any added one must enter
+    v_k = np.where(free_budget > 0, sorted_free[np.maximum(free_budget - 1, 0), classes], np.inf)
+    v_k1 = np.where(free_budget < n_free, sorted_free[np.minimum(free_budget, m - 1), classes], below)
+    v_k1 = np.where(free_budget > 0, v_k1, np.inf)
+    top = (rank < free_budget[None, :]) & ~pinned
+    over_k = np.maximum(W - v_k, 0.0)
+    change = np.maximum(W - v_k1, 0.0) - over_k
+    loss = np.where(top, v_k1 - W[S], 0.0).sum(1)
+    penalty_S = problem.Q[S]
+    penalty_to_S = penalty_S.sum(0)
+    gains = change @ top.T.astype(np.float64)
+    gains += (over_k.sum(1) - penalty_to_S + problem.bias)[:, None]
+    gains += loss + penalty_to_S[S] - problem.bias[S]
+    gains += penalty_S.T
+    gains[S] = -np.inf
+    if problem.forced is not None:
+        gains[:, problem.forced[S]] = -np.inf
+    return gains
+
+
 class _SwapState:
     """A selection kept in place (column i of the swap gains is ``S[i]``), updated swap by swap.
 
@@ -86,14 +132,21 @@ class _SwapState:
     def __init__(self, problem: Problem, S: np.ndarray):
         self.problem = problem
         self.S = np.array(S, dtype=np.intp)
+        if problem.constrained:  # the gains are recomputed from S alone
+            return
         self.rank_S = problem.position[:, self.S]
         self.leaders = np.array(_class_leaders(self.rank_S, problem.k))
 
     def gains(self) -> np.ndarray:
+        if self.problem.constrained:
+            return _swap_gains(self.problem, self.S)
         return _swap_gains(self.problem, self.S, self.rank_S, self.leaders)
 
     def swap(self, i: int, j: int) -> None:
         """Replace S[i] by feature j."""
+        if self.problem.constrained:
+            self.S[i] = j
+            return
         k, position = self.problem.k, self.problem.position
         touched = None
         if k < self.S.size:
@@ -177,7 +230,7 @@ def tabu_search(search: LocalSearch, S, value, n_iterations, rng, *, weights, bo
             search.timed_out = True
             break
         if iteration - last_improvement > patience:
-            restart = _perturb(best, weights, rng)
+            restart = _perturb(best, weights, rng, problem.forced)
             current, last_improvement = _SwapState(problem, restart), iteration
             tabu_until[:] = 0
             _, current_free = search.evaluate(restart)
@@ -215,16 +268,39 @@ def log_progress(verbose: int, stage: str, objective: float, bound: float, bar=N
 
 
 def round_relaxation(problem: Problem, s: np.ndarray) -> np.ndarray:
-    """The m features with the largest relaxed value (ties: larger total weight first)."""
+    """The m features with the largest relaxed value (ties: larger total weight first); forced ones first."""
+    if problem.forced is not None:
+        order = np.lexsort((-problem.W.sum(1), -np.round(s, 9), ~problem.forced))
+        return np.sort(order[: problem.m])
     order = np.lexsort((-problem.W.sum(1), -np.round(s, 9)))
     return np.sort(order[: problem.m])
 
 
-def _perturb(S: np.ndarray, weights: np.ndarray, rng) -> np.ndarray:
-    """Swap a few random selected features for unselected ones drawn by relaxed value."""
+def warm_start(problem: Problem, initial: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """A selection near ``initial`` that holds every forced feature: forced ones added, then the
+    rest of ``initial``, then features by relaxed value, until m (ties: larger total weight)."""
+    in_initial = np.zeros(problem.W.shape[0], dtype=bool)
+    in_initial[initial] = True
+    forced = np.zeros_like(in_initial) if problem.forced is None else problem.forced
+    order = np.lexsort((-problem.W.sum(1), -np.round(s, 9), ~in_initial, ~forced))
+    return np.sort(order[: problem.m])
+
+
+def _perturb(S: np.ndarray, weights: np.ndarray, rng, forced=None) -> np.ndarray:
+    """Swap a few random selected features for unselected ones drawn by relaxed value (forced ones stay)."""
     outside = np.setdiff1d(np.arange(weights.size), S)
     if outside.size == 0:
         return S
+    if forced is not None:
+        movable = S[~forced[S]]
+        most = min(movable.size, outside.size, max(2, S.size // 5))
+        if most == 0:
+            return S
+        n_swaps = int(rng.randint(min(2, most), most + 1))
+        p = weights[outside] / weights[outside].sum()
+        added = rng.choice(outside, size=n_swaps, replace=False, p=p)
+        kept = rng.choice(movable, size=movable.size - n_swaps, replace=False)
+        return np.sort(np.concatenate([S[forced[S]], kept, added]))
     most = max(1, min(S.size, outside.size, max(2, S.size // 5)))
     n_swaps = int(rng.randint(min(2, most), most + 1))
     p = weights[outside] / weights[outside].sum()
