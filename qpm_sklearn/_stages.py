@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -316,28 +317,87 @@ class _EarlyStopping:
         network.to(self.device)
 
 
+def dense_stage_checksum(result: dict) -> str:
+    """SHA-256 of a :func:`fit_dense_stage` result: every array's name, dtype, shape and bytes, and the history.
+
+    Parameters
+    ----------
+    result : dict
+        ``mlp`` and ``head`` (dicts of arrays), ``features`` (array), ``history`` (list of dicts).
+
+    Returns
+    -------
+    checksum : str
+        Hex digest; equal results give equal digests.
+    """
+    digest = hashlib.sha256()
+    arrays = [(f"{group}.{key}", result[group][key]) for group in ("mlp", "head") for key in sorted(result[group])]
+    for name, array in arrays + [("features", result["features"])]:
+        array = np.ascontiguousarray(array)
+        digest.update(repr((name, array.dtype.str, array.shape)).encode())
+        digest.update(memoryview(array.reshape(-1)).cast("B"))  # type: ignore[arg-type]
+    digest.update(repr(result["history"]).encode())
+    return digest.hexdigest()
+
+
+def checksummed_dense_stage(tokens, fingerprint, y, sample_weight, grid, n_classes, settings, seed, device,
+                            verbose=False):  # fmt: skip
+    """What ``memory=`` stores: :func:`fit_dense_stage`'s result with its checksum, taken when it is computed.
+
+    Returns
+    -------
+    entry : dict
+        ``result`` (the dense stage) and ``checksum`` (:func:`dense_stage_checksum` of it).
+    """
+    result = fit_dense_stage(tokens, fingerprint, y, sample_weight, grid, n_classes, settings, seed, device, verbose)
+    return {"result": result, "checksum": dense_stage_checksum(result)}
+
+
 def cached_dense_stage(memory, tokens, y, sample_weight, grid, n_classes, settings, seed, device, verbose):
-    """:func:`fit_dense_stage` through ``memory``; concurrent fits of one key compute it once.
+    """:func:`fit_dense_stage` through ``memory``, verified; concurrent fits of one key compute it once.
 
     With a cache location, a file lock per key (beside the cache) makes a second process
     or thread that asks for the same dense stage wait for the first and then load its
-    result instead of training it again.
+    result instead of training it again. Every entry carries the checksum of its arrays
+    (:func:`checksummed_dense_stage`), checked when it is read: an entry whose contents
+    no longer match (altered on disk while its pickle stays readable) is never used -- a
+    ``UserWarning`` says so and the stage is computed again and stored afresh.
     """
     location = getattr(memory, "location", None)
     fingerprint = tokens_fingerprint(tokens) if location is not None else None
     staged = tokens_on_device(tokens, device, check_input=False)  # once per fit, for both stages
-    cached = memory.cache(fit_dense_stage, ignore=["tokens", "verbose"])
     args = (staged, fingerprint, y, sample_weight, grid, n_classes, settings, seed, str(device), verbose)
-    if location is None:
-        return cached(*args), staged
+    if location is None:  # no cache folder: nothing stored to verify
+        return memory.cache(fit_dense_stage, ignore=["tokens", "verbose"])(*args), staged
     from filelock import FileLock
     from joblib import hash as joblib_hash
 
+    cached = memory.cache(checksummed_dense_stage, ignore=["tokens", "verbose"])
     key = joblib_hash((fingerprint, y, sample_weight, grid, n_classes, settings, seed, str(device)))
     lock_dir = Path(location) / "qpm_sklearn_locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_dir / f"dense-{key}.lock")):
-        return cached(*args), staged
+        entry = cached(*args)
+        if _entry_is_intact(entry):
+            return entry["result"], staged
+        warnings.warn(
+            f"memory={str(location)!r}: the cached dense stage does not match the checksum written with it (the "
+            "entry was altered or damaged); it is not used, the dense stage is trained again.",
+            UserWarning,
+            stacklevel=3,
+        )
+        if hasattr(cached, "call"):  # joblib: compute and store again under the same key
+            entry = cached.call(*args)
+            entry = entry[0] if isinstance(entry, tuple) else entry
+            return entry["result"], staged
+        return fit_dense_stage(*args), staged
+
+
+def _entry_is_intact(entry) -> bool:
+    try:
+        return entry["checksum"] == dense_stage_checksum(entry["result"])
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return False
 
 
 def sparse_network(mlp_state, head: HeadRecord, *, train_stats=False, dropout=0.0) -> QPMNetwork:

@@ -174,6 +174,59 @@ def test_memory_without_a_seed_warns(tmp_path):
         QPMClassifier(**dict(TINY, random_state=None), memory=str(tmp_path)).fit(X, y)
 
 
+def _alter_features_in_place(value):
+    """Add 1 to every ``features`` array inside a cached object; whether anything was altered."""
+    altered = False
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "features" and isinstance(item, np.ndarray):
+                item += 1.0
+                altered = True
+            else:
+                altered |= _alter_features_in_place(item)
+    return altered
+
+
+def test_an_altered_dense_stage_cache_entry_is_recomputed_with_a_warning(tmp_path, count_stages):
+    import joblib
+
+    X, y = data()
+    fresh = QPMClassifier(**TINY).fit(X, y).predict_proba(X)
+    QPMClassifier(**TINY, memory=str(tmp_path)).fit(X, y)
+    outputs = list(tmp_path.rglob("output.pkl"))
+    assert len(outputs) == 1
+    entry = joblib.load(outputs[0])
+    assert _alter_features_in_place(entry)
+    joblib.dump(entry, outputs[0])  # the pickle stays valid, its numbers do not
+    count_stages.clear()
+    with pytest.warns(UserWarning, match="does not match the checksum"):
+        refit = QPMClassifier(**TINY, memory=str(tmp_path)).fit(X, y)
+    assert count_stages.count("dense") == 1, "the damaged entry must be recomputed, not served"
+    np.testing.assert_allclose(refit.predict_proba(X), fresh, rtol=1e-5, atol=1e-6)
+    # the entry was stored again and is served from now on
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = QPMClassifier(**TINY, memory=str(tmp_path)).fit(X, y)
+    assert count_stages.count("dense") == 1
+    np.testing.assert_allclose(again.predict_proba(X), fresh, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_stage_checksum_sees_every_array_and_the_history():
+    from qpm_sklearn._stages import dense_stage_checksum
+
+    result = {"mlp": {"w": np.ones((2, 2), np.float32)}, "head": {"b": np.zeros(2, np.float32)},
+              "features": np.arange(6, dtype=np.float32).reshape(3, 2), "history": [{"loss": 1.0}]}  # fmt: skip
+    reference = dense_stage_checksum(result)
+    assert dense_stage_checksum({**result, "mlp": {"w": result["mlp"]["w"].copy()}}) == reference
+    for altered in (
+        {**result, "mlp": {"w": np.ones((2, 2), np.float32) * 2}},
+        {**result, "head": {"b": np.zeros(2, np.float64)}},
+        {**result, "features": result["features"].reshape(2, 3)},
+        {**result, "history": [{"loss": 1.5}]},
+    ):
+        assert dense_stage_checksum(altered) != reference
+
+
 # ------------------------------------------------------------------------- determinism
 _THREADS_SCRIPT = """
 import sys, numpy as np, torch
