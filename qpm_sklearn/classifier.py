@@ -6,6 +6,7 @@ import numbers
 import os
 import warnings
 from collections.abc import Sequence
+from dataclasses import replace
 from numbers import Integral, Real
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -98,8 +99,47 @@ FITTED_VALUES = ("n_features_in_", "selection_info_", "history_")
 OPTIONAL_FITTED_VALUES = ("feature_names_in_",)
 
 
+def plain_fitted_value(value: Any) -> Any:
+    """``value`` with every torch object replaced, recursively through dicts, lists and tuples.
+
+    A tensor (on any device, with or without gradient, in any dtype) becomes a host numpy
+    array -- floating tensors as float32, since numpy has no bfloat16 -- and a 0-d tensor a
+    Python number; a ``torch.device`` becomes its string. Fitted state then pickles and
+    loads on a machine without the device that trained it.
+
+    Parameters
+    ----------
+    value : object
+        A fitted value as the training code returned it.
+
+    Returns
+    -------
+    value : object
+        The same structure holding numpy arrays and plain Python values only.
+    """
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu")
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float32)
+        return tensor.item() if tensor.ndim == 0 else tensor.numpy().copy()
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: plain_fitted_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_fitted_value(item) for item in value)
+    return value
+
+
 def _fitted_state(classes, n_features_in, dense, sparse_mlp_state, head: HeadRecord, sparse_history, feature_names):
-    """The fitted attributes of :data:`FITTED_ARRAYS`, :data:`FITTED_STATES` and :data:`FITTED_VALUES` from fit's locals."""
+    """The fitted attributes of :data:`FITTED_ARRAYS`, :data:`FITTED_STATES` and :data:`FITTED_VALUES` from fit's locals.
+
+    Every value goes through :func:`plain_fitted_value`: whatever the device the stages ran
+    on, the fitted state holds numpy arrays and plain Python values only.
+    """
+    dense, sparse_mlp_state, sparse_history = plain_fitted_value((dense, sparse_mlp_state, sparse_history))
+    head = replace(head, **plain_fitted_value({"selected": head.selected, "weight": head.weight, "bias": head.bias,
+                                               "mean": head.mean, "std": head.std, "info": head.info}))  # fmt: skip
     head_arrays = {"selected_features_": head.selected, "sparse_weight_": head.weight, "sparse_bias_": head.bias,
                    "feature_mean_": head.mean, "feature_std_": head.std}  # fmt: skip
     fitted: dict[str, Any] = {"classes_": classes}
@@ -827,11 +867,14 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         ----------
         path : str or os.PathLike
             Where to write, atomically (a failed save leaves a previous file intact).
+            A name that does not end in ``.npz`` gets it appended (``"model"`` writes
+            ``model.npz``, ``"model.v1"`` writes ``model.v1.npz``); :meth:`load` applies the
+            same rule, so ``load("model")`` reads it back.
 
         Returns
         -------
         path : pathlib.Path
-            The file written (``.npz`` is appended when missing).
+            The file written.
         """
         check_is_fitted(self)
         name = type(self).__name__
@@ -862,7 +905,8 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         path : str or os.PathLike
-            A file written by :meth:`save`.
+            A file written by :meth:`save`: ``path`` as given when it exists, else ``path``
+            with ``.npz`` appended (the name :meth:`save` writes for a path without it).
 
         Returns
         -------
@@ -872,9 +916,10 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Raises
         ------
         FileNotFoundError
-            When ``path`` does not exist.
+            When neither ``path`` nor ``path`` + ``.npz`` exists.
         ValueError
-            For any defect of the file (another format version, invalid parameters, a
+            For any defect of the file (another format version -- a newer one asks to
+            upgrade qpm_sklearn --, invalid parameters, a
             missing, extra or misshapen array), naming the file and the defect.
         """
         return read_model_file(path, cls.__name__, cls._from_model_file)

@@ -227,6 +227,63 @@ def test_dense_stage_checksum_sees_every_array_and_the_history():
         assert dense_stage_checksum(altered) != reference
 
 
+# ------------------------------------------------------------------------- fitted state is plain
+def _torch_objects(value, where):
+    """Paths inside ``value`` that hold something other than numpy and plain Python."""
+    if isinstance(value, dict):
+        return [path for key, item in value.items() for path in _torch_objects(item, f"{where}[{key!r}]")]
+    if isinstance(value, (list, tuple)):
+        return [path for i, item in enumerate(value) for path in _torch_objects(item, f"{where}[{i}]")]
+    plain = (np.ndarray, np.generic, int, float, str, bool, type(None))
+    return [] if isinstance(value, plain) and not (isinstance(value, np.ndarray) and value.dtype == object
+                                                   and not all(isinstance(v, str) for v in value.ravel())) \
+        else [f"{where}: {type(value).__name__}"]  # fmt: skip
+
+
+def _fitted_attributes(clf):
+    return {name: value for name, value in vars(clf).items() if name.endswith("_") and not name.startswith("_")}
+
+
+def test_every_fitted_attribute_is_numpy_or_plain_python():
+    X, y = data()
+    clf = QPMClassifier(**TINY).fit(X, y)
+    assert _torch_objects(_fitted_attributes(clf), "clf") == []
+
+
+def test_fitted_state_is_plain_whatever_the_stages_return(monkeypatch):
+    # A device run hands back tensors (a CUDA fit's history rows, its network states): fake one.
+    import qpm_sklearn.classifier as classifier
+
+    original = classifier.cached_dense_stage
+
+    def on_a_device(*args, **kwargs):
+        dense, staged = original(*args, **kwargs)
+        tensors = dict(dense, head={key: torch.from_numpy(value) for key, value in dense["head"].items()},
+                       history=[{key: torch.tensor(value) for key, value in row.items()} for row in dense["history"]])  # fmt: skip
+        return tensors, staged
+
+    monkeypatch.setattr(classifier, "cached_dense_stage", on_a_device)
+    X, y = data()
+    clf = QPMClassifier(**TINY).fit(X, y)
+    assert _torch_objects(_fitted_attributes(clf), "clf") == []
+    assert isinstance(clf.history_[0]["loss"], float)
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
+
+
+def test_plain_fitted_value_converts_every_torch_object():
+    from qpm_sklearn.classifier import plain_fitted_value
+
+    weight = torch.arange(6, dtype=torch.float32).reshape(2, 3).requires_grad_()
+    value = {"w": weight, "half": torch.ones(2, dtype=torch.bfloat16), "count": torch.tensor(7),
+             "rows": [{"loss": torch.tensor(0.5)}], "pair": (torch.device("cpu"), 1), "name": "x"}  # fmt: skip
+    plain = plain_fitted_value(value)
+    assert _torch_objects(plain, "value") == []
+    np.testing.assert_array_equal(plain["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert plain["half"].dtype == np.float32 and plain["count"] == 7 and type(plain["count"]) is int
+    assert plain["rows"] == [{"loss": 0.5}] and plain["pair"] == ("cpu", 1) and plain["name"] == "x"
+
+
 # ------------------------------------------------------------------------- determinism
 _THREADS_SCRIPT = """
 import sys, numpy as np, torch
