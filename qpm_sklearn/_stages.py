@@ -44,7 +44,7 @@ from .training import forward_in_batches, tokens_on_device, train_network
 INFERENCE_BATCH_SIZE = 256
 # docs/baselines.md: the comparison systems fine-tune with dropout 0.1 and Q-SENN runs 4 rounds.
 _BASELINE_DROPOUT = 0.1
-_QSENN_ROUNDS = 4
+QSENN_ROUNDS = 4
 # Bytes per block of tokens_fingerprint (hashed in parallel).
 _FINGERPRINT_BLOCK = 32 * 2**20
 
@@ -447,7 +447,7 @@ def fit_sparse_stage(tokens, y_codes, grid, n_classes, mlp_state, head, settings
     """
     method = settings["selection"]
     baseline = method != "qpm"
-    rounds = _QSENN_ROUNDS if method == "qsenn" else 1
+    rounds = QSENN_ROUNDS if method == "qsenn" else 1
     history, network = [], None
     for round_index in range(rounds):
         if round_index > 0:

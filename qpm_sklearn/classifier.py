@@ -35,6 +35,7 @@ from ._device import resolve_device, torch_seed
 from ._head import HeadRecord, qpm_head
 from ._stages import (
     INFERENCE_BATCH_SIZE,
+    QSENN_ROUNDS,
     cached_dense_stage,
     check_tokens,
     dense_network,
@@ -44,6 +45,7 @@ from ._stages import (
 from ._utils import StrictInterval
 from .adapter import DenseHead, QPMNetwork, SparseHead, TokenMLP, empty_network, load_network_state, standardise
 from .baselines import sparse_head
+from .cpu_cost import estimated_cpu_seconds, warn_if_slow_on_cpu
 from .explanation import Explanation, class_summary, estimator_feature_names
 from .persistence import (
     FORMAT_VERSION,
@@ -516,6 +518,13 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         y_codes = y_codes.astype(np.int64)
         sample_weight = self._sample_weight(sample_weight, labels, tokens)
         device = resolve_device(self.device)
+        if device.type == "cpu":
+            rounds = QSENN_ROUNDS if self.selection == "qsenn" else 1
+            seconds = estimated_cpu_seconds(
+                *tokens.shape, hidden_size=self.hidden_size, n_features=self.n_features, n_layers=self.n_layers,
+                epochs=self.dense_epochs + rounds * self.sparse_epochs,
+            )  # fmt: skip
+            warn_if_slow_on_cpu(seconds, stacklevel=3)
         memory = check_memory(self.memory)
         if getattr(memory, "location", None) is not None and self.random_state is None:
             warnings.warn(
