@@ -72,6 +72,15 @@ def _not_an_embedding(X) -> str | None:
     return None
 
 
+def _given_dtype(X) -> np.dtype | None:
+    """The dtype X came in (of its first item for a list of arrays), before any conversion."""
+    if hasattr(X, "dtype"):
+        return X.dtype
+    if isinstance(X, (list, tuple)) and len(X) and hasattr(X[0], "dtype"):
+        return X[0].dtype
+    return None
+
+
 def _is_one_dimensional(X) -> bool:
     if hasattr(X, "ndim") and hasattr(X, "__len__"):
         return X.ndim == 1
@@ -123,7 +132,7 @@ def check_tokens(
         ensure_min_samples=min_samples,
         input_name="X",
     )
-    if array.ndim >= 3 and getattr(X, "dtype", None) == np.uint8:
+    if array.ndim >= 3 and _given_dtype(X) == np.uint8:
         raise ValueError(
             f"X looks like raw pixel images (uint8, shape {array.shape}); it must be patch embeddings. Embed the "
             "images first, e.g. with Dinov2Embedder(...).transform(images). Embeddings stored as uint8 can be "
@@ -335,7 +344,7 @@ def dense_stage_checksum(result: dict) -> str:
     for name, array in arrays + [("features", result["features"])]:
         array = np.ascontiguousarray(array)
         digest.update(repr((name, array.dtype.str, array.shape)).encode())
-        digest.update(memoryview(array.reshape(-1)).cast("B"))  # type: ignore[arg-type]
+        digest.update(memoryview(array.reshape(-1)).cast("B"))
     digest.update(repr(result["history"]).encode())
     return digest.hexdigest()
 

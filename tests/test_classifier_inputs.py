@@ -168,6 +168,7 @@ def _pil_images(n):
         (_pil_images, TypeError, "list of PIL images.*Dinov2Embedder"),
         (lambda n: [f"photos/{i}.jpg" for i in range(n)], TypeError, "file paths.*Dinov2Embedder"),
         (lambda n: np.zeros((n, 56, 56, 3), np.uint8), ValueError, "raw pixel images.*Dinov2Embedder"),
+        (lambda n: [np.zeros((56, 56, 3), np.uint8)] * n, ValueError, "raw pixel images.*Dinov2Embedder"),
         (lambda n: np.zeros((n, 384, 8, 8), np.float32), ValueError, "channels-first.*transpose\\(0, 2, 3, 1\\)"),
         (lambda n: np.zeros((n * 4,), np.float32), ValueError, "1-D array of 96 values.*Reshape your data: X.reshape\\(1, -1\\)"),
     ],
