@@ -493,6 +493,13 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : QPMClassifier
+
+        Warns
+        -----
+        SlowCPUFitWarning
+            Once, before training, when the fit runs on the CPU and is estimated to take
+            more than 5 minutes of one core's time (:mod:`qpm_sklearn.cpu_cost`); it names
+            the CPU-sized configuration.
         """
         if y is None:
             raise ValueError(
