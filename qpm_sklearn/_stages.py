@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -44,9 +45,47 @@ from .training import forward_in_batches, tokens_on_device, train_network
 INFERENCE_BATCH_SIZE = 256
 # docs/baselines.md: the comparison systems fine-tune with dropout 0.1 and Q-SENN runs 4 rounds.
 _BASELINE_DROPOUT = 0.1
-_QSENN_ROUNDS = 4
+QSENN_ROUNDS = 4
 # Bytes per block of tokens_fingerprint (hashed in parallel).
 _FINGERPRINT_BLOCK = 32 * 2**20
+
+
+#: A 4-D X of shape (n, a, b, c) is taken for a channels-first (n, d, h, w) array when its
+#: first grid side ``a`` is at least this many times both the second side ``b`` and the
+#: embedding size ``c``: DINOv2's patch grids are near square and their d (384 to 1536)
+#: exceeds their sides, while a channels-first array puts a large d first.
+CHANNELS_FIRST_RATIO = 4
+
+
+def _not_an_embedding(X) -> str | None:
+    """What X holds when it is plainly not numbers (images, file paths), else None."""
+    if isinstance(X, (list, tuple)):
+        first = X[0] if len(X) else None
+        many = True
+    elif isinstance(X, np.ndarray) and X.dtype.kind in "OUS" and X.size:
+        first, many = X.flat[0], True
+    else:
+        first, many = X, False
+    if type(first).__module__.split(".")[0] == "PIL":
+        return "a list of PIL images" if many else "a PIL image"
+    if isinstance(first, (str, bytes, os.PathLike)):
+        return "file paths or strings" if many else "a file path or string"
+    return None
+
+
+def _given_dtype(X) -> np.dtype | None:
+    """The dtype X came in (of its first item for a list of arrays), before any conversion."""
+    if hasattr(X, "dtype"):
+        return X.dtype
+    if isinstance(X, (list, tuple)) and len(X) and hasattr(X[0], "dtype"):
+        return X[0].dtype
+    return None
+
+
+def _is_one_dimensional(X) -> bool:
+    if hasattr(X, "ndim") and hasattr(X, "__len__"):
+        return X.ndim == 1
+    return isinstance(X, (list, tuple)) and len(X) > 0 and np.ndim(X[0]) == 0
 
 
 def check_tokens(
@@ -61,7 +100,32 @@ def check_tokens(
     cast to float32 and other dtypes converted. ``n_features_in`` (when given)
     is the embedding size the fitted model expects. The internals called after
     this run with ``check_input=False``.
+
+    What is plainly not an embedding is refused with a ``TypeError``/``ValueError``
+    that says what to do: images or file paths (embed them first, e.g. with
+    :class:`~qpm_sklearn.Dinov2Embedder`), ``uint8`` arrays of 3 or more axes (pixels),
+    a 1-D X, and two layouts read by a heuristic:
+
+    - ``(n, a, b, c)`` with ``a >= CHANNELS_FIRST_RATIO * max(b, c)`` looks like a
+      channels-first ``(n, d, h, w)`` array; move the axis
+      (``X.transpose(0, 2, 3, 1)``). A grid that really is that narrow can be passed
+      with its sides swapped (``X.transpose(0, 2, 1, 3)``): the token-wise MLP and the
+      mean pooling make the predictions independent of the grid's orientation.
+    - ``(a, a, d)`` with a square ``a`` looks like one sample's ``(h, w, d)`` grid
+      without its batch axis; pass ``X[None]``. ``a`` samples of ``a`` tokens each
+      can be passed as the grid ``(n, h, w, d)`` instead.
     """
+    held = _not_an_embedding(X)
+    if held is not None:
+        raise TypeError(
+            f"X must be patch embeddings (numbers); got {held}. Embed images first, e.g. with "
+            "Dinov2Embedder(...).transform(images), or make_pipeline(Dinov2Embedder(...), QPMClassifier())."
+        )
+    if _is_one_dimensional(X):
+        raise ValueError(
+            f"X must have a sample axis and an embedding axis, (n, d), (n, p, d) or (n, h, w, d); got a 1-D array "
+            f"of {len(X)} values. Reshape your data: X.reshape(1, -1) for one sample."  # type: ignore[arg-type]
+        )
     array = check_array(
         X,
         dtype=(np.float32, np.float16, np.float64),
@@ -69,18 +133,39 @@ def check_tokens(
         ensure_min_samples=min_samples,
         input_name="X",
     )
+    if array.ndim >= 3 and _given_dtype(X) == np.uint8:
+        raise ValueError(
+            f"X looks like raw pixel images (uint8, shape {array.shape}); it must be patch embeddings. Embed the "
+            "images first, e.g. with Dinov2Embedder(...).transform(images). Embeddings stored as uint8 can be "
+            "passed cast to float (X.astype(np.float32))."
+        )
     if array.ndim == 2:
         grid = (1, 1)
     elif array.ndim == 3:
-        side = math.isqrt(array.shape[1])
-        if side * side != array.shape[1]:
+        n_samples, n_tokens = array.shape[:2]
+        side = math.isqrt(n_tokens)
+        if side * side != n_tokens:
             raise ValueError(
-                f"X of shape (n, p, d) must hold a square grid of p patch tokens; got p={array.shape[1]}, "
-                "which is not a perfect square. Pass the grid as (n, h, w, d) instead."
+                f"X of shape (n, p, d) must hold a square grid of p patch tokens; got p={n_tokens}, "
+                "which is not a perfect square. Pass the grid as (n, h, w, d) instead (and one sample's "
+                "(h, w, d) grid with its batch axis, X[None])."
+            )
+        if n_samples == n_tokens:
+            raise ValueError(
+                f"X of shape {array.shape} looks like one sample's (h, w, d) grid without its batch axis; pass "
+                f"X[None]. For {n_samples} samples of {n_tokens} tokens pass them as a grid, "
+                f"X.reshape({n_samples}, {side}, {side}, {array.shape[2]})."
             )
         grid = (side, side)
     elif array.ndim == 4:
         grid = (array.shape[1], array.shape[2])
+        if grid[0] >= CHANNELS_FIRST_RATIO * max(grid[1], array.shape[3]):
+            raise ValueError(
+                f"X of shape {array.shape} looks channels-first, (n, d, h, w); it must be (n, h, w, d) with the "
+                "embedding axis last: pass X.transpose(0, 2, 3, 1). If it really is a grid of "
+                f"{grid[0]} x {grid[1]} patches of {array.shape[3]}-d embeddings, pass it with the grid's sides "
+                "swapped, X.transpose(0, 2, 1, 3) (the predictions do not depend on the grid's orientation)."
+            )
     else:
         raise ValueError(
             f"X must be a patch grid (n, h, w, d), tokens (n, p, d) or vectors (n, d); got shape {array.shape}."
@@ -243,28 +328,87 @@ class _EarlyStopping:
         network.to(self.device)
 
 
+def dense_stage_checksum(result: dict) -> str:
+    """SHA-256 of a :func:`fit_dense_stage` result: every array's name, dtype, shape and bytes, and the history.
+
+    Parameters
+    ----------
+    result : dict
+        ``mlp`` and ``head`` (dicts of arrays), ``features`` (array), ``history`` (list of dicts).
+
+    Returns
+    -------
+    checksum : str
+        Hex digest; equal results give equal digests.
+    """
+    digest = hashlib.sha256()
+    arrays = [(f"{group}.{key}", result[group][key]) for group in ("mlp", "head") for key in sorted(result[group])]
+    for name, array in arrays + [("features", result["features"])]:
+        array = np.ascontiguousarray(array)
+        digest.update(repr((name, array.dtype.str, array.shape)).encode())
+        digest.update(memoryview(array.reshape(-1)).cast("B"))
+    digest.update(repr(result["history"]).encode())
+    return digest.hexdigest()
+
+
+def checksummed_dense_stage(tokens, fingerprint, y, sample_weight, grid, n_classes, settings, seed, device,
+                            verbose=False):  # fmt: skip
+    """What ``memory=`` stores: :func:`fit_dense_stage`'s result with its checksum, taken when it is computed.
+
+    Returns
+    -------
+    entry : dict
+        ``result`` (the dense stage) and ``checksum`` (:func:`dense_stage_checksum` of it).
+    """
+    result = fit_dense_stage(tokens, fingerprint, y, sample_weight, grid, n_classes, settings, seed, device, verbose)
+    return {"result": result, "checksum": dense_stage_checksum(result)}
+
+
 def cached_dense_stage(memory, tokens, y, sample_weight, grid, n_classes, settings, seed, device, verbose):
-    """:func:`fit_dense_stage` through ``memory``; concurrent fits of one key compute it once.
+    """:func:`fit_dense_stage` through ``memory``, verified; concurrent fits of one key compute it once.
 
     With a cache location, a file lock per key (beside the cache) makes a second process
     or thread that asks for the same dense stage wait for the first and then load its
-    result instead of training it again.
+    result instead of training it again. Every entry carries the checksum of its arrays
+    (:func:`checksummed_dense_stage`), checked when it is read: an entry whose contents
+    no longer match (altered on disk while its pickle stays readable) is never used -- a
+    ``UserWarning`` says so and the stage is computed again and stored afresh.
     """
     location = getattr(memory, "location", None)
     fingerprint = tokens_fingerprint(tokens) if location is not None else None
     staged = tokens_on_device(tokens, device, check_input=False)  # once per fit, for both stages
-    cached = memory.cache(fit_dense_stage, ignore=["tokens", "verbose"])
     args = (staged, fingerprint, y, sample_weight, grid, n_classes, settings, seed, str(device), verbose)
-    if location is None:
-        return cached(*args), staged
+    if location is None:  # no cache folder: nothing stored to verify
+        return memory.cache(fit_dense_stage, ignore=["tokens", "verbose"])(*args), staged
     from filelock import FileLock
     from joblib import hash as joblib_hash
 
+    cached = memory.cache(checksummed_dense_stage, ignore=["tokens", "verbose"])
     key = joblib_hash((fingerprint, y, sample_weight, grid, n_classes, settings, seed, str(device)))
     lock_dir = Path(location) / "qpm_sklearn_locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with FileLock(str(lock_dir / f"dense-{key}.lock")):
-        return cached(*args), staged
+        entry = cached(*args)
+        if _entry_is_intact(entry):
+            return entry["result"], staged
+        warnings.warn(
+            f"memory={str(location)!r}: the cached dense stage does not match the checksum written with it (the "
+            "entry was altered or damaged); it is not used, the dense stage is trained again.",
+            UserWarning,
+            stacklevel=3,
+        )
+        if hasattr(cached, "call"):  # joblib: compute and store again under the same key
+            entry = cached.call(*args)
+            entry = entry[0] if isinstance(entry, tuple) else entry
+            return entry["result"], staged
+        return fit_dense_stage(*args), staged
+
+
+def _entry_is_intact(entry) -> bool:
+    try:
+        return entry["checksum"] == dense_stage_checksum(entry["result"])
+    except (KeyError, TypeError, AttributeError, ValueError):
+        return False
 
 
 def sparse_network(mlp_state, head: HeadRecord, *, train_stats=False, dropout=0.0) -> QPMNetwork:
@@ -314,7 +458,7 @@ def fit_sparse_stage(tokens, y_codes, grid, n_classes, mlp_state, head, settings
     """
     method = settings["selection"]
     baseline = method != "qpm"
-    rounds = _QSENN_ROUNDS if method == "qsenn" else 1
+    rounds = QSENN_ROUNDS if method == "qsenn" else 1
     history, network = [], None
     for round_index in range(rounds):
         if round_index > 0:

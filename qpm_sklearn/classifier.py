@@ -35,6 +35,7 @@ from ._device import resolve_device, torch_seed
 from ._head import HeadRecord, qpm_head
 from ._stages import (
     INFERENCE_BATCH_SIZE,
+    QSENN_ROUNDS,
     cached_dense_stage,
     check_tokens,
     dense_network,
@@ -45,6 +46,7 @@ from ._utils import StrictInterval, check_sample_weight
 from .adapter import DenseHead, QPMNetwork, SparseHead, TokenMLP, empty_network, load_network_state, standardise
 from .baselines import sparse_head
 from .counterfactual import Counterfactual, head_logits, single_feature_counterfactuals
+from .cpu_cost import estimated_cpu_seconds, warn_if_slow_on_cpu
 from .explanation import Explanation, class_summary, estimator_feature_names
 from .persistence import (
     FORMAT_VERSION,
@@ -104,8 +106,47 @@ FITTED_VALUES = ("n_features_in_", "selection_info_", "history_")
 OPTIONAL_FITTED_VALUES = ("feature_names_in_",)
 
 
+def plain_fitted_value(value: Any) -> Any:
+    """``value`` with every torch object replaced, recursively through dicts, lists and tuples.
+
+    A tensor (on any device, with or without gradient, in any dtype) becomes a host numpy
+    array -- floating tensors as float32, since numpy has no bfloat16 -- and a 0-d tensor a
+    Python number; a ``torch.device`` becomes its string. Fitted state then pickles and
+    loads on a machine without the device that trained it.
+
+    Parameters
+    ----------
+    value : object
+        A fitted value as the training code returned it.
+
+    Returns
+    -------
+    value : object
+        The same structure holding numpy arrays and plain Python values only.
+    """
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().to("cpu")
+        if tensor.is_floating_point():
+            tensor = tensor.to(torch.float32)
+        return tensor.item() if tensor.ndim == 0 else tensor.numpy().copy()
+    if isinstance(value, torch.device):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: plain_fitted_value(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_fitted_value(item) for item in value)
+    return value
+
+
 def _fitted_state(classes, n_features_in, dense, sparse_mlp_state, head: HeadRecord, sparse_history, feature_names):
-    """The fitted attributes of :data:`FITTED_ARRAYS`, :data:`FITTED_STATES` and :data:`FITTED_VALUES` from fit's locals."""
+    """The fitted attributes of :data:`FITTED_ARRAYS`, :data:`FITTED_STATES` and :data:`FITTED_VALUES` from fit's locals.
+
+    Every value goes through :func:`plain_fitted_value`: whatever the device the stages ran
+    on, the fitted state holds numpy arrays and plain Python values only.
+    """
+    dense, sparse_mlp_state, sparse_history = plain_fitted_value((dense, sparse_mlp_state, sparse_history))
+    head = replace(head, **plain_fitted_value({"selected": head.selected, "weight": head.weight, "bias": head.bias,
+                                               "mean": head.mean, "std": head.std, "info": head.info}))  # fmt: skip
     head_arrays = {"selected_features_": head.selected, "sparse_weight_": head.weight, "sparse_bias_": head.bias,
                    "feature_mean_": head.mean, "feature_std_": head.std}  # fmt: skip
     fitted: dict[str, Any] = {"classes_": classes}
@@ -547,6 +588,13 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Returns
         -------
         self : QPMClassifier
+
+        Warns
+        -----
+        SlowCPUFitWarning
+            Once, before training, when the fit runs on the CPU and is estimated to take
+            more than 5 minutes of one core's time (:mod:`qpm_sklearn.cpu_cost`); it names
+            the CPU-sized configuration.
         """
         if y is None:
             raise ValueError(
@@ -572,6 +620,13 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         y_codes = y_codes.astype(np.int64)
         sample_weight = self._sample_weight(sample_weight, labels, tokens)
         device = resolve_device(self.device)
+        if device.type == "cpu":
+            rounds = QSENN_ROUNDS if self.selection == "qsenn" else 1
+            seconds = estimated_cpu_seconds(
+                *tokens.shape, hidden_size=self.hidden_size, n_features=self.n_features, n_layers=self.n_layers,
+                epochs=self.dense_epochs + rounds * self.sparse_epochs,
+            )  # fmt: skip
+            warn_if_slow_on_cpu(seconds, stacklevel=3)
         memory = check_memory(self.memory)
         if getattr(memory, "location", None) is not None and self.random_state is None:
             warnings.warn(
@@ -1159,11 +1214,14 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         ----------
         path : str or os.PathLike
             Where to write, atomically (a failed save leaves a previous file intact).
+            A name that does not end in ``.npz`` gets it appended (``"model"`` writes
+            ``model.npz``, ``"model.v1"`` writes ``model.v1.npz``); :meth:`load` applies the
+            same rule, so ``load("model")`` reads it back.
 
         Returns
         -------
         path : pathlib.Path
-            The file written (``.npz`` is appended when missing).
+            The file written.
         """
         check_is_fitted(self)
         name = type(self).__name__
@@ -1194,7 +1252,8 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Parameters
         ----------
         path : str or os.PathLike
-            A file written by :meth:`save`.
+            A file written by :meth:`save`: ``path`` as given when it exists, else ``path``
+            with ``.npz`` appended (the name :meth:`save` writes for a path without it).
 
         Returns
         -------
@@ -1204,9 +1263,10 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
         Raises
         ------
         FileNotFoundError
-            When ``path`` does not exist.
+            When neither ``path`` nor ``path`` + ``.npz`` exists.
         ValueError
-            For any defect of the file (another format version, invalid parameters, a
+            For any defect of the file (another format version -- a newer one asks to
+            upgrade qpm_sklearn --, invalid parameters, a
             missing, extra or misshapen array), naming the file and the defect.
         """
         return read_model_file(path, cls.__name__, cls._from_model_file)

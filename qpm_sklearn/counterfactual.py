@@ -66,7 +66,7 @@ class Counterfactual:
     need a negative activation: pooled features are spatial means of non-negative maps). 0 where
     the target already is the prediction.
 
-    Attributes
+    Parameters
     ----------
     target : ndarray of shape (n,)
         The class each sample is asked about (labels).

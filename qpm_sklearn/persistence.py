@@ -51,6 +51,8 @@ from ._atomic import replace_atomically
 _Estimator = TypeVar("_Estimator")
 
 FORMAT_VERSION = 2
+#: Appended by :func:`write_model_file` to a name without it, tried by :func:`model_file_path`.
+SUFFIX = ".npz"
 _META = "__meta__.json"
 _DICT_SEPARATOR = "::"
 _META_KEYS = {"format_version", "library_version", "estimator", "params", "values"}
@@ -247,7 +249,7 @@ def write_model_file(
     entries[_META] = np.array(json.dumps(meta))
     path = Path(path)
     if path.suffix != ".npz":
-        path = path.with_name(path.name + ".npz")
+        path = path.with_name(path.name + SUFFIX)
     # mypy would also match **entries to savez's allow_pickle (no key is that name).
     return replace_atomically(path, lambda handle: np.savez(handle, **entries))  # type: ignore[arg-type]
 
@@ -255,6 +257,38 @@ def write_model_file(
 # --------------------------------------------------------------------------------------------
 # Reading
 # --------------------------------------------------------------------------------------------
+
+
+def model_file_path(path: str | os.PathLike[str]) -> Path:
+    """The file :func:`read_model_file` reads for ``path``: ``path`` itself, else ``path`` + ``.npz``.
+
+    The mirror of :func:`write_model_file`, which appends ``.npz`` to a name that does not
+    end in it: what was saved as ``"model"`` (written to ``model.npz``) loads as ``"model"``.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        As given to ``save`` or ``load``.
+
+    Returns
+    -------
+    path : pathlib.Path
+        An existing file.
+
+    Raises
+    ------
+    FileNotFoundError
+        When neither exists; the message names both.
+    """
+    path = Path(path)
+    if path.exists():
+        return path
+    with_suffix = path.with_name(path.name + SUFFIX)
+    if path.suffix != SUFFIX and with_suffix.exists():
+        return with_suffix
+    if path.suffix == SUFFIX:
+        raise FileNotFoundError(f"path {str(path)!r} does not exist.")
+    raise FileNotFoundError(f"path: neither {str(path)!r} nor {str(with_suffix)!r} exists.")
 
 
 def read_model_file(
@@ -288,9 +322,7 @@ def read_model_file(
     ValueError
         For any defect of the file, naming the file and the defect.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"path {str(path)!r} does not exist.")
+    path = model_file_path(path)
     try:
         contents = _read_archive(path, estimator)
         meta = _read_meta(contents.pop(_META, None), estimator)
@@ -340,6 +372,11 @@ def _read_meta(raw, estimator: str) -> dict:
     if not isinstance(meta, dict):
         raise ModelFileDefect(f"{_META} must hold a JSON object; got a {type(meta).__name__}")
     version = meta.get("format_version")
+    if type(version) is int and version > FORMAT_VERSION:
+        raise ModelFileDefect(
+            f"written by qpm_sklearn {meta.get('library_version')} in format version {version}, newer than format "
+            f"version {FORMAT_VERSION} that this qpm_sklearn reads; upgrade qpm_sklearn to load it"
+        )
     if version != FORMAT_VERSION or type(version) is not int:
         raise ModelFileDefect(
             f"written by qpm_sklearn {meta.get('library_version')} in format version {version!r}; this "

@@ -75,10 +75,10 @@ def test_constant_embeddings_give_finite_outputs():
     [
         (np.full((24, 3, 3, 6), np.nan, np.float32), ValueError, "NaN"),
         (np.full((24, 3, 3, 6), np.inf, np.float32), ValueError, "infinity"),
-        (np.zeros((24,)), ValueError, "2D array"),
+        (np.zeros((24,)), ValueError, "1-D array of 24 values"),
         (np.zeros((24, 2, 2, 2, 6)), ValueError, "patch grid"),
         (np.zeros((0, 3, 3, 6)), ValueError, "0 sample"),
-        (np.array([["a", "b"]] * 24), ValueError, "convert"),
+        (np.array([["a", "b"]] * 24), TypeError, "file paths or strings"),
     ],
 )
 def test_bad_X_is_rejected_by_fit(bad, error, match):
@@ -153,3 +153,70 @@ def test_float64_beyond_float32_range_is_refused():
     X, y = data()
     with pytest.raises(ValueError, match="float32 range"):
         QPMClassifier(**TINY).fit(X.astype(np.float64) * 1e300, y)
+
+
+# ------------------------------------------------------------------ what is not an embedding
+def _pil_images(n):
+    from PIL import Image
+
+    return [Image.new("RGB", (56, 56), color=(i, 0, 0)) for i in range(n)]
+
+
+@pytest.mark.parametrize(
+    "make_X, error, match",
+    [
+        (_pil_images, TypeError, "list of PIL images.*Dinov2Embedder"),
+        (lambda n: [f"photos/{i}.jpg" for i in range(n)], TypeError, "file paths.*Dinov2Embedder"),
+        (lambda n: np.zeros((n, 56, 56, 3), np.uint8), ValueError, "raw pixel images.*Dinov2Embedder"),
+        (lambda n: [np.zeros((56, 56, 3), np.uint8)] * n, ValueError, "raw pixel images.*Dinov2Embedder"),
+        (lambda n: np.zeros((n, 384, 8, 8), np.float32), ValueError, "channels-first.*transpose\\(0, 2, 3, 1\\)"),
+        (lambda n: np.zeros((n * 4,), np.float32), ValueError, "1-D array of 96 values.*Reshape your data: X.reshape\\(1, -1\\)"),
+    ],
+)
+def test_what_is_not_an_embedding_is_refused_by_fit(make_X, error, match):
+    _, y = data()
+    with pytest.raises(error, match=match) as caught:
+        QPMClassifier(**TINY).fit(make_X(len(y)), y)
+    assert len(str(caught.value)) < 400  # a short message, no dump of the values
+
+
+def test_one_sample_without_its_batch_axis_is_refused_by_every_inference_method():
+    X, y = data(grid=(4, 4), dims=6)
+    clf = QPMClassifier(**TINY).fit(X, y)
+    methods = (clf.predict, clf.predict_proba, clf.predict_log_proba, clf.decision_function, clf.explain,
+               clf.feature_maps, clf.pooled_features)  # fmt: skip
+    for method in methods:
+        # X[0] is (4, 4, 6): read naively as 4 samples of 4 tokens it gives 4 answers for one image.
+        with pytest.raises(ValueError, match="without its batch axis.*X\\[None\\]"):
+            method(X[0])
+        with pytest.raises(TypeError, match="PIL"):
+            method(_pil_images(2))
+        with pytest.raises(ValueError, match="1-D array"):
+            method(X[0, 0, 0])
+    np.testing.assert_array_equal(clf.predict(X[0][None]), clf.predict(X[:1]))
+    # the escape hatch named in the message: n samples of n tokens as a grid
+    tokens = X.reshape(len(X), 16, 6)[:16]
+    assert clf.predict(tokens.reshape(16, 4, 4, 6)).shape == (16,)
+
+
+def test_a_narrow_grid_passes_with_its_sides_swapped_and_predicts_the_same():
+    rng = np.random.RandomState(0)
+    X = rng.normal(size=(24, 16, 2, 3)).astype(np.float32)  # 16 x 2 grid of 3-d tokens: looks channels-first
+    y = np.arange(24) % 3
+    X[..., 0] += 3 * y[:, None, None]
+    with pytest.raises(ValueError, match="channels-first"):
+        QPMClassifier(**TINY).fit(X, y)
+    swapped = X.transpose(0, 2, 1, 3)
+    clf = QPMClassifier(**TINY).fit(swapped, y)
+    flat = np.ascontiguousarray(swapped).reshape(24, 32, 3)
+    # a token-wise model with mean pooling: the order of the tokens does not matter
+    np.testing.assert_allclose(clf.predict_proba(swapped), clf.predict_proba(flat[:, ::-1].reshape(24, 2, 16, 3)),
+                               rtol=1e-5, atol=1e-6)  # fmt: skip
+
+
+def test_uint8_embeddings_pass_when_cast_to_float():
+    X, y = data()
+    as_bytes = np.clip(X * 10 + 128, 0, 255).astype(np.uint8)
+    with pytest.raises(ValueError, match="astype"):
+        QPMClassifier(**TINY).fit(as_bytes, y)
+    assert QPMClassifier(**TINY).fit(as_bytes.astype(np.float32), y).predict(as_bytes.astype(np.float32)).shape == (24,)

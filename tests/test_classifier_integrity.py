@@ -18,6 +18,7 @@ import qpm_sklearn._stages as _stages
 from qpm_sklearn import QPMClassifier
 from qpm_sklearn._device import resolve_device
 from qpm_sklearn._head import qpm_head
+from qpm_sklearn.cpu_cost import CPU_MACS_PER_SECOND, LONG_FIT_SECONDS, SlowCPUFitWarning, estimated_cpu_seconds
 from qpm_sklearn.classifier import PARAMETER_GROUPS
 
 TINY = dict(
@@ -174,6 +175,164 @@ def test_memory_without_a_seed_warns(tmp_path):
         QPMClassifier(**dict(TINY, random_state=None), memory=str(tmp_path)).fit(X, y)
 
 
+def _alter_features_in_place(value):
+    """Add 1 to every ``features`` array inside a cached object; whether anything was altered."""
+    altered = False
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key == "features" and isinstance(item, np.ndarray):
+                item += 1.0
+                altered = True
+            else:
+                altered |= _alter_features_in_place(item)
+    return altered
+
+
+def test_an_altered_dense_stage_cache_entry_is_recomputed_with_a_warning(tmp_path, count_stages):
+    import joblib
+
+    X, y = data()
+    fresh = QPMClassifier(**TINY).fit(X, y).predict_proba(X)
+    QPMClassifier(**TINY, memory=str(tmp_path)).fit(X, y)
+    outputs = list(tmp_path.rglob("output.pkl"))
+    assert len(outputs) == 1
+    entry = joblib.load(outputs[0])
+    assert _alter_features_in_place(entry)
+    joblib.dump(entry, outputs[0])  # the pickle stays valid, its numbers do not
+    count_stages.clear()
+    with pytest.warns(UserWarning, match="does not match the checksum"):
+        refit = QPMClassifier(**TINY, memory=str(tmp_path)).fit(X, y)
+    assert count_stages.count("dense") == 1, "the damaged entry must be recomputed, not served"
+    np.testing.assert_allclose(refit.predict_proba(X), fresh, rtol=1e-5, atol=1e-6)
+    # the entry was stored again and is served from now on
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = QPMClassifier(**TINY, memory=str(tmp_path)).fit(X, y)
+    assert count_stages.count("dense") == 1
+    np.testing.assert_allclose(again.predict_proba(X), fresh, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_stage_checksum_sees_every_array_and_the_history():
+    from qpm_sklearn._stages import dense_stage_checksum
+
+    result = {"mlp": {"w": np.ones((2, 2), np.float32)}, "head": {"b": np.zeros(2, np.float32)},
+              "features": np.arange(6, dtype=np.float32).reshape(3, 2), "history": [{"loss": 1.0}]}  # fmt: skip
+    reference = dense_stage_checksum(result)
+    assert dense_stage_checksum({**result, "mlp": {"w": result["mlp"]["w"].copy()}}) == reference
+    for altered in (
+        {**result, "mlp": {"w": np.ones((2, 2), np.float32) * 2}},
+        {**result, "head": {"b": np.zeros(2, np.float64)}},
+        {**result, "features": result["features"].reshape(2, 3)},
+        {**result, "history": [{"loss": 1.5}]},
+    ):
+        assert dense_stage_checksum(altered) != reference
+
+
+# ------------------------------------------------------------------------- the CPU warning
+class _StopBeforeTraining(Exception):
+    pass
+
+
+def _fit_until_training(monkeypatch, clf, X, y):
+    """Run fit up to the dense stage and stop there; the warnings fit emitted on the way."""
+    import qpm_sklearn.classifier as classifier
+
+    def stop(*args, **kwargs):
+        raise _StopBeforeTraining
+
+    monkeypatch.setattr(classifier, "cached_dense_stage", stop)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(_StopBeforeTraining):
+            clf.fit(X, y)
+    return [w for w in caught if issubclass(w.category, SlowCPUFitWarning)]
+
+
+def test_the_papers_defaults_on_a_cpu_warn_once_before_training(monkeypatch):
+    # 60 samples of 16 x 16 tokens under the paper's adapter: about 9 minutes of one core.
+    X = np.zeros((60, 16, 16, 64), np.float32)
+    y = np.arange(60) % 3
+    caught = _fit_until_training(monkeypatch, QPMClassifier(device="cpu", random_state=0), X, y)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "CPU" in message and "minutes" in message and "hidden_size=256" in message and "On a CPU" in message
+    assert caught[0].filename == __file__  # points at the caller's fit
+
+
+def test_a_small_fit_on_a_cpu_does_not_warn(monkeypatch):
+    X, y = data()
+    assert _fit_until_training(monkeypatch, QPMClassifier(**TINY, device="cpu"), X, y) == []
+    # the CPU-sized configuration on 1,000 embeddings of 8 x 8 x 384 stays below the threshold too
+    seconds = estimated_cpu_seconds(1000, 64, 384, hidden_size=256, n_features=64, n_layers=2, epochs=15)
+    assert seconds < LONG_FIT_SECONDS
+
+
+def test_estimated_cpu_seconds_counts_the_adapters_multiply_adds():
+    # widths 3 -> 5 -> 2: 3*5 + 5*2 = 25 multiply-adds per token, x3 for forward and backward
+    expected = 3 * 25 * 4 * 10 * 2 / CPU_MACS_PER_SECOND
+    assert estimated_cpu_seconds(10, 4, 3, hidden_size=5, n_features=2, n_layers=2, epochs=2) == pytest.approx(expected)
+    # 3 -> 7 -> 7 -> 2 with n_layers=3
+    expected = 3 * (21 + 49 + 14) * 4 * 10 * 2 / CPU_MACS_PER_SECOND
+    assert estimated_cpu_seconds(10, 4, 3, hidden_size=7, n_features=2, n_layers=3, epochs=2) == pytest.approx(expected)
+
+
+# ------------------------------------------------------------------------- fitted state is plain
+def _torch_objects(value, where):
+    """Paths inside ``value`` that hold something other than numpy and plain Python."""
+    if isinstance(value, dict):
+        return [path for key, item in value.items() for path in _torch_objects(item, f"{where}[{key!r}]")]
+    if isinstance(value, (list, tuple)):
+        return [path for i, item in enumerate(value) for path in _torch_objects(item, f"{where}[{i}]")]
+    plain = (np.ndarray, np.generic, int, float, str, bool, type(None))
+    return [] if isinstance(value, plain) and not (isinstance(value, np.ndarray) and value.dtype == object
+                                                   and not all(isinstance(v, str) for v in value.ravel())) \
+        else [f"{where}: {type(value).__name__}"]  # fmt: skip
+
+
+def _fitted_attributes(clf):
+    return {name: value for name, value in vars(clf).items() if name.endswith("_") and not name.startswith("_")}
+
+
+def test_every_fitted_attribute_is_numpy_or_plain_python():
+    X, y = data()
+    clf = QPMClassifier(**TINY).fit(X, y)
+    assert _torch_objects(_fitted_attributes(clf), "clf") == []
+
+
+def test_fitted_state_is_plain_whatever_the_stages_return(monkeypatch):
+    # A device run hands back tensors (a CUDA fit's history rows, its network states): fake one.
+    import qpm_sklearn.classifier as classifier
+
+    original = classifier.cached_dense_stage
+
+    def on_a_device(*args, **kwargs):
+        dense, staged = original(*args, **kwargs)
+        tensors = dict(dense, head={key: torch.from_numpy(value) for key, value in dense["head"].items()},
+                       history=[{key: torch.tensor(value) for key, value in row.items()} for row in dense["history"]])  # fmt: skip
+        return tensors, staged
+
+    monkeypatch.setattr(classifier, "cached_dense_stage", on_a_device)
+    X, y = data()
+    clf = QPMClassifier(**TINY).fit(X, y)
+    assert _torch_objects(_fitted_attributes(clf), "clf") == []
+    assert isinstance(clf.history_[0]["loss"], float)
+    restored = pickle.loads(pickle.dumps(clf))
+    np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
+
+
+def test_plain_fitted_value_converts_every_torch_object():
+    from qpm_sklearn.classifier import plain_fitted_value
+
+    weight = torch.arange(6, dtype=torch.float32).reshape(2, 3).requires_grad_()
+    value = {"w": weight, "half": torch.ones(2, dtype=torch.bfloat16), "count": torch.tensor(7),
+             "rows": [{"loss": torch.tensor(0.5)}], "pair": (torch.device("cpu"), 1), "name": "x"}  # fmt: skip
+    plain = plain_fitted_value(value)
+    assert _torch_objects(plain, "value") == []
+    np.testing.assert_array_equal(plain["w"], np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert plain["half"].dtype == np.float32 and plain["count"] == 7 and type(plain["count"]) is int
+    assert plain["rows"] == [{"loss": 0.5}] and plain["pair"] == ("cpu", 1) and plain["name"] == "x"
+
+
 # ------------------------------------------------------------------------- determinism
 _THREADS_SCRIPT = """
 import sys, numpy as np, torch
@@ -189,14 +348,19 @@ sys.stdout.write(clf.predict_proba(X).tobytes().hex())
 """
 
 
-def test_cpu_fit_does_not_depend_on_the_thread_count():
-    runs = {}
-    for threads in (1, 2):
-        out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(threads)], capture_output=True, text=True,
-                             check=True, env={**__import__("os").environ, "OMP_NUM_THREADS": str(threads)})  # fmt: skip
-        runs[threads] = np.frombuffer(bytes.fromhex(out.stdout), dtype=np.float32)
-    # The training's reductions are summed in a thread-independent order: bit-identical, not just close.
-    np.testing.assert_array_equal(runs[1], runs[2])
+def _fit_in_a_subprocess(threads):
+    out = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, str(threads)], capture_output=True, text=True,
+                         check=True, env={**__import__("os").environ, "OMP_NUM_THREADS": str(threads)})  # fmt: skip
+    return np.frombuffer(bytes.fromhex(out.stdout), dtype=np.float32)
+
+
+def test_cpu_fit_is_reproducible_under_one_thread_count_and_close_under_another():
+    one, two, two_again = _fit_in_a_subprocess(1), _fit_in_a_subprocess(2), _fit_in_a_subprocess(2)
+    # Same machine, same thread count, same random_state: the same bits (docs/guide.md, determinism).
+    np.testing.assert_array_equal(two, two_again)
+    # Across thread counts only closeness is claimed, and only for small models like this one: some
+    # matrix products sum in a thread-dependent order, and training can amplify their last bits.
+    np.testing.assert_allclose(one, two, rtol=1e-4, atol=1e-5)
 
 
 # ------------------------------------------------------------------------- parameters, devices

@@ -146,7 +146,8 @@ META_DEFECTS = [
     ("missing-value", _drop("values", "selection_info_"), "'selection_info_' is missing"),
     ("extra-value", _set("values", "predict", 1), r"unexpected values \['predict'\]"),
     ("names-wrong-length", _set("values", "feature_names_in_", ["a"]), "list of 8 strings"),
-    ("version", lambda meta: meta.update(format_version=99), "format version 99"),
+    ("version", lambda meta: meta.update(format_version=99), "format version 99, newer than format version 2.*upgrade"),
+    ("version-older", lambda meta: meta.update(format_version=1), "format version 1; .*reads format version 2 only"),
     ("version-string", lambda meta: meta.update(format_version="2"), "format version '2'"),
     ("estimator", lambda meta: meta.update(estimator="Pipeline"), "holds a 'Pipeline'"),
     ("extra-meta-key", lambda meta: meta.update(code="print()"), "must have the keys"),
@@ -289,3 +290,20 @@ def test_stored_values_round_trip_exactly_through_json():
     assert back == value
     assert [type(key) for key in back] == [type(key) for key in value]
     assert type(back["x"]["y"][1]) is np.float32 and type(back[np.int64(2)]) is tuple and type(back[1.5]) is np.str_
+
+
+def test_load_finds_what_save_wrote_under_the_same_suffix_rule(tmp_path, saved):
+    clf, X, _ = saved
+    written = clf.save(tmp_path / "model")
+    assert written == tmp_path / "model.npz" and written.exists() and not (tmp_path / "model").exists()
+    for given in (tmp_path / "model", str(tmp_path / "model"), written):
+        np.testing.assert_array_equal(QPMClassifier.load(given).predict_proba(X), clf.predict_proba(X))
+    # another suffix is kept and .npz appended, both ways
+    written = clf.save(tmp_path / "model.v1")
+    assert written == tmp_path / "model.v1.npz"
+    assert QPMClassifier.load(tmp_path / "model.v1").n_features_in_ == clf.n_features_in_
+    # a file at the exact path wins over the appended suffix
+    clf.save(tmp_path / "exact.npz").rename(tmp_path / "exact")
+    assert QPMClassifier.load(tmp_path / "exact").n_features_in_ == clf.n_features_in_
+    with pytest.raises(FileNotFoundError, match="neither .*nowhere' nor .*nowhere.npz' exists"):
+        QPMClassifier.load(tmp_path / "nowhere")

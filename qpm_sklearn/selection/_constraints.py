@@ -99,6 +99,24 @@ def check_constraints(
     fit in ``n_selected`` and every class's pinned ones in its budget, and the counting
     conditions for distinct rows: per budget k, at most ``comb(n_selected, k)`` classes; classes
     pinned to the same features need enough distinct completions.
+
+    Parameters
+    ----------
+    n_features, n_classes : int
+        Size of the instance (rows and columns of ``A``).
+    n_selected : int
+        Features selected in all.
+    n_per_class : int, array-like of shape (n_classes,) or mapping class index -> int
+        Every class's budget.
+    exclude, include : array-like of int, optional
+        Features that must not / must be selected.
+    fixed : mapping class index -> array-like of int, optional
+        Features each listed class must use.
+
+    Returns
+    -------
+    Constraints
+        The checked constraints (feature ids as sorted arrays, the per-class budgets).
     """
     _check_int(n_selected, "n_selected", 1, n_features)
     budgets = class_budgets(n_per_class, n_classes, n_selected)
