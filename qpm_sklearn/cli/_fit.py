@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import warnings
 from pathlib import Path
 
+from ..cpu_cost import SlowCPUFitWarning
 from ._console import note, say
 from ._errors import CommandError, UsageError
 from ._inputs import (
@@ -45,7 +47,8 @@ def _check_feature_names(names, n_features: int, n_selected: int, path: str) -> 
                 raise CommandError(f"--feature-names {path}: key {key!r} is not an adapter channel id 0..{n_features - 1}")
 
 
-def _warn_paper_sizes_on_cpu(params: dict, cpu_sized: bool) -> None:
+def _warn_paper_sizes_on_cpu(params: dict, cpu_sized: bool) -> bool:
+    """Say so when the paper's GPU-sized configuration is about to run on the CPU; True when it did."""
     from .._device import resolve_device
 
     if not cpu_sized and not any(name in params for name in _SIZE_PARAMS):
@@ -54,6 +57,8 @@ def _warn_paper_sizes_on_cpu(params: dict, cpu_sized: bool) -> None:
                 "qpm-sklearn fit: warning: fitting the paper's GPU-sized configuration on the CPU (hours for a few "
                 "thousand images); add --cpu-sized for the CPU-sized one (docs/cli.md)"
             )
+            return True
+    return False
 
 
 def _read_training_data(args: argparse.Namespace) -> tuple:
@@ -92,12 +97,15 @@ def run(args: argparse.Namespace) -> int:
     if names is not None:
         _check_feature_names(names, settings["n_features"], settings["n_selected"], args.feature_names)
         clf.set_params(feature_names=names)
-    _warn_paper_sizes_on_cpu(params, args.cpu_sized)
+    warned = _warn_paper_sizes_on_cpu(params, args.cpu_sized)
     embedder = None
     if image_paths is not None:
         embedder = {**(CPU_SIZED_EMBEDDER if args.cpu_sized else {}), **embedder_params(args)}
         X = embed(image_paths, embedder, args)
-    clf.fit(X, y)
+    with warnings.catch_warnings():
+        if warned:  # the classifier's own estimate would say the same once more
+            warnings.simplefilter("ignore", SlowCPUFitWarning)
+        clf.fit(X, y)
     summary = clf.summary()  # checks the feature names against the selection, before anything is written
     with written_together() as outputs:
         staged = outputs.save(out, clf.save, primary=True)
