@@ -46,7 +46,7 @@ from ._bounds import (
     osqp_algebra,
     solve_relaxation,
 )
-from ._milp import solve_milp
+from ._exact import solve_exact
 from ._problem import assignment_scale, build_problem, check_selection_budget, evaluate, selection_objective
 from ._redundancy import feature_class_correlation, feature_similarity, redundancy_penalty
 from ._search import LocalSearch, log_progress, round_relaxation, tabu_search
@@ -298,21 +298,12 @@ def solve_selection(
     default_options = dict(algebra=algebra, eps=eps, max_iter=max_iter, candidates_per_class=candidates_per_class,
                            n_iterations=n_iterations, random_state=random_state, verbose=verbose)
     if solver == "exact":
-        S, upper_bound, proven = solve_milp(problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap,
-                                             verbose=verbose >= 2)
-        status, bound_method = ("optimal" if proven else "time_limit"), "milp"
-        if S is None:
-            warnings.warn(
-                "The MILP found no solution within time_limit; returning the default method's solution "
-                "(within the same time_limit).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            # The fallback keeps to the same time_limit: each of its stages runs at least once.
-            S, default_bound, default_method, _ = _solve_default(problem, deadline=deadline, **default_options)
-            if default_bound < upper_bound:
-                upper_bound, bound_method = default_bound, default_method
-            status = "time_limit_heuristic"
+        S, upper_bound, bound_method, status, milp_found = solve_exact(
+            problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap, verbose=verbose, start=start,
+            solve_default=lambda stop: _solve_default(problem, deadline=stop, **default_options))
+        if not milp_found:
+            warnings.warn("The MILP found no solution within time_limit; returning the default method's solution "
+                          "(computed first, within its share of the same time_limit).", RuntimeWarning, stacklevel=2)
     else:
         S, upper_bound, bound_method, timed_out = _solve_default(problem, deadline=deadline, **default_options)
         status = "time_limit" if timed_out else "feasible"
