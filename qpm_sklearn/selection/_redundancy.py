@@ -250,25 +250,86 @@ def _clique_by_removal(compatible: np.ndarray, target: int) -> set:
     recursion (:func:`_ramsey_r2`) and repeated removal of the complement's Ramsey clique; stops
     once one has ``target`` nodes and returns the first largest. The complement is held as
     networkx's ``complement(from_numpy_array(compatible))`` holds it: nodes and neighbours in
-    ascending id order, and removing nodes keeps the order of the rest.
+    ascending id order, and removing nodes keeps the order of the rest -- so the whole graph, and
+    every subgraph the recursion reaches while its orders stay ascending, is a boolean mask over
+    the complement's adjacency matrix (:func:`_ramsey_on_mask`).
     """
     incompatible = ~compatible
     np.fill_diagonal(incompatible, False)  # no self-loops
-    conflict = {i: dict.fromkeys(np.flatnonzero(row).tolist()) for i, row in enumerate(incompatible)}
+    remaining = np.ones(len(compatible), dtype=bool)
+    table_sizes = _set_table_sizes(len(compatible))
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 10 * len(compatible) + 1000))  # the recursion is about one level per node deep
     try:
-        clique, best = _ramsey_r2(conflict)
-        while conflict and len(best) < target:
-            for node in clique:
-                for neighbour in conflict.pop(node):
-                    del conflict[neighbour][node]
-            clique, independent = _ramsey_r2(conflict)
+        clique, best = _ramsey_on_mask(incompatible, remaining, table_sizes)
+        while remaining.any() and len(best) < target:
+            remaining[list(clique)] = False
+            clique, independent = _ramsey_on_mask(incompatible, remaining, table_sizes)
             if len(independent) > len(best):
                 best = independent
     finally:
         sys.setrecursionlimit(limit)
     return best
+
+
+def _ramsey_on_mask(adjacency: np.ndarray, nodes: np.ndarray, table_sizes: np.ndarray) -> tuple[set[int], set[int]]:
+    """:func:`_ramsey_r2` of the subgraph of ``adjacency`` on the mask ``nodes``, nodes and neighbours ascending.
+
+    Same recursion, with the subgraphs as masks for as long as networkx would order them in
+    ascending order: a subgraph with at least half its parent's nodes keeps the parent's order,
+    and a smaller one iterates a Python set of its nodes, which is ascending when its largest
+    node is below the set's hash-table size (``table_sizes[k]`` for ``k`` insertions; the same
+    argument as in :func:`_estimated_clique_size`). A subgraph in any other order is built as
+    networkx builds it (:func:`_masked_subgraph`) and handed to :func:`_ramsey_r2`.
+    """
+    ids = np.flatnonzero(nodes)
+    if ids.size <= 1:
+        return set(ids.tolist()), set(ids.tolist())
+    node = int(ids[0])
+    row = adjacency[node]
+    neighbours = nodes & row
+    others = nodes & ~row
+    others[node] = False
+    n_neighbours = int(np.count_nonzero(neighbours))
+    clique_1, independent_1 = _ramsey_child(adjacency, neighbours, n_neighbours, ids.size, table_sizes,
+                                            lambda: np.flatnonzero(neighbours).tolist())
+    clique_2, independent_2 = _ramsey_child(
+        adjacency, others, ids.size - 1 - n_neighbours, ids.size, table_sizes,
+        # networkx >= 3.3's non_neighbors: a set difference of the node and neighbour views
+        lambda: list(dict.fromkeys(ids.tolist()).keys() - dict.fromkeys(np.flatnonzero(neighbours).tolist()).keys()
+                     - {node}))
+    clique_1.add(node)
+    independent_2.add(node)
+    return max(clique_1, clique_2, key=len), max(independent_1, independent_2, key=len)
+
+
+def _ramsey_child(adjacency, keep, n_keep, parent_size, table_sizes, node_list):
+    """The recursion on the subgraph of the mask ``keep`` (``n_keep`` nodes) of a parent in ascending order.
+
+    ``node_list()`` is the node list networkx would pass to ``subgraph`` (its order decides a
+    Python set's layout when the order is not ascending).
+    """
+    if n_keep == 0:
+        return set(), set()
+    if 2 * n_keep >= parent_size:  # networkx iterates the parent's order: ascending
+        return _ramsey_on_mask(adjacency, keep, table_sizes)
+    keep_set = set(node_list())
+    if max(keep_set) < table_sizes[n_keep]:  # every node in the slot of its own value: ascending
+        return _ramsey_on_mask(adjacency, keep, table_sizes)
+    return _ramsey_r2(_masked_subgraph(adjacency, keep, keep_set))
+
+
+def _masked_subgraph(adjacency: np.ndarray, keep: np.ndarray, keep_set: set[int]) -> dict[int, dict[int, None]]:
+    """:func:`_induced_subgraph` of a parent held as a mask (neighbours in ascending order), ``keep`` a minority."""
+    induced: dict[int, dict[int, None]] = {v: {} for v in keep_set}
+    pending = set(keep_set)
+    for u in keep_set:
+        pending.discard(u)
+        later = [v for v in np.flatnonzero(adjacency[u] & keep).tolist() if v in pending]
+        induced[u].update(dict.fromkeys(later))
+        for v in later:
+            induced[v][u] = None
+    return induced
 
 
 def _ramsey_r2(graph: dict[int, dict[int, None]]) -> tuple[set[int], set[int]]:
