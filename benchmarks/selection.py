@@ -159,7 +159,8 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="medium instances only, 30 s limits")
     parser.add_argument("--time-limit", type=float, default=60.0,
                         help="seconds for each solver on each instance (the same for both)")
-    parser.add_argument("--out", type=Path, default=Path("."), help="folder for selection-<machine>.json")
+    parser.add_argument("--out", type=Path, default=Path("."),
+                        help="folder for selection-<machine>.json (selection-large-<machine>.json with --large-only)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--large-only", action="store_true",
                         help="only the ImageNet-scale instances (1024 to 4096 features), each rule, both solvers")
@@ -196,7 +197,7 @@ def main(argv=None):
         "rows": rows,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    output = args.out / f"selection-{slug(machine)}.json"
+    output = args.out / f"selection-{'large-' if args.large_only else ''}{slug(machine)}.json"
     output.write_text(json.dumps(result, indent=2))
     print(f"wrote {output}")
 
