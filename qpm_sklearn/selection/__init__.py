@@ -87,8 +87,8 @@ class SelectionResult:
     status : str
         ``"optimal"`` (proven), ``"feasible"`` (default solver's solution with the bound above),
         ``"time_limit"`` (stopped by ``time_limit``; still feasible, with the bound reached by
-        then) or ``"time_limit_heuristic"`` (the MILP found no solution in time; the default
-        method's solution is returned).
+        then) or ``"time_limit_heuristic"`` (the default solver's selection is returned: the MILP
+        found none, or none better, within the limit; docs/selection.md).
     bound_method : str
         What proved ``upper_bound``: ``"clique"`` (Lagrangian bound over clique covers of the
         penalty, :func:`clique_bound`), ``"relaxation"`` (tangent plane at the OSQP
@@ -234,7 +234,9 @@ def solve_selection(
     which. It is computed before the tabu search, so a ``time_limit`` that stops the search
     still returns the best selection so far with its certified gap.
     ``solver="exact"``: the linearised MILP solved by HiGHS (``scipy.optimize.milp``), the
-    no-duplicate rule added lazily; a proven optimum when it finishes within ``time_limit``.
+    no-duplicate rule added lazily; a proven optimum when it finishes within ``time_limit``. Under a
+    ``time_limit`` the default solver runs first on a quarter of it, then HiGHS in a worker process
+    stopped at the deadline; the better selection is returned (docs/selection.md).
 
     Parameters
     ----------
