@@ -138,13 +138,13 @@ def _set_table_sizes(n: int) -> np.ndarray:
     Read from the interpreter itself (``sys.getsizeof`` grows with the table), so it follows
     whatever growth policy the running CPython has.
     """
-    empty = set()
-    base = sys.getsizeof(empty)
+    growing: set[int] = set()
+    base = sys.getsizeof(growing)
     sizes = np.empty(n + 1, dtype=np.int64)
     for m in range(n + 1):
-        used = sys.getsizeof(empty) - base
+        used = sys.getsizeof(growing) - base
         sizes[m] = used // 16 if used > 0 else 8  # 8: the inline table of a small set
-        empty.add(m)
+        growing.add(m)
     return sizes
 
 
