@@ -16,6 +16,8 @@ backbones built locally (no download):
 * ``dense_epoch``       one dense-stage epoch (4 x 2048 MLP, 512 features) at batch 32 and 256,
   the CUDA-graph path and the plain eager loop;
 * ``selection``         ``solve_selection`` on a CUB-size instance (512 features, 200 classes, 50 / 5);
+* ``selection_imagenet`` 4096 features x 2000 classes -> 400 x 5 (CPU work): both redundancy rules'
+  penalty build, the default solver and the exact path's wall time against its 60 s limit;
 * ``sparse_epoch``      one sparse-stage epoch at batch 16;
 * ``full_fit``          ``QPMClassifier().fit`` on CUB-size embeddings (25 + 25 epochs + selection);
 
@@ -45,6 +47,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +130,7 @@ TIME_BOX = dict(
     dinov3=90,
     dense_epoch=200,  # with the torch.compile experiment
     selection=90,
+    selection_imagenet=300,  # CPU work: simulated features, both penalty rules, default and exact solves
     sparse_epoch=40,
     full_fit=150,
 )
@@ -504,6 +508,35 @@ def section_full_fit(ctx):
     return out
 
 
+def section_selection_imagenet(ctx):
+    """ImageNet-scale selection, 4096 x 2000 -> 400 x 5 (--quick: 256 x 50 -> 20 x 3): both redundancy
+    rules' penalty build (CPU and wall seconds), the default solver, and the exact path's wall time
+    against its limit (it must keep it: HiGHS runs in a worker stopped at the deadline)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from selection import build_instance  # the simulated dense features of benchmarks/selection.py
+
+    from qpm_sklearn.selection import solve_selection
+
+    n, c, m, k = (256, 50, 20, 3) if ctx.config is QUICK else (4096, 2000, 400, 5)
+    limit = 10.0 if ctx.config is QUICK else 60.0
+    out = dict(instance=f"{n} x {c} -> {m} x {k}", time_limit=limit)
+    for rule in ("consistent", "paper"):
+        A, penalty, info = build_instance(n, c, m, 0, rule=rule)
+        row = dict(tau=info["tau"], penalty_s=info["penalty_seconds"], penalty_cpu_s=info["penalty_cpu_seconds"])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            for solver in ("osqp", "exact"):
+                result = solve_selection(A, n_selected=m, n_per_class=k, penalty=penalty, solver=solver,
+                                         time_limit=limit, random_state=0)
+                row[solver] = dict(objective=result.objective, gap=result.gap, status=result.status,
+                                   seconds=result.seconds, cpu_seconds=result.cpu_seconds,
+                                   wall_over_limit=result.seconds / limit)
+        out[rule] = row
+        print(f"    {rule}: penalty {row['penalty_cpu_s']:.1f} CPU s, exact {row['exact']['seconds']:.1f} s "
+              f"of {limit:.0f}", flush=True)
+    return out
+
+
 SECTIONS = [
     ("backbone_forward", section_backbone_forward),
     ("embedder_arrays", section_embedder_arrays),
@@ -511,6 +544,7 @@ SECTIONS = [
     ("dinov3", section_dinov3),
     ("dense_epoch", section_dense_epoch),
     ("selection", section_selection),
+    ("selection_imagenet", section_selection_imagenet),
     ("sparse_epoch", section_sparse_epoch),
     ("full_fit", section_full_fit),
 ]

@@ -94,26 +94,60 @@ def _thread_stable_batch_norm(rows: torch.Tensor, norm: nn.BatchNorm1d) -> torch
 
     PyTorch's CPU kernel splits the statistics' sums over threads, so 1 and 2 threads
     round differently and training drifts apart. Here the statistics are column means --
-    reductions torch parallelises over the columns only -- and autograd differentiates
-    them. Same formula as the kernel: biased variance to normalise, unbiased variance
-    into ``running_var``, ``momentum`` (default 0.1) for both running statistics.
+    reductions torch parallelises over the columns only -- in a function with its own
+    backward (:class:`_ColumnBatchNorm`), whose reductions are column sums as well. Same
+    formula as the kernel: biased variance to normalise, unbiased variance into
+    ``running_var``, ``momentum`` (default 0.1) for both running statistics.
     """
     n_rows = rows.shape[0]
-    mean = rows.mean(0)
-    centered = rows - mean
-    var = (centered * centered).mean(0)
-    out = centered * torch.rsqrt(var + norm.eps)
-    if norm.affine:
-        out = out * norm.weight + norm.bias
+    weight = norm.weight if norm.affine else torch.ones(rows.shape[1], dtype=rows.dtype, device=rows.device)
+    bias = norm.bias if norm.affine else torch.zeros(rows.shape[1], dtype=rows.dtype, device=rows.device)
+    out, mean, var = _ColumnBatchNorm.apply(rows, weight, bias, norm.eps)
     tracked, running_mean, running_var = norm.num_batches_tracked, norm.running_mean, norm.running_var
     if norm.track_running_stats and tracked is not None and running_mean is not None and running_var is not None:
         with torch.no_grad():
             tracked.add_(1)
             momentum = norm.momentum if norm.momentum is not None else 1.0 / float(tracked)
             unbiased = var * (n_rows / max(n_rows - 1, 1))
-            running_mean.mul_(1 - momentum).add_(mean.detach(), alpha=momentum)
-            running_var.mul_(1 - momentum).add_(unbiased.detach(), alpha=momentum)
+            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+            running_var.mul_(1 - momentum).add_(unbiased, alpha=momentum)
     return out
+
+
+class _ColumnBatchNorm(torch.autograd.Function):
+    """``(x - mean) / sqrt(var + eps) * weight + bias`` over the rows, with a hand-written backward.
+
+    Autograd through the plain formula kept six (N, C) intermediates and ran a dozen passes
+    over them; this keeps the normalised rows and makes four passes each way. The backward is
+    the standard one, ``dx = weight / sqrt(var + eps) * (g - mean(g) - x_hat * mean(g * x_hat))``,
+    with column sums only (thread-count independent, like the forward's statistics).
+    Returns ``(out, mean, var)``; the statistics carry no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, rows, weight, bias, eps):
+        mean = rows.mean(0)
+        centered = rows - mean
+        var = (centered * centered).mean(0)
+        inverse_std = torch.rsqrt(var + eps)
+        normalised = centered.mul_(inverse_std)  # in place: centered is not needed any more
+        out = torch.addcmul(bias, normalised, weight)
+        ctx.save_for_backward(normalised, weight, inverse_std)
+        ctx.mark_non_differentiable(mean, var)
+        return out, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mean, _grad_var):
+        normalised, weight, inverse_std = ctx.saved_tensors
+        n_rows = normalised.shape[0]
+        grad_bias = grad_out.sum(0)
+        grad_weight = (grad_out * normalised).sum(0)
+        grad_rows = None
+        if ctx.needs_input_grad[0]:
+            # (g - sum(g)/N - x_hat * sum(g x_hat)/N) * weight * inverse_std, two passes over (N, C)
+            grad_rows = torch.addcmul(grad_out - grad_bias / n_rows, normalised, grad_weight / -n_rows)
+            grad_rows.mul_(weight * inverse_std)
+        return grad_rows, grad_weight, grad_bias, None
 
 
 class DenseHead(nn.Module):

@@ -220,3 +220,113 @@ def test_explain_orders_tied_contributions_by_feature_id():
     # Hand answer: the predicted class's features in ascending channel id.
     expected = np.sort(clf.class_features(explanation.prediction[0]))
     np.testing.assert_array_equal(explanation.features[0], expected)
+
+
+# ------------------------------------------------------------------ the fast paper rule against its plain form
+# The package's clique-size estimate and Ramsey recursion take exact shortcuts (docs/selection.md);
+# these are the authors' procedures written plainly, kept here only as the reference.
+def _plain_estimated_clique_size(compatible, target):
+    degree = compatible.sum(1).tolist()
+    neighbours = [np.flatnonzero(row).tolist() for row in compatible]
+    best = 0
+    for start, start_degree in enumerate(degree):
+        if start_degree < target:
+            continue
+        candidates = {v for v in neighbours[start] if degree[v] >= target}
+        size = 1
+        while candidates:
+            node = max(candidates, key=degree.__getitem__)
+            candidates.remove(node)
+            candidates = candidates & {v for v in neighbours[node] if degree[v] >= best}
+            size += 1
+        best = max(best, size)
+        if best >= target:
+            break
+    return best
+
+
+def _plain_induced_subgraph(graph, nodes):
+    keep = set(nodes)
+    order = [v for v in keep] if 2 * len(keep) < len(graph) else [v for v in graph if v in keep]
+    induced = {v: {} for v in order}
+    for u in order:
+        row = induced[u]
+        for v in graph[u]:
+            if v in keep and v not in row:
+                row[v] = None
+                induced[v][u] = None
+    return induced
+
+
+def _plain_ramsey_r2(graph):
+    if len(graph) <= 1:
+        return set(graph), set(graph)
+    node = next(iter(graph))
+    neighbours = graph[node]
+    clique_1, independent_1 = _plain_ramsey_r2(_plain_induced_subgraph(graph, [v for v in neighbours if v != node]))
+    clique_2, independent_2 = _plain_ramsey_r2(
+        _plain_induced_subgraph(graph, list(graph.keys() - neighbours.keys() - {node})))
+    clique_1.add(node)
+    independent_2.add(node)
+    return max(clique_1, clique_2, key=len), max(independent_1, independent_2, key=len)
+
+
+def _plain_clique_by_removal(compatible, target):
+    incompatible = ~compatible
+    np.fill_diagonal(incompatible, False)
+    conflict = {i: dict.fromkeys(np.flatnonzero(row).tolist()) for i, row in enumerate(incompatible)}
+    clique, best = _plain_ramsey_r2(conflict)
+    while conflict and len(best) < target:
+        for node in clique:
+            for neighbour in conflict.pop(node):
+                del conflict[neighbour][node]
+        clique, independent = _plain_ramsey_r2(conflict)
+        if len(independent) > len(best):
+            best = independent
+    return best
+
+
+def _dense_compatibility(rng, n):
+    """Graphs like the search's: dense, with degrees spread (a few hub features)."""
+    scores = rng.random(n) ** 2
+    upper = np.triu(rng.random((n, n)) < 0.55 + 0.45 * np.minimum.outer(scores, scores) ** 0.3, 1)
+    return upper | upper.T
+
+
+def test_fast_clique_size_estimate_equals_the_plain_one():
+    rng = np.random.default_rng(5)
+    outcomes = set()
+    for trial in range(100):
+        # up to 300 nodes: also sets whose ids exceed their hash table (set order not ascending)
+        n = int(rng.integers(2, 300))
+        compatible = _dense_compatibility(rng, n) if trial % 2 else _random_compatibility(rng, n, float(rng.random()))
+        target = int(rng.integers(2, max(3, n // 3)))
+        reference = _plain_estimated_clique_size(compatible, target)
+        assert _redundancy._estimated_clique_size(compatible, target) == reference, (trial, n, target)
+        outcomes.add((reference > target) - (reference < target))
+    assert outcomes == {-1, 0, 1}, "below, at and above target must all occur"
+
+
+def test_fast_ramsey_recursion_equals_the_plain_one():
+    rng = np.random.default_rng(6)
+    for trial in range(30):
+        n = int(rng.integers(2, 200))
+        compatible = _dense_compatibility(rng, n) if trial % 2 else _random_compatibility(rng, n, float(rng.random()))
+        target = int(rng.integers(2, max(3, n // 4)))
+        ours, reference = _redundancy._clique_by_removal(compatible, target), _plain_clique_by_removal(compatible, target)
+        assert (len(ours) >= target) == (len(reference) >= target), (trial, n, target)
+        if len(reference) >= target:
+            assert ours == reference
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_fast_paper_rule_gives_the_plain_procedures_threshold_and_pairs(seed, monkeypatch):
+    rng = np.random.default_rng(10 + seed)
+    A = rng.normal(size=(160, 24)) + (rng.random((160, 24)) < 0.15) * 2.0
+    R = feature_similarity(A)
+    ours = redundancy_penalty(R, 20, rule="paper")
+    monkeypatch.setattr(_redundancy, "_estimated_clique_size", _plain_estimated_clique_size)
+    monkeypatch.setattr(_redundancy, "_clique_by_removal", _plain_clique_by_removal)
+    reference = redundancy_penalty(R, 20, rule="paper")
+    assert ours[1] == reference[1]
+    np.testing.assert_array_equal(ours[0], reference[0])

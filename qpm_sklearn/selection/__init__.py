@@ -46,8 +46,8 @@ from ._bounds import (
     osqp_algebra,
     solve_relaxation,
 )
-from ._constraints import check_constraints, class_budgets, constrained_problem
-from ._milp import solve_milp
+from ._constraints import check_constraints, constrained_problem
+from ._exact import solve_exact
 from ._problem import assignment_scale, build_problem, check_selection_budget, evaluate, selection_objective
 from ._redundancy import feature_class_correlation, feature_similarity, redundancy_penalty
 from ._search import LocalSearch, log_progress, round_relaxation, tabu_search, warm_start
@@ -89,8 +89,8 @@ class SelectionResult:
     status : str
         ``"optimal"`` (proven), ``"feasible"`` (default solver's solution with the bound above),
         ``"time_limit"`` (stopped by ``time_limit``; still feasible, with the bound reached by
-        then) or ``"time_limit_heuristic"`` (the MILP found no solution in time; the default
-        method's solution is returned).
+        then) or ``"time_limit_heuristic"`` (the default solver's selection is returned: the MILP
+        found none, or none better, within the limit; docs/selection.md).
     bound_method : str
         What proved ``upper_bound``: ``"clique"`` (Lagrangian bound over clique covers of the
         penalty, :func:`clique_bound`), ``"relaxation"`` (tangent plane at the OSQP
@@ -258,7 +258,9 @@ def solve_selection(
     which. It is computed before the tabu search, so a ``time_limit`` that stops the search
     still returns the best selection so far with its certified gap.
     ``solver="exact"``: the linearised MILP solved by HiGHS (``scipy.optimize.milp``), the
-    no-duplicate rule added lazily; a proven optimum when it finishes within ``time_limit``.
+    no-duplicate rule added lazily; a proven optimum when it finishes within ``time_limit``. Under a
+    ``time_limit`` the default solver runs first on a quarter of it, then HiGHS in a worker process
+    stopped at the deadline; the better selection is returned (docs/selection.md).
 
     Constraints (docs/selection.md#constraints): ``exclude`` features are never selected,
     ``include`` ones always, class ``c`` always uses ``fixed[c]``, and ``n_per_class`` may give
@@ -358,21 +360,12 @@ def solve_selection(
     default_options = dict(algebra=algebra, eps=eps, max_iter=max_iter, candidates_per_class=candidates_per_class,
                            n_iterations=n_iterations, random_state=random_state, verbose=verbose, initial=initial)
     if solver == "exact":
-        S, upper_bound, proven = solve_milp(problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap,
-                                             verbose=verbose >= 2)
-        status, bound_method = ("optimal" if proven else "time_limit"), "milp"
-        if S is None:
-            warnings.warn(
-                "The MILP found no solution within time_limit; returning the default method's solution "
-                "(within the same time_limit).",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-            # The fallback keeps to the same time_limit: each of its stages runs at least once.
-            S, default_bound, default_method, _ = _solve_default(problem, deadline=deadline, **default_options)
-            if default_bound < upper_bound:
-                upper_bound, bound_method = default_bound, default_method
-            status = "time_limit_heuristic"
+        S, upper_bound, bound_method, status, milp_found = solve_exact(
+            problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap, verbose=verbose, start=start,
+            solve_default=lambda stop: _solve_default(problem, deadline=stop, **default_options))
+        if not milp_found:
+            warnings.warn("The MILP found no solution within time_limit; returning the default method's solution "
+                          "(computed first, within its share of the same time_limit).", RuntimeWarning, stacklevel=2)
     else:
         S, upper_bound, bound_method, timed_out = _solve_default(problem, deadline=deadline, **default_options)
         status = "time_limit" if timed_out else "feasible"

@@ -142,6 +142,22 @@ _REDUNDANCY_RULES = ("consistent", "paper")
 _PAPER_STEPS = 100  # threshold steps of the authors' search (docs/method.md#penalty)
 
 
+def _set_table_sizes(n: int) -> np.ndarray:
+    """``sizes[m]``: the hash-table size of a Python set built by ``m`` insertions into an empty set.
+
+    Read from the interpreter itself (``sys.getsizeof`` grows with the table), so it follows
+    whatever growth policy the running CPython has.
+    """
+    growing: set[int] = set()
+    base = sys.getsizeof(growing)
+    sizes = np.empty(n + 1, dtype=np.int64)
+    for m in range(n + 1):
+        used = sys.getsizeof(growing) - base
+        sizes[m] = used // 16 if used > 0 else 8  # 8: the inline table of a small set
+        growing.add(m)
+    return sizes
+
+
 def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
     """The authors' clique-size estimate with early stop (the descending pass of docs/method.md#penalty).
 
@@ -151,21 +167,87 @@ def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
     returns as soon as a size ``>= target`` is seen, else the best size. Candidates are Python
     sets built in ascending id order and ties go to the first in set order, exactly as the
     authors' networkx-based code breaks them.
+
+    The same sizes come out of three exact shortcuts (docs/selection.md#the-paper-rule-at-scale):
+
+    - A Python set of integers whose largest member is below its hash-table size holds every
+      member in the slot of its own value, so it iterates in ascending order whatever the order
+      of insertion. While the candidate set is such a set (large sets, early in a start), it is
+      held as a boolean mask and a step is a few vectorised operations: the first candidate of
+      highest degree in ascending order, then the intersection. The table size a set of ``m``
+      insertions has is read from the interpreter (:func:`_set_table_sizes`).
+    - Once the set is smaller, it becomes the Python set the authors' code would hold (built by
+      the same insertions in the same order). CPython's ``a & b`` iterates the smaller operand
+      and inserts the members of the other in that order; when the chosen node's neighbour set
+      would be the larger one, the same result comes from filtering the candidates against the
+      node's adjacency row, without building the neighbour set.
+    - A start stops as soon as its clique plus its remaining candidates cannot exceed the best
+      size so far: its result could not change ``best``, the only thing the starts share.
     """
-    degree = compatible.sum(1).tolist()
-    neighbours = [np.flatnonzero(row).tolist() for row in compatible]
+    n = len(compatible)
+    table_sizes = _set_table_sizes(n)
+    degree_array = compatible.sum(1)
+    degree = degree_array.tolist()
+    reaches_target = degree_array >= target
     best = 0
+    reaches_best = degree_array >= best
+    masked_degree = np.empty(n, dtype=np.int64)
     for start, start_degree in enumerate(degree):
         if start_degree < target:
             continue
-        candidates = {v for v in neighbours[start] if degree[v] >= target}
+        mask = compatible[start] & reaches_target
+        count = int(np.count_nonzero(mask))
+        if 1 + count <= best:
+            continue  # cannot beat best
         size = 1
-        while candidates:
-            node = max(candidates, key=degree.__getitem__)
-            candidates.remove(node)
-            candidates = candidates & {v for v in neighbours[node] if degree[v] >= best}
+        candidates = None  # the Python set, once the mask no longer iterates like it
+        # the authors' set comprehension inserts the candidates in ascending order
+        insertion_ascending, table = True, table_sizes[count]
+        while count:
+            if size + count <= best:
+                break  # this start cannot beat best
+            if table < n and mask[table:].any():  # a member beyond the table: no longer in ascending order
+                candidates = set(np.flatnonzero(mask).tolist())  # inserted in ascending order, as here
+                break
+            np.copyto(masked_degree, degree_array)
+            masked_degree[~mask] = -1
+            node = int(np.argmax(masked_degree))  # the first of highest degree in ascending order
+            mask[node] = False
+            count -= 1
+            kept = compatible[node] & reaches_best  # the authors' {v in N(node): degree[v] >= best}
+            n_kept = int(np.count_nonzero(kept))
             size += 1
-        best = max(best, size)
+            if n_kept > count:  # CPython iterates the candidates (ascending here)
+                insertion_ascending = True
+                mask &= kept
+            else:  # CPython iterates the neighbour set, itself built in ascending order
+                neighbours_table = table_sizes[n_kept]
+                neighbour_ids = np.flatnonzero(kept)
+                insertion_ascending = n_kept == 0 or neighbour_ids[-1] < neighbours_table
+                if not insertion_ascending:
+                    flags = mask.tobytes()
+                    candidates = {v for v in set(neighbour_ids.tolist()) if flags[v]}
+                mask &= kept
+            count = int(np.count_nonzero(mask))
+            table = table_sizes[count]
+            if candidates is not None:
+                break
+        if candidates is not None:
+            while candidates:
+                if size + len(candidates) <= best:
+                    break
+                node = max(candidates, key=degree.__getitem__)
+                candidates.remove(node)
+                kept = compatible[node] & reaches_best
+                if int(np.count_nonzero(kept)) > len(candidates):
+                    flags = kept.tobytes()
+                    candidates = {v for v in candidates if flags[v]}
+                else:
+                    candidates = candidates & set(np.flatnonzero(kept).tolist())
+                size += 1
+        if size > best:
+            best = size
+            reaches_best = degree_array >= best
         if best >= target:
             break
     return best
@@ -178,25 +260,86 @@ def _clique_by_removal(compatible: np.ndarray, target: int) -> set:
     recursion (:func:`_ramsey_r2`) and repeated removal of the complement's Ramsey clique; stops
     once one has ``target`` nodes and returns the first largest. The complement is held as
     networkx's ``complement(from_numpy_array(compatible))`` holds it: nodes and neighbours in
-    ascending id order, and removing nodes keeps the order of the rest.
+    ascending id order, and removing nodes keeps the order of the rest -- so the whole graph, and
+    every subgraph the recursion reaches while its orders stay ascending, is a boolean mask over
+    the complement's adjacency matrix (:func:`_ramsey_on_mask`).
     """
     incompatible = ~compatible
     np.fill_diagonal(incompatible, False)  # no self-loops
-    conflict = {i: dict.fromkeys(np.flatnonzero(row).tolist()) for i, row in enumerate(incompatible)}
+    remaining = np.ones(len(compatible), dtype=bool)
+    table_sizes = _set_table_sizes(len(compatible))
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 10 * len(compatible) + 1000))  # the recursion is about one level per node deep
     try:
-        clique, best = _ramsey_r2(conflict)
-        while conflict and len(best) < target:
-            for node in clique:
-                for neighbour in conflict.pop(node):
-                    del conflict[neighbour][node]
-            clique, independent = _ramsey_r2(conflict)
+        clique, best = _ramsey_on_mask(incompatible, remaining, table_sizes)
+        while remaining.any() and len(best) < target:
+            remaining[list(clique)] = False
+            clique, independent = _ramsey_on_mask(incompatible, remaining, table_sizes)
             if len(independent) > len(best):
                 best = independent
     finally:
         sys.setrecursionlimit(limit)
     return best
+
+
+def _ramsey_on_mask(adjacency: np.ndarray, nodes: np.ndarray, table_sizes: np.ndarray) -> tuple[set[int], set[int]]:
+    """:func:`_ramsey_r2` of the subgraph of ``adjacency`` on the mask ``nodes``, nodes and neighbours ascending.
+
+    Same recursion, with the subgraphs as masks for as long as networkx would order them in
+    ascending order: a subgraph with at least half its parent's nodes keeps the parent's order,
+    and a smaller one iterates a Python set of its nodes, which is ascending when its largest
+    node is below the set's hash-table size (``table_sizes[k]`` for ``k`` insertions; the same
+    argument as in :func:`_estimated_clique_size`). A subgraph in any other order is built as
+    networkx builds it (:func:`_masked_subgraph`) and handed to :func:`_ramsey_r2`.
+    """
+    ids = np.flatnonzero(nodes)
+    if ids.size <= 1:
+        return set(ids.tolist()), set(ids.tolist())
+    node = int(ids[0])
+    row = adjacency[node]
+    neighbours = nodes & row
+    others = nodes & ~row
+    others[node] = False
+    n_neighbours = int(np.count_nonzero(neighbours))
+    clique_1, independent_1 = _ramsey_child(adjacency, neighbours, n_neighbours, ids.size, table_sizes,
+                                            lambda: np.flatnonzero(neighbours).tolist())
+    clique_2, independent_2 = _ramsey_child(
+        adjacency, others, ids.size - 1 - n_neighbours, ids.size, table_sizes,
+        # networkx >= 3.3's non_neighbors: a set difference of the node and neighbour views
+        lambda: list(dict.fromkeys(ids.tolist()).keys() - dict.fromkeys(np.flatnonzero(neighbours).tolist()).keys()
+                     - {node}))
+    clique_1.add(node)
+    independent_2.add(node)
+    return max(clique_1, clique_2, key=len), max(independent_1, independent_2, key=len)
+
+
+def _ramsey_child(adjacency, keep, n_keep, parent_size, table_sizes, node_list):
+    """The recursion on the subgraph of the mask ``keep`` (``n_keep`` nodes) of a parent in ascending order.
+
+    ``node_list()`` is the node list networkx would pass to ``subgraph`` (its order decides a
+    Python set's layout when the order is not ascending).
+    """
+    if n_keep == 0:
+        return set(), set()
+    if 2 * n_keep >= parent_size:  # networkx iterates the parent's order: ascending
+        return _ramsey_on_mask(adjacency, keep, table_sizes)
+    keep_set = set(node_list())
+    if max(keep_set) < table_sizes[n_keep]:  # every node in the slot of its own value: ascending
+        return _ramsey_on_mask(adjacency, keep, table_sizes)
+    return _ramsey_r2(_masked_subgraph(adjacency, keep, keep_set))
+
+
+def _masked_subgraph(adjacency: np.ndarray, keep: np.ndarray, keep_set: set[int]) -> dict[int, dict[int, None]]:
+    """:func:`_induced_subgraph` of a parent held as a mask (neighbours in ascending order), ``keep`` a minority."""
+    induced: dict[int, dict[int, None]] = {v: {} for v in keep_set}
+    pending = set(keep_set)
+    for u in keep_set:
+        pending.discard(u)
+        later = [v for v in np.flatnonzero(adjacency[u] & keep).tolist() if v in pending]
+        induced[u].update(dict.fromkeys(later))
+        for v in later:
+            induced[v][u] = None
+    return induced
 
 
 def _ramsey_r2(graph: dict[int, dict[int, None]]) -> tuple[set[int], set[int]]:
@@ -214,8 +357,12 @@ def _ramsey_r2(graph: dict[int, dict[int, None]]) -> tuple[set[int], set[int]]:
     if len(graph) <= 1:
         return set(graph), set(graph)
     node = next(iter(graph))
+    if not any(graph.values()):
+        # No edges: every split has no neighbours, so the recursion ends with the first node as its
+        # clique (the first of equal-sized ones) and all nodes as its independent set.
+        return {node}, set(graph)
     neighbours = graph[node]
-    clique_1, independent_1 = _ramsey_r2(_induced_subgraph(graph, [v for v in neighbours if v != node]))
+    clique_1, independent_1 = _ramsey_r2(_induced_subgraph(graph, list(neighbours)))  # no self-loops
     clique_2, independent_2 = _ramsey_r2(_induced_subgraph(graph, list(graph.keys() - neighbours.keys() - {node})))
     clique_1.add(node)
     independent_2.add(node)
@@ -233,12 +380,16 @@ def _induced_subgraph(graph: dict[int, dict[int, None]], nodes: list[int]) -> di
     keep = set(nodes)
     order = [v for v in keep] if 2 * len(keep) < len(graph) else [v for v in graph if v in keep]
     induced: dict[int, dict[int, None]] = {v: {} for v in order}
+    # When u is visited its dict already holds its neighbours visited before it (in visit order);
+    # the visit appends the others in the parent's order. So one pass over the parent's rows,
+    # restricted to the nodes not yet visited, builds every dict in networkx's order.
+    pending = set(keep)
     for u in order:
-        row = induced[u]
-        for v in graph[u]:
-            if v in keep and v not in row:  # present: inserted when v's own neighbours were visited
-                row[v] = None
-                induced[v][u] = None
+        pending.discard(u)
+        later = [v for v in graph[u] if v in pending]
+        induced[u].update(dict.fromkeys(later))
+        for v in later:
+            induced[v][u] = None
     return induced
 
 

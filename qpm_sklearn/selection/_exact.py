@@ -1,0 +1,149 @@
+"""``solver="exact"`` under a wall-clock ``time_limit``: the default solver's share, then HiGHS in a worker.
+
+HiGHS checks its time limit only between phases: on a large instance its first LP alone can run many
+times the limit, and a process cannot interrupt a thread inside HiGHS. So under a limit the MILP
+runs in a separate Python process that is killed at the deadline, and the default solver runs first
+in this process on a reserved share of the limit (:data:`DEFAULT_SHARE`); the better of the two
+selections is returned, so the exact path never returns less than the default solver finds in its
+share. The worker's address space is capped (:data:`MILP_MEMORY_BYTES`): a model that does not fit
+ends the worker, not the machine, and the default solver's selection is returned.
+
+Without a limit the MILP runs in this process until HiGHS finishes (:func:`solve_milp`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .._utils import logger
+from ._milp import solve_milp
+from ._problem import Problem, evaluate
+
+DEFAULT_SHARE = 0.25
+"""Share of ``time_limit`` the default solver gets first (it stops earlier when done; the MILP gets the rest)."""
+
+MILP_MEMORY_BYTES = 6 * 2**30
+"""Address-space cap of the MILP worker process (``RLIMIT_AS``): the exact path's extra peak memory."""
+
+_WORKER_START_SECONDS = 1.0  # below this much time left the worker is not started (its imports alone take ~1 s)
+
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # so that the worker imports this very package
+
+
+def solve_exact(problem: Problem, *, time_limit: float | None, mip_rel_gap: float, verbose: int, start: float,
+                solve_default: Callable[[float], tuple]) -> tuple[np.ndarray, float, str, str, bool]:
+    """The exact path; returns (S, upper bound, bound method, status, MILP found a solution).
+
+    Parameters
+    ----------
+    problem : Problem
+        The instance.
+    time_limit : float or None
+        Wall seconds for the whole solve, counted from ``start`` (``time.perf_counter()``).
+    mip_rel_gap : float
+        HiGHS's relative gap.
+    verbose : int
+        2 or more: HiGHS's log.
+    start : float
+        ``time.perf_counter()`` when the solve began.
+    solve_default : callable
+        ``solve_default(deadline) -> (S, upper bound, bound method, timed out)``: the default solver
+        stopped at ``deadline`` (a ``time.perf_counter()`` value).
+
+    Returns
+    -------
+    S : ndarray of int
+        Selected features.
+    upper_bound : float
+        The smaller valid bound of the two solvers.
+    bound_method : str
+        What proved it (``"milp"`` or the default solver's method).
+    status : str
+        ``"optimal"`` (HiGHS proved it), ``"time_limit"`` (HiGHS's selection, not proven) or
+        ``"time_limit_heuristic"`` (the default solver's selection is at least as good, or HiGHS found none).
+    milp_found : bool
+        Whether HiGHS returned any selection.
+    """
+    if time_limit is None:
+        S, upper_bound, proven = solve_milp(problem, time_limit=None, mip_rel_gap=mip_rel_gap, verbose=verbose >= 2)
+        if S is None:  # HiGHS ended without a selection (not seen in practice): the default solver's
+            S, default_bound, default_method, _ = solve_default(math.inf)
+            upper_bound, method = (upper_bound, "milp") if upper_bound < default_bound else (default_bound,
+                                                                                           default_method)
+            return S, upper_bound, method, "time_limit_heuristic", False
+        return S, upper_bound, "milp", "optimal" if proven else "time_limit", True
+    deadline = start + time_limit
+    S_default, default_bound, default_method, _ = solve_default(start + DEFAULT_SHARE * time_limit)
+    milp_S, milp_bound, proven = _solve_milp_in_worker(problem, deadline, mip_rel_gap, verbose >= 2)
+    upper_bound, bound_method = (milp_bound, "milp") if milp_bound < default_bound else (default_bound, default_method)
+    if milp_S is not None and len(milp_S) == problem.m:
+        if evaluate(problem, milp_S)[0] >= evaluate(problem, S_default)[0]:
+            return milp_S, upper_bound, bound_method, "optimal" if proven else "time_limit", True
+    return S_default, upper_bound, bound_method, "time_limit_heuristic", milp_S is not None
+
+
+def _solve_milp_in_worker(problem: Problem, deadline: float, mip_rel_gap: float, verbose: bool):
+    """:func:`solve_milp` in a fresh Python process, killed at ``deadline``; (S or None, bound, proven)."""
+    if deadline - time.perf_counter() < _WORKER_START_SECONDS:
+        return None, math.inf, False
+    with tempfile.TemporaryDirectory(prefix="qpm-milp-") as folder:
+        request, answer = Path(folder) / "request.pickle", Path(folder) / "answer.pickle"
+        with open(request, "wb") as handle:
+            # wall-clock deadline: the worker's imports count against it too
+            pickle.dump({"problem": problem, "deadline": time.time() + deadline - time.perf_counter(),
+                         "mip_rel_gap": mip_rel_gap, "verbose": verbose, "answer": str(answer),
+                         "memory_bytes": MILP_MEMORY_BYTES}, handle)
+        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT,
+                                                                              os.environ.get("PYTHONPATH")]))}
+        worker = subprocess.Popen(
+            [sys.executable, "-c", "import sys; from qpm_sklearn.selection._exact import run_worker; "
+                                   "run_worker(sys.argv[1])", str(request)],
+            env=environment, stdout=None if verbose else subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )
+        try:
+            _, error = worker.communicate(timeout=max(deadline - time.perf_counter(), 0.0))
+        except subprocess.TimeoutExpired:
+            worker.kill()  # HiGHS did not stop at its own limit: the deadline holds regardless
+            worker.communicate()
+            logger.info("exact selection: HiGHS stopped at the time limit (worker process ended)")
+            return None, math.inf, False
+        if worker.returncode != 0 or not answer.exists():
+            last = error.decode(errors="replace").strip().splitlines()[-1:] if error else []
+            logger.warning("exact selection: the MILP worker ended without a result (exit %s%s)",
+                           worker.returncode, f": {last[0]}" if last else "")
+            return None, math.inf, False
+        with open(answer, "rb") as handle:
+            return pickle.load(handle)
+
+
+def run_worker(request_path: str) -> None:
+    """Worker-process side of :func:`_solve_milp_in_worker`: read the request, solve, write the answer."""
+    with open(request_path, "rb") as handle:
+        request = pickle.load(handle)
+    try:
+        import resource
+
+        resource.setrlimit(resource.RLIMIT_AS, (request["memory_bytes"], request["memory_bytes"]))
+    except (ImportError, ValueError, OSError):  # no such limit on this platform: the deadline still holds
+        pass
+    # HiGHS's own limit ends it cleanly (with its incumbent) when it checks in time; a small margin
+    # leaves room to write the answer before the parent's deadline.
+    remaining = request["deadline"] - time.time()
+    time_limit = max(0.9 * remaining - 0.2, 1e-3)
+    result = solve_milp(request["problem"], time_limit=time_limit, mip_rel_gap=request["mip_rel_gap"],
+                        verbose=request["verbose"])
+    answer = Path(request["answer"])
+    partial = answer.with_suffix(".partial")
+    with open(partial, "wb") as handle:
+        pickle.dump(result, handle)
+    os.replace(partial, answer)  # the parent reads only a complete answer

@@ -1,0 +1,80 @@
+"""``solver="exact"`` under a wall-clock ``time_limit`` (docs/selection.md#the-exact-path-under-a-time-limit):
+the limit holds whatever HiGHS does, and the result is never worse than the default solver's."""
+
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from qpm_sklearn.selection import feature_class_correlation, feature_similarity, redundancy_penalty, solve_selection
+from qpm_sklearn.selection import _exact
+
+
+def _instance(n_features, n_classes, n_selected, seed=0):
+    rng = np.random.default_rng(seed)
+    F = rng.normal(size=(10 * n_classes, n_features)) + np.repeat(rng.normal(size=(n_classes, n_features)), 10, axis=0)
+    A = feature_class_correlation(F, np.repeat(np.arange(n_classes), 10))
+    penalty, _ = redundancy_penalty(feature_similarity(A), n_selected, rule="consistent")
+    return A, penalty
+
+
+def _feasible(result, n_classes, m, k):
+    assert result.selected.shape == (m,) and len(set(result.selected.tolist())) == m
+    assert result.assignment.shape == (n_classes, m) and (result.assignment.sum(1) == k).all()
+    assert len({row.tobytes() for row in result.assignment}) == n_classes
+
+
+def test_exact_path_returns_within_its_wall_time_limit_on_an_instance_highs_cannot_finish():
+    # 300 x 100 -> 40 x 4 with a dense penalty: HiGHS needs far longer than 3 s here. Generous slack
+    # (process start, a loaded machine): the point is that the limit is not exceeded many times over.
+    A, penalty = _instance(300, 100, 40)
+    started = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = solve_selection(A, n_selected=40, n_per_class=4, penalty=penalty, solver="exact", time_limit=3,
+                                 random_state=0)
+    assert time.perf_counter() - started < 3 + 15
+    _feasible(result, 100, 40, 4)
+    assert result.status in {"time_limit", "time_limit_heuristic"}
+    assert result.upper_bound >= result.objective
+
+
+@pytest.mark.parametrize("case", [(60, 20, 12, 3), (120, 40, 20, 3)])
+def test_exact_path_is_never_worse_than_the_default_solver(case):
+    # The default solver needs well under a second here, so its share (1 s of 4) lets it finish and it
+    # returns what it returns without a limit; the exact path then returns that or better.
+    n_features, n_classes, m, k = case
+    A, penalty = _instance(n_features, n_classes, m, seed=1)
+    default = solve_selection(A, n_selected=m, n_per_class=k, penalty=penalty, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        exact = solve_selection(A, n_selected=m, n_per_class=k, penalty=penalty, solver="exact", time_limit=4,
+                                random_state=0)
+    _feasible(exact, n_classes, m, k)
+    assert exact.objective >= default.objective - 1e-9 * abs(default.objective)
+    assert exact.upper_bound >= exact.objective
+    if exact.status == "optimal":
+        assert exact.upper_bound <= default.upper_bound + 1e-9 * abs(default.upper_bound)
+
+
+@pytest.mark.filterwarnings("ignore:OSQP stopped")  # the default solver's share is tiny too
+def test_no_time_for_the_worker_returns_the_default_solvers_selection_with_a_warning():
+    A, penalty = _instance(40, 12, 10)
+    with pytest.warns(RuntimeWarning, match="no solution within time_limit"):
+        result = solve_selection(A, n_selected=10, n_per_class=3, penalty=penalty, solver="exact", time_limit=0.05,
+                                 random_state=0)
+    _feasible(result, 12, 10, 3)
+    assert result.status == "time_limit_heuristic" and result.bound_method != "milp"
+
+
+def test_worker_that_cannot_fit_the_model_ends_and_the_default_selection_is_returned(monkeypatch):
+    # A 64 MiB address-space cap (below what the worker already holds): HiGHS's model does not fit, the
+    # worker ends with an error and the exact path returns the default solver's selection.
+    monkeypatch.setattr(_exact, "MILP_MEMORY_BYTES", 64 * 2**20)
+    A, penalty = _instance(40, 12, 10)
+    with pytest.warns(RuntimeWarning, match="no solution within time_limit"):
+        result = solve_selection(A, n_selected=10, n_per_class=3, penalty=penalty, solver="exact", time_limit=20,
+                                 random_state=0)
+    _feasible(result, 12, 10, 3)
+    assert result.status == "time_limit_heuristic"
