@@ -166,6 +166,32 @@ def test_explain_with_feature_names(fitted, tmp_path):
     assert [row["input"] for row in rows][:1] == ["0"]  # rows of an array are named by position
 
 
+def test_images_are_embedded_with_the_saved_settings_and_warn_without_any(fitted, tiny_backbone, tmp_path, capsys):
+    """explain and report embed with the settings saved beside the model, the command line winning;
+    with neither (a model without a sidecar, no options) they warn once that defaults are used."""
+    from qpm_sklearn.cli import build_parser
+    from qpm_sklearn.cli._inputs import embedder_params_for_model
+
+    model, _ = fitted
+    bare = tmp_path / "bare.npz"
+    bare.write_bytes(b"")  # no MODEL.embedder.json beside it
+
+    def settings(path, *options, **keywords):
+        args = build_parser().parse_args(["explain", str(path), "x.png", "--out", str(tmp_path), *options])
+        return embedder_params_for_model(path, args, "explain", **keywords)
+
+    capsys.readouterr()
+    assert settings(bare) == {}
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("qpm-sklearn explain: warning: no embedder settings are saved with")
+    assert settings(bare, "--image-size", "84") == {"image_size": 84}
+    assert settings(bare, warn_defaults=False) == {}
+    saved = settings(model)
+    assert saved["image_size"] == 56 and saved["device"] == "cpu" and saved["local_files_only"] is True
+    assert settings(model, "--image-size", "84") == {**saved, "image_size": 84}
+    assert capsys.readouterr().err == ""
+
+
 def test_table_runs_the_paper_harness(tmp_path, tiny_backbone, capsys):
     from _fake_datasets import write_fake_cub
 
