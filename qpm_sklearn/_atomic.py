@@ -37,7 +37,7 @@ def replace_atomically(path: str | os.PathLike[str], write: Callable[[BinaryIO],
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
-    _fsync_folder(path.parent)
+    fsync_folder(path.parent)
     return path
 
 
@@ -72,7 +72,8 @@ def _keep_mode(descriptor: int, path: Path) -> None:
         os.fchmod(descriptor, mode)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
+    """Flush ``folder``'s entries to disk, so that a rename into it survives a power cut (where the OS allows)."""
     try:
         descriptor = os.open(folder, os.O_RDONLY)
     except OSError:  # e.g. Windows cannot open folders; the rename is still atomic there

@@ -8,36 +8,16 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from qpm_sklearn import Dinov2Embedder, QPMClassifier
 from qpm_sklearn.cli import main
 
-# Tiny classifier settings: 3 classes, 2 of 4 selected features each.
-TINY = [
-    "-p", "n_features=8", "-p", "n_selected=4", "-p", "n_per_class=2", "-p", "hidden_size=8",
-    "-p", "n_layers=1", "-p", "dense_epochs=1", "-p", "sparse_epochs=1", "-p", "random_state=0",
-    "-p", "device=\"cpu\"",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
+def image_folder(make_image_folder):
     """``root/<class>/<image>.png``: 3 classes of 4 images, 28 x 28."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        (root / f"class_{c}").mkdir()
-        for j in range(4):
-            pixels = rng.integers(0, 256, size=(28, 28, 3), dtype=np.uint8)
-            pixels[:, :, c] = 255
-            Image.fromarray(pixels).save(root / f"class_{c}" / f"{j}.png")
-    return root
-
-
-@pytest.fixture(scope="module")
-def embedder_options(tiny_backbone):
-    return ["--model", tiny_backbone, "--image-size", "56", "--device", "cpu", "--local-files-only", "-q"]
+    return make_image_folder(4)
 
 
 def _embedder(tiny_backbone, **params):
@@ -45,11 +25,11 @@ def _embedder(tiny_backbone, **params):
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory, image_folder, embedder_options):
+def fitted(tmp_path_factory, image_folder, embedder_options, tiny_fit_options):
     folder = tmp_path_factory.mktemp("fit")
     cache = folder / "cache"
     assert main(["fit", str(image_folder), "--out", str(folder / "model.npz"), "--embedding-cache", str(cache),
-                 *embedder_options, *TINY]) == 0  # fmt: skip
+                 *embedder_options, *tiny_fit_options]) == 0  # fmt: skip
     return folder / "model.npz", cache
 
 
@@ -102,7 +82,7 @@ def test_fit_from_an_image_folder_saves_a_loadable_model(fitted, image_folder, t
     np.testing.assert_allclose(clf.predict_proba(X), reference.predict_proba(X), atol=1e-5)
 
 
-def test_fit_from_embeddings_and_labels(tmp_path, capsys):
+def test_fit_from_embeddings_and_labels(tmp_path, capsys, tiny_fit_options):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(30, 2, 2, 6)).astype(np.float32)
     y = np.repeat([3, 5, 7], 10)
@@ -110,7 +90,7 @@ def test_fit_from_embeddings_and_labels(tmp_path, capsys):
     np.save(tmp_path / "X.npy", X)
     (tmp_path / "y.txt").write_text("\n".join(map(str, y)) + "\n")
     assert main(["fit", "--embeddings", str(tmp_path / "X.npy"), "--labels", str(tmp_path / "y.txt"),
-                 "--out", str(tmp_path / "m"), "-q", *TINY]) == 0  # fmt: skip
+                 "--out", str(tmp_path / "m"), "-q", *tiny_fit_options]) == 0  # fmt: skip
     clf = QPMClassifier.load(tmp_path / "m.npz")
     assert clf.classes_.tolist() == [3, 5, 7]  # numeric labels stay numbers
     assert json.loads((tmp_path / "m.embedder.json").read_text())["embedder"] is None  # no images were embedded
@@ -164,6 +144,32 @@ def test_explain_with_feature_names(fitted, tmp_path):
         rows = list(csv.DictReader(handle))
     assert rows and all(row["feature_name"] == names[int(row["feature"])] for row in rows)
     assert [row["input"] for row in rows][:1] == ["0"]  # rows of an array are named by position
+
+
+def test_images_are_embedded_with_the_saved_settings_and_warn_without_any(fitted, tiny_backbone, tmp_path, capsys):
+    """explain and report embed with the settings saved beside the model, the command line winning;
+    with neither (a model without a sidecar, no options) they warn once that defaults are used."""
+    from qpm_sklearn.cli import build_parser
+    from qpm_sklearn.cli._inputs import embedder_params_for_model
+
+    model, _ = fitted
+    bare = tmp_path / "bare.npz"
+    bare.write_bytes(b"")  # no MODEL.embedder.json beside it
+
+    def settings(path, *options, **keywords):
+        args = build_parser().parse_args(["explain", str(path), "x.png", "--out", str(tmp_path), *options])
+        return embedder_params_for_model(path, args, "explain", **keywords)
+
+    capsys.readouterr()
+    assert settings(bare) == {}
+    warnings = capsys.readouterr().err.splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith("qpm-sklearn explain: warning: no embedder settings are saved with")
+    assert settings(bare, "--image-size", "84") == {"image_size": 84}
+    assert settings(bare, warn_defaults=False) == {}
+    saved = settings(model)
+    assert saved["image_size"] == 56 and saved["device"] == "cpu" and saved["local_files_only"] is True
+    assert settings(model, "--image-size", "84") == {**saved, "image_size": 84}
+    assert capsys.readouterr().err == ""
 
 
 def test_table_runs_the_paper_harness(tmp_path, tiny_backbone, capsys):

@@ -23,12 +23,6 @@ from qpm_sklearn.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Tiny classifier settings (as in test_cli.py): 3 classes, 2 of 4 selected features each.
-TINY = [
-    "-p", "n_features=8", "-p", "n_selected=4", "-p", "n_per_class=2", "-p", "hidden_size=8",
-    "-p", "n_layers=1", "-p", "dense_epochs=1", "-p", "sparse_epochs=1", "-p", "random_state=0",
-    "-p", "device=\"cpu\"",
-]  # fmt: skip
 
 
 def run_cli(*args, cwd=None, env=None, file_size_limit=None):
@@ -88,34 +82,25 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def image_folder(tmp_path_factory):
+def image_folder(make_image_folder):
     """``root/<class>/<image>.png``: 3 classes of 3 images, 28 x 28."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        (root / f"class_{c}").mkdir()
-        for j in range(3):
-            pixels = rng.integers(0, 256, size=(28, 28, 3), dtype=np.uint8)
-            pixels[:, :, c] = 255
-            Image.fromarray(pixels).save(root / f"class_{c}" / f"{j}.png")
-    return root
+    return make_image_folder(3)
 
 
 @pytest.fixture(scope="module")
-def embedder_options(tiny_backbone):
-    return ["--model", tiny_backbone, "--image-size", "56", "--device", "cpu", "--local-files-only", "-q"]
-
-
-@pytest.fixture(scope="module")
-def image_model(tmp_path_factory, image_folder, embedder_options):
+def image_model(tmp_path_factory, image_folder, embedder_options, tiny_fit_options):
     """A model fitted on the image folder (with its embedder sidecar)."""
     folder = tmp_path_factory.mktemp("image_model")
-    assert main(["fit", str(image_folder), "--out", str(folder / "model.npz"), *embedder_options, *TINY]) == 0
+    assert main(["fit", str(image_folder), "--out", str(folder / "model.npz"), *embedder_options, *tiny_fit_options]) == 0
     return folder / "model.npz"
 
 
-def fit_args(data, out, *extra):
-    return ["fit", "--embeddings", data / "X.npy", "--labels", data / "y.txt", "--out", out, "-q", *TINY, *extra]
+@pytest.fixture(scope="module")
+def fit_args(data, tiny_fit_options):
+    """``fit_args(out, *extra)``: the arguments of a quiet tiny ``fit`` on ``data`` writing ``out``."""
+    return lambda out, *extra: [
+        "fit", "--embeddings", data / "X.npy", "--labels", data / "y.txt", "--out", out, "-q", *tiny_fit_options, *extra
+    ]
 
 
 # ----------------------------------------------------------------------------------- bad inputs
@@ -150,10 +135,10 @@ def test_labels_in_another_encoding_are_refused(data, tmp_path):
     assert not (tmp_path / "m.npz").exists()
 
 
-def test_labels_with_a_byte_order_mark_give_the_same_classes(data, tmp_path):
+def test_labels_with_a_byte_order_mark_give_the_same_classes(data, tmp_path, tiny_fit_options):
     (tmp_path / "y.txt").write_bytes(b"\xef\xbb\xbf" + (data / "y.txt").read_bytes())
     assert main(["fit", "--embeddings", str(data / "X.npy"), "--labels", str(tmp_path / "y.txt"),
-                 "--out", str(tmp_path / "m.npz"), "-q", *TINY]) == 0  # fmt: skip
+                 "--out", str(tmp_path / "m.npz"), "-q", *tiny_fit_options]) == 0  # fmt: skip
     assert QPMClassifier.load(tmp_path / "m.npz").classes_.tolist() == ["a", "b", "c"]
 
 
@@ -177,10 +162,10 @@ def one_line_error(capsys, *words):
         assert word in stderr, (word, stderr)
 
 
-def test_a_parameter_the_classifier_refuses(data, tmp_path, capsys):
-    assert run_main(fit_args(data, tmp_path / "m.npz", "-p", "n_selectd=3")) == 2
+def test_a_parameter_the_classifier_refuses(tmp_path, capsys, fit_args):
+    assert run_main(fit_args(tmp_path / "m.npz", "-p", "n_selectd=3")) == 2
     one_line_error(capsys, "-p", "n_selectd")
-    assert run_main(fit_args(data, tmp_path / "m.npz", "-p", "n_per_class=-1")) == 1
+    assert run_main(fit_args(tmp_path / "m.npz", "-p", "n_per_class=-1")) == 1
     one_line_error(capsys, "n_per_class")
     assert not (tmp_path / "m.npz").exists()
 
@@ -192,18 +177,18 @@ def test_debug_shows_the_traceback(data, tmp_path):
 
 
 # --------------------------------------------------------------------------- outputs: checked first
-def test_an_unusable_out_is_found_before_training(data, tmp_path, monkeypatch, capsys):
+def test_an_unusable_out_is_found_before_training(tmp_path, monkeypatch, capsys, fit_args):
     def train(*args, **kwargs):
         raise AssertionError("training started")
 
     monkeypatch.setattr(QPMClassifier, "fit", train)
     (tmp_path / "file").write_text("")
     for out, word in ((tmp_path / "missing" / "m.npz", "does not exist"), (tmp_path / "file" / "m.npz", "not a folder")):
-        assert run_main(fit_args(data, out)) == 1
+        assert run_main(fit_args(out)) == 1
         stderr = capsys.readouterr().err.strip()
         assert "--out" in stderr and word in stderr and len(stderr.splitlines()) == 1
     (tmp_path / "m.npz").mkdir()
-    assert run_main(fit_args(data, tmp_path / "m.npz")) == 1
+    assert run_main(fit_args(tmp_path / "m.npz")) == 1
     assert "is a folder" in capsys.readouterr().err
 
 
@@ -219,19 +204,19 @@ def test_unusable_outputs_of_table_and_explain_are_found_first(tmp_path, data):
     assert_fails(result, 1, "--out", "is a file")
 
 
-def test_feature_names_of_the_wrong_count_fail_before_anything_is_saved(data, tmp_path, capsys):
+def test_feature_names_of_the_wrong_count_fail_before_anything_is_saved(tmp_path, capsys, fit_args):
     (tmp_path / "names.json").write_text(json.dumps(["wing", "beak", "crown"]))  # 4 features are selected
-    assert run_main(fit_args(data, tmp_path / "m.npz", "--feature-names", tmp_path / "names.json")) == 1
+    assert run_main(fit_args(tmp_path / "m.npz", "--feature-names", tmp_path / "names.json")) == 1
     one_line_error(capsys, "--feature-names", "names.json")
     (tmp_path / "names.json").write_text("{not json")
-    assert_fails(run_cli(*fit_args(data, tmp_path / "m.npz", "--feature-names", tmp_path / "names.json")), 1, "--feature-names")
+    assert_fails(run_cli(*fit_args(tmp_path / "m.npz", "--feature-names", tmp_path / "names.json")), 1, "--feature-names")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["names.json"]
 
 
 # ------------------------------------------------------------------------ outputs: written as one unit
 @pytest.mark.parametrize("stage", ["fit", "save"])
-def test_an_interrupted_fit_leaves_the_previous_model(data, tmp_path, monkeypatch, capsys, stage):
-    assert run_main(fit_args(data, tmp_path / "m.npz")) == 0
+def test_an_interrupted_fit_leaves_the_previous_model(tmp_path, monkeypatch, capsys, stage, fit_args):
+    assert run_main(fit_args(tmp_path / "m.npz")) == 0
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     original = getattr(QPMClassifier, stage)
 
@@ -242,13 +227,13 @@ def test_an_interrupted_fit_leaves_the_previous_model(data, tmp_path, monkeypatc
 
     monkeypatch.setattr(QPMClassifier, stage, interrupted)
     capsys.readouterr()
-    assert run_main(fit_args(data, tmp_path / "m.npz", "-p", "random_state=1")) == 130
+    assert run_main(fit_args(tmp_path / "m.npz", "-p", "random_state=1")) == 130
     stderr = capsys.readouterr().err.strip()
     assert "interrupted" in stderr and len(stderr.splitlines()) == 1
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing replaced, nothing left
 
 
-def test_full_disk_during_fit_keeps_the_previous_model_and_sidecar(image_model, data, tmp_path, monkeypatch, capsys):
+def test_full_disk_during_fit_keeps_the_previous_model_and_sidecar(image_model, tmp_path, monkeypatch, capsys, fit_args):
     import errno
 
     model = tmp_path / "model.npz"
@@ -260,17 +245,17 @@ def test_full_disk_during_fit_keeps_the_previous_model_and_sidecar(image_model, 
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "replace", full_disk)
-    assert run_main(fit_args(data, model)) == 1
+    assert run_main(fit_args(model)) == 1
     one_line_error(capsys, "model.npz", os.strerror(errno.ENOSPC))
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing replaced, nothing left
 
 
-def test_refit_from_embeddings_leaves_no_stale_sidecar(image_model, data, tmp_path):
+def test_refit_from_embeddings_leaves_no_stale_sidecar(image_model, tmp_path, fit_args):
     model = tmp_path / "model.npz"
     model.write_bytes(image_model.read_bytes())
     sidecar = tmp_path / "model.embedder.json"
     sidecar.write_bytes(image_model.with_name("model.embedder.json").read_bytes())
-    assert run_main(fit_args(data, model)) == 0
+    assert run_main(fit_args(model)) == 0
     assert json.loads(sidecar.read_text()).get("embedder", "stale") is None  # the images' settings are gone
 
 
@@ -289,11 +274,13 @@ def test_a_sidecar_of_another_model_is_refused(image_model, data, tmp_path, imag
     assert not (tmp_path / "e" / "contributions.csv").exists()
 
 
-def test_explain_from_another_folder_finds_a_backbone_given_relative(image_folder, tiny_backbone, tmp_path, monkeypatch):
+def test_explain_from_another_folder_finds_a_backbone_given_relative(
+    image_folder, tiny_backbone, tmp_path, monkeypatch, tiny_fit_options
+):
     backbone = Path(tiny_backbone)
     monkeypatch.chdir(backbone.parent)
     args = ["--model", backbone.name, "--image-size", "56", "--device", "cpu", "--local-files-only", "-q"]
-    assert main(["fit", str(image_folder), "--out", str(tmp_path / "m.npz"), *args, *TINY]) == 0
+    assert main(["fit", str(image_folder), "--out", str(tmp_path / "m.npz"), *args, *tiny_fit_options]) == 0
     monkeypatch.chdir(tmp_path)
     assert main(["explain", "m.npz", str(image_folder / "class_1"), "--out", "e", "--figures", "0", "-q"]) == 0
     assert (tmp_path / "e" / "contributions.csv").read_text().count("class_1") >= 3

@@ -2,31 +2,17 @@
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from qpm_sklearn.cli import main
 
-TINY = [
-    "-p", "n_features=8", "-p", "n_selected=4", "-p", "n_per_class=2", "-p", "hidden_size=8",
-    "-p", "n_layers=1", "-p", "dense_epochs=1", "-p", "sparse_epochs=1", "-p", "random_state=0",
-    "-p", "device=\"cpu\"",
-]  # fmt: skip
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory, tiny_backbone):
+def model(tmp_path_factory, make_image_folder, embedder_options, tiny_fit_options):
     """A model fitted by ``qpm-sklearn fit`` on 3 classes of 3 images (28 x 28 PNGs) with the tiny backbone."""
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for c in range(3):
-        (root / f"class_{c}").mkdir()
-        for j in range(3):
-            pixels = rng.integers(0, 256, size=(28, 28, 3), dtype=np.uint8)
-            pixels[:, :, c] = 255
-            Image.fromarray(pixels).save(root / f"class_{c}" / f"{j}.png")
+    root = make_image_folder(3)
     out = tmp_path_factory.mktemp("fit") / "model.npz"
-    options = ["--model", tiny_backbone, "--image-size", "56", "--device", "cpu", "--local-files-only", "-q"]
-    assert main(["fit", str(root), "--out", str(out), *options, *TINY]) == 0
+    assert main(["fit", str(root), "--out", str(out), *embedder_options, *tiny_fit_options]) == 0
     return out, root
 
 

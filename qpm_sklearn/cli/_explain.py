@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ._console import note, say
-from ._errors import CommandError, UsageError
+from ._console import say
+from ._errors import UsageError
 from ._inputs import (
     add_embedder_options,
     embed,
-    embedder_params,
+    embedder_params_for_model,
     image_files,
     load_model,
     model_file,
@@ -21,7 +21,6 @@ from ._inputs import (
     read_feature_names,
 )
 from ._outputs import prepare_output_folder, written_together
-from ._sidecar import read_sidecar
 
 _DEFAULT_IMAGE_SIZE = 224
 
@@ -60,18 +59,9 @@ def run(args: argparse.Namespace) -> int:
         if not args.images:
             raise UsageError("explain needs IMAGES or --embeddings")
         files = image_files(args.images)
-        saved = read_sidecar(model_path)
-        if saved is None and not embedder_params(args):
-            note(
-                f"qpm-sklearn explain: warning: no embedder settings are saved with {model_path} (fitted on "
-                "--embeddings, or written by QPMClassifier.save); the images are embedded with the defaults, so "
-                "give --model, --image-size, ... as the training embeddings were made"
-            )
-        params = {**(saved or {}), **embedder_params(args)}  # options on the command line win
+        params = embedder_params_for_model(model_path, args, "explain")
     out = prepare_output_folder(Path(args.out).expanduser(), "--out")
-    clf = load_model(model_path)
-    if names is not None:
-        clf.set_params(feature_names=names)
+    clf = load_model(model_path, names)
     if files is not None:
         X = embed(files, params, args)
         inputs = files

@@ -14,6 +14,7 @@ import numpy as np
 
 from ._console import note
 from ._errors import CommandError
+from ._sidecar import read_sidecar
 
 # Rows of an embeddings file checked for NaN at a time (bounded memory on a memory-mapped file).
 _FINITE_CHECK_ROWS = 256
@@ -178,6 +179,23 @@ def embedder_params(args: argparse.Namespace) -> dict:
     return {name: value for name, value in params.items() if value is not None}
 
 
+def embedder_params_for_model(model_path: Path, args: argparse.Namespace, command: str, *, warn_defaults: bool = True) -> dict:
+    """The embedder settings saved beside ``model_path``, overridden by those on the command line.
+
+    With ``warn_defaults``, a warning (naming ``command``) when neither gives any: the images would
+    be embedded with the defaults, which may not be how the training embeddings were made.
+    """
+    saved = read_sidecar(model_path)
+    given = embedder_params(args)
+    if warn_defaults and saved is None and not given:
+        note(
+            f"qpm-sklearn {command}: warning: no embedder settings are saved with {model_path} (fitted on "
+            "--embeddings, or written by QPMClassifier.save); the images are embedded with the defaults, so "
+            "give --model, --image-size, ... as the training embeddings were made"
+        )
+    return {**(saved or {}), **given}  # options on the command line win
+
+
 def embed(files: list[str], params: dict, args: argparse.Namespace) -> np.ndarray:
     """Embed ``files`` with a :class:`Dinov2Embedder` of ``params`` (progress unless ``--quiet``)."""
     from ..embedding import Dinov2Embedder
@@ -198,11 +216,15 @@ def model_file(path: str) -> Path:
     return model_path
 
 
-def load_model(model_path: Path):
-    """The :class:`QPMClassifier` saved at ``model_path``; a file it refuses is a CommandError naming it."""
+def load_model(model_path: Path, feature_names: dict | list | None = None):
+    """The :class:`QPMClassifier` saved at ``model_path`` (with ``feature_names`` set unless None);
+    a file it refuses is a CommandError naming it."""
     from ..classifier import QPMClassifier
 
     try:
-        return QPMClassifier.load(model_path)
+        clf = QPMClassifier.load(model_path)
     except ValueError as exc:
         raise CommandError(f"MODEL {model_path}: {exc}") from None
+    if feature_names is not None:
+        clf.set_params(feature_names=feature_names)
+    return clf

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+from .._atomic import fsync_folder
 from ._errors import CommandError
 
 
@@ -117,7 +118,7 @@ class OutputSet:
             folders.add(destination.parent)
         self._moves = []
         for folder in folders:
-            _fsync_folder(folder)
+            fsync_folder(folder)
 
     def discard(self) -> None:
         """Remove every staged file that has not been moved."""
@@ -136,19 +137,6 @@ def written_together() -> Iterator[OutputSet]:
         outputs.commit()
     finally:
         outputs.discard()
-
-
-def _fsync_folder(folder: Path) -> None:
-    try:
-        descriptor = os.open(folder, os.O_RDONLY)
-    except OSError:  # Windows cannot open folders; the rename is still atomic there
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass  # some filesystems refuse fsync on folders; the rename is still atomic
-    finally:
-        os.close(descriptor)
 
 
 def file_name_bytes(path: str) -> bytes:

@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._console import note, say
+from ._console import say
 from ._errors import CommandError, UsageError
 from ._inputs import (
     add_embedder_options,
     embed,
-    embedder_params,
+    embedder_params_for_model,
     image_files,
     load_model,
     model_file,
@@ -19,7 +19,6 @@ from ._inputs import (
     read_labels,
 )
 from ._outputs import check_output_file
-from ._sidecar import read_sidecar
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,18 +37,10 @@ def run(args: argparse.Namespace) -> int:
                 f"--embeddings {args.embeddings}: {len(X)} rows for {len(files)} images; expected one row per image, "
                 "in the order the images are listed"
             )
-    saved = read_sidecar(model_path)
-    if X is None and saved is None and not embedder_params(args):
-        note(
-            f"qpm-sklearn report: warning: no embedder settings are saved with {model_path} (fitted on "
-            "--embeddings, or written by QPMClassifier.save); the images are embedded with the defaults, so "
-            "give --model, --image-size, ... as the training embeddings were made"
-        )
-    params = {**(saved or {}), **embedder_params(args)}  # options on the command line win
+    # The saved settings give the image size and preprocessing of the figures even for --embeddings.
+    params = embedder_params_for_model(model_path, args, "report", warn_defaults=X is None)
     out = check_output_file(Path(args.out).expanduser(), "--out")
-    clf = load_model(model_path)
-    if names is not None:
-        clf.set_params(feature_names=names)
+    clf = load_model(model_path, names)
     if X is None:
         X = embed(files, params, args)
     from ..report import write_report

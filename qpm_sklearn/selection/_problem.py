@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import heapq
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -295,21 +295,49 @@ def _assign(WS: np.ndarray, k: int) -> tuple[np.ndarray, float, float]:
     top = np.argpartition(-WS, k - 1, axis=0)[:k] if k < m else np.broadcast_to(np.arange(m)[:, None], (m, n_classes))
     top_sets = [tuple(column) for column in np.sort(top, axis=0).T.tolist()]
     free_value = float(np.take_along_axis(WS, np.asarray(top), axis=0).sum())
+    if len(set(top_sets)) == n_classes:
+        return _assignment_matrix(top_sets, m), free_value, free_value
+    chosen = _distinct_sets(WS, top_sets, lambda c: _best_subsets(WS[:, c], k), own_lists_only=False)
+    assert chosen is not None  # every class may take any k-subset, and there are at least n_classes
+    assignment = _assignment_matrix(chosen, m)
+    return assignment, float((WS.T * assignment).sum()), free_value
+
+
+def _distinct_sets(
+    WS: np.ndarray,
+    top_sets: list[tuple],
+    ranked_sets: Callable[[int], Iterator[tuple[float, tuple]]],
+    *,
+    own_lists_only: bool,
+) -> list[tuple] | None:
+    """Best sets, one per class and no two equal, replacing the colliding ones of ``top_sets``.
+
+    ``ranked_sets(c)`` yields class c's feasible sets as (value, set) by non-increasing value;
+    ``top_sets[c]`` is its first. Classes whose sets collide form groups; every class of a group
+    of size g lists its g best sets (all it has, when fewer). Groups whose lists share a set
+    merge, and a class whose set appears in a group's lists joins it, until nothing changes; a
+    best matching inside each group (the other classes keep their sets) is then optimal.
+    ``own_lists_only`` bars a class from the sets listed only by others (they may not be feasible
+    for it). Returns None when some group cannot be matched to distinct sets.
+    """
+    m = WS.shape[0]
     owners: dict[tuple, list[int]] = {}
     for c, subset in enumerate(top_sets):
         owners.setdefault(subset, []).append(c)
     groups = [set(group) for group in owners.values() if len(group) > 1]
-    if not groups:
-        return _assignment_matrix(top_sets, m), free_value, free_value
     generators: dict[int, Iterator[tuple[float, tuple]]] = {}
     lists: dict[int, list[tuple]] = {}
 
     def listed(group):
         for c in group:
-            generators.setdefault(c, _best_subsets(WS[:, c], k))
-            lists.setdefault(c, [])
+            if c not in generators:
+                generators[c] = ranked_sets(c)
+                lists[c] = []
             while len(lists[c]) < len(group):
-                lists[c].append(next(generators[c])[1])
+                subset = next(generators[c], None)
+                if subset is None:
+                    break
+                lists[c].append(subset[1])
         return {subset for c in group for subset in lists[c]}
 
     while True:
@@ -325,14 +353,24 @@ def _assign(WS: np.ndarray, k: int) -> tuple[np.ndarray, float, float]:
     for group in groups:
         rows = sorted(group)
         columns = sorted({subset for c in rows for subset in lists[c]})
+        if len(columns) < len(rows):
+            return None
         member = np.zeros((len(columns), m))
         for j, subset in enumerate(columns):
             member[j, list(subset)] = 1.0
-        gain = WS[:, rows].T @ member.T  # value of every listed subset for every class of the group
-        for r, j in zip(*linear_sum_assignment(gain, maximize=True)):
+        gain = WS[:, rows].T @ member.T  # value of every listed set for every class of the group
+        if own_lists_only:
+            feasible = np.array([[subset in lists[c] for subset in columns] for c in rows])
+            barred = -(1.0 + np.abs(gain).sum()) * (len(rows) + 1)  # worse than any feasible matching
+            gain = np.where(feasible, gain, barred)
+        else:
+            feasible = np.ones(gain.shape, dtype=bool)
+        matched_rows, matched_columns = linear_sum_assignment(gain, maximize=True)
+        if len(matched_rows) < len(rows) or not feasible[matched_rows, matched_columns].all():
+            return None
+        for r, j in zip(matched_rows, matched_columns):
             chosen[rows[r]] = columns[j]
-    assignment = _assignment_matrix(chosen, m)
-    return assignment, float((WS.T * assignment).sum()), free_value
+    return chosen
 
 
 def _merge_overlapping(groups: list[set], subsets: list[set]) -> list[set]:
@@ -409,52 +447,12 @@ def _assign_constrained(WS: np.ndarray, budgets: np.ndarray, pinned: np.ndarray)
     member = pinned | (rank < free_budget[None, :])
     free_value = float((WS * member).sum())
     top_sets = [tuple(np.flatnonzero(column).tolist()) for column in member.T]
-    owners: dict[tuple, list[int]] = {}
-    for c, subset in enumerate(top_sets):
-        owners.setdefault(subset, []).append(c)
-    groups = [set(group) for group in owners.values() if len(group) > 1]
-    if not groups:
+    if len(set(top_sets)) == n_classes:
         return member.T.copy(), free_value, free_value
-    generators: dict[int, Iterator[tuple[float, tuple]]] = {}
-    lists: dict[int, list[tuple]] = {}
-
-    def listed(group):
-        for c in group:
-            if c not in generators:
-                generators[c] = _pinned_subsets(WS[:, c], pinned[:, c], int(free_budget[c]))
-                lists[c] = []
-            while len(lists[c]) < len(group):
-                subset = next(generators[c], None)
-                if subset is None:
-                    break
-                lists[c].append(subset[1])
-        return {subset for c in group for subset in lists[c]}
-
-    while True:
-        subsets = [listed(group) for group in groups]
-        merged = _merge_overlapping(groups, subsets)
-        grouped = set().union(*merged)
-        for group in merged:
-            group.update(c for subset in listed(group) for c in owners.get(subset, ()) if c not in grouped)
-        if len(merged) == len(groups) and sum(map(len, merged)) == sum(map(len, groups)):
-            break
-        groups = merged
-    chosen = list(top_sets)
-    for group in groups:
-        rows = sorted(group)
-        columns = sorted({subset for c in rows for subset in lists[c]})
-        if len(columns) < len(rows):
-            return member.T.copy(), -math.inf, free_value
-        member_matrix = np.zeros((len(columns), m))
-        for j, subset in enumerate(columns):
-            member_matrix[j, list(subset)] = 1.0
-        feasible = np.array([[subset in lists[c] for subset in columns] for c in rows])
-        gain = WS[:, rows].T @ member_matrix.T
-        barred = -(1.0 + np.abs(gain).sum()) * (len(rows) + 1)  # worse than any feasible matching
-        matched_rows, matched_columns = linear_sum_assignment(np.where(feasible, gain, barred), maximize=True)
-        if len(matched_rows) < len(rows) or not feasible[matched_rows, matched_columns].all():
-            return member.T.copy(), -math.inf, free_value
-        for r, j in zip(matched_rows, matched_columns):
-            chosen[rows[r]] = columns[j]
+    chosen = _distinct_sets(
+        WS, top_sets, lambda c: _pinned_subsets(WS[:, c], pinned[:, c], int(free_budget[c])), own_lists_only=True
+    )
+    if chosen is None:
+        return member.T.copy(), -math.inf, free_value
     assignment = _assignment_matrix(chosen, m)
     return assignment, float((WS.T * assignment).sum()), free_value
