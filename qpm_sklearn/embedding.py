@@ -24,6 +24,7 @@ from sklearn.utils._set_output import _get_output_config
 from . import backbones as _backbones
 from . import images as _images
 from ._cache import EmbeddingCache
+from .image_sources import as_images
 from ._doc_links import DocLinkMixin
 from ._device import download, host_tensor, resolve_device, resolve_dtype, upload, wait_upload
 from ._utils import StrictInterval, progress
@@ -129,6 +130,10 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         forward pass.
     verbose : bool or int, default=False
         Show a progress bar over batches (and the hub's download bars).
+    image_column : str, default=None
+        The column holding the images when ``X`` is a Hugging Face ``datasets.Dataset`` (or
+        the key in dict items of a torch dataset). None: the dataset's one column of
+        ``Image`` type, or a column named "image" or "img".
 
     See Also
     --------
@@ -140,7 +145,12 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
     Inputs: a sequence of file paths, PIL images or uint8 arrays (mixed freely), or a
     uint8 array ``(n, H, W, 3)`` / ``(n, H, W)``. Gray, palette, RGBA, CMYK and 16-bit
     images are converted to RGB (alpha dropped). Float arrays are refused (their scale
-    is ambiguous): convert with ``(x * 255).round().astype(np.uint8)``.
+    is ambiguous): convert with ``(x * 255).round().astype(np.uint8)``. From PyTorch
+    (docs/pytorch.md, :mod:`qpm_sklearn.image_sources`): a tensor batch ``(N, C, H, W)``
+    or a sequence of ``(C, H, W)`` tensors, uint8 or float in [0, 1]; a map-style
+    ``Dataset`` (read lazily) or a ``DataLoader`` (read whole) yielding images or
+    ``(image, label)`` (labels ignored); a Hugging Face ``datasets.Dataset``; a
+    one-column polars or pandas DataFrame.
 
     The vector outputs ("cls", "mean") have feature names (:meth:`get_feature_names_out`)
     and follow ``set_output(transform="pandas")``; the 4-D patch grid has no columns.
@@ -173,6 +183,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         "embedding_cache": [str, os.PathLike, None],
         "n_jobs": [StrictInterval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
         "verbose": ["verbose"],
+        "image_column": [str, None],
     }
 
     def __init__(
@@ -193,6 +204,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         embedding_cache: str | os.PathLike[str] | None = None,
         n_jobs: int | None = None,
         verbose: bool | int = False,
+        image_column: str | None = None,
     ) -> None:
         self.model = model
         self.output = output
@@ -209,6 +221,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         self.embedding_cache = embedding_cache
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.image_column = image_column
 
     # ----------------------------------------------------------------------------------------
     # scikit-learn protocol
@@ -286,6 +299,8 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : sequence of paths / PIL images / uint8 arrays, or uint8 ndarray (n, H, W, 3) or (n, H, W)
+            Or a torch tensor, Dataset or DataLoader, a Hugging Face dataset, a one-column
+            DataFrame (see Notes).
 
         Returns
         -------
@@ -296,7 +311,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         self._check_params()
         if self.output == "patch" and _get_output_config("transform", self)["dense"] != "default":
             self.get_feature_names_out()  # raises: a 4-D grid has no table form
-        X = _images.check_images(X)
+        X = _images.check_images(as_images(X, image_column=self.image_column))
         _images.check_files_exist(X)
         plan = self._resolve()
         row_shape = plan.row_shape(self.output)
@@ -515,6 +530,7 @@ class Dinov2Embedder(PatchEmbedder):
     embedding_cache : str or path-like, default=None
     n_jobs : int, default=None
     verbose : bool or int, default=False
+    image_column : str, default=None
 
     See Also
     --------
@@ -551,6 +567,7 @@ class Dinov2Embedder(PatchEmbedder):
         embedding_cache: str | os.PathLike[str] | None = None,
         n_jobs: int | None = None,
         verbose: bool | int = False,
+        image_column: str | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -568,6 +585,7 @@ class Dinov2Embedder(PatchEmbedder):
             embedding_cache=embedding_cache,
             n_jobs=n_jobs,
             verbose=verbose,
+            image_column=image_column,
         )
 
 
