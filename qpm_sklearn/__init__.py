@@ -12,12 +12,14 @@ __version__ = "0.1.0"
 # import qpm_sklearn.images, which must not pay for importing torch and scikit-learn.
 _PUBLIC = {"Dinov2Embedder": "embedding", "PatchEmbedder": "embedding", "QPMClassifier": "classifier", "Explanation": "explanation"}
 
-if typing.TYPE_CHECKING:  # what __getattr__ returns, for type checkers
-    from .classifier import QPMClassifier
-    from .embedding import Dinov2Embedder, PatchEmbedder
-    from .explanation import Explanation
+if typing.TYPE_CHECKING:  # what __getattr__ returns, for type checkers (explicit re-exports: "X as X")
+    from .classifier import QPMClassifier as QPMClassifier
+    from .embedding import Dinov2Embedder as Dinov2Embedder
+    from .embedding import PatchEmbedder as PatchEmbedder
+    from .explanation import Explanation as Explanation
 
-__all__ = [*_PUBLIC, "__version__"]
+# A literal list: type checkers read __all__ statically (tests/test_typing.py checks it names _PUBLIC).
+__all__ = ["Dinov2Embedder", "Explanation", "PatchEmbedder", "QPMClassifier", "__version__"]
 
 
 def __getattr__(name: str) -> typing.Any:
