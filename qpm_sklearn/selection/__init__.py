@@ -37,6 +37,7 @@ from sklearn.utils import check_random_state
 from threadpoolctl import threadpool_limits
 
 from .._utils import check_int as _check_int
+from ..exceptions import ConvergenceWarning
 from ._bounds import (
     OSQP_ALGEBRAS,
     certified_bound,
@@ -305,7 +306,7 @@ def solve_selection(
             warnings.warn(
                 "The MILP found no solution within time_limit; returning the default method's solution "
                 "(within the same time_limit).",
-                RuntimeWarning,
+                ConvergenceWarning,
                 stacklevel=2,
             )
             # The fallback keeps to the same time_limit: each of its stages runs at least once.
