@@ -397,3 +397,15 @@ def take_value(values: dict[str, Any], name: str, check: Callable[[Any], bool], 
     if not check(value):
         raise ModelFileDefect(f"{name} must be {expected}; got {short(value)}")
     return value
+
+
+#: The package's types in a pickled or skops-saved estimator, to pass as skops' ``trusted``
+#: (``skops.io.load(path, trusted=SKOPS_TRUSTED_TYPES)``) or MLflow's ``skops_trusted_types``
+#: (``mlflow.sklearn.log_model(pipe, name="model", skops_trusted_types=SKOPS_TRUSTED_TYPES)``).
+#: Everything else a fitted pipeline holds is numpy, dicts and lists, which skops trusts; the
+#: fitted state never holds torch objects.
+SKOPS_TRUSTED_TYPES = [
+    "qpm_sklearn.classifier.QPMClassifier",
+    "qpm_sklearn.embedding.Dinov2Embedder",
+    "qpm_sklearn.embedding.PatchEmbedder",
+]

@@ -15,7 +15,10 @@ def python_blocks(page):
 @pytest.mark.parametrize("page", ["pytorch.md", "deploying.md"])
 def test_page_examples_run(page, monkeypatch, tmp_path):
     if page == "deploying.md":
-        pytest.importorskip("onnxruntime")
+        for module in ("onnxruntime", "mlflow", "skops"):
+            pytest.importorskip(module)
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local file store: no tracking server in tests
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.chdir(tmp_path)
     blocks = python_blocks(page)
     assert blocks
