@@ -19,7 +19,6 @@ import numpy.typing as npt
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Options, StrOptions
-from sklearn.utils._set_output import _get_output_config
 
 from . import backbones as _backbones
 from . import images as _images
@@ -49,6 +48,36 @@ class _Plan:
 
     def row_shape(self, output: str) -> tuple:
         return (self.grid, self.grid, self.layout.width) if output == "patch" else (self.layout.width,)
+
+
+class _OutputConfig(dict):
+    """An embedder's own ``set_output`` settings (scikit-learn's ``_sklearn_output_config``).
+
+    For the 4-D patch grid (``grid`` True) an unset "transform" reads "default", with a
+    warning when a global ``set_config(transform_output=...)`` asks for a table: the grid has
+    no table form, and a global setting meant for the rest of a pipeline must not break it.
+    A setting made on the embedder itself (``set_output``) is kept and honoured (and refused
+    for the grid by ``transform``).
+    """
+
+    grid = False
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or (key == "transform" and self.grid)
+
+    def __missing__(self, key: str) -> str:
+        if key != "transform" or not self.grid:
+            raise KeyError(key)
+        from sklearn import get_config
+
+        if get_config()["transform_output"] != "default":
+            warnings.warn(
+                f"set_config(transform_output={get_config()['transform_output']!r}) does not apply to "
+                "output='patch': a 4-D grid (n, h, w, d) has no table form, so transform returns an array.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return "default"
 
 
 class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
@@ -250,6 +279,19 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
     def __sklearn_is_fitted__(self):
         return True  # stateless: transform needs no fit
 
+    @property
+    def _sklearn_output_config(self) -> _OutputConfig:
+        # scikit-learn reads (and set_output writes) this dict; see _OutputConfig.
+        config = self.__dict__.get("_output_config")
+        if config is None:
+            config = self.__dict__["_output_config"] = _OutputConfig()
+        config.grid = self.output == "patch"
+        return config
+
+    @_sklearn_output_config.setter
+    def _sklearn_output_config(self, value: dict) -> None:
+        self.__dict__["_output_config"] = _OutputConfig(value)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
@@ -309,7 +351,8 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
             ``output_dtype`` (a read-only memory map with ``embedding_cache`` and float16).
         """
         self._check_params()
-        if self.output == "patch" and _get_output_config("transform", self)["dense"] != "default":
+        # Only a setting made on the embedder is refused; a global one is ignored (_OutputConfig).
+        if self.output == "patch" and self._sklearn_output_config.get("transform", "default") != "default":
             self.get_feature_names_out()  # raises: a 4-D grid has no table form
         X = _images.check_images(as_images(X, image_column=self.image_column))
         _images.check_files_exist(X)
