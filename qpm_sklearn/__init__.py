@@ -14,13 +14,15 @@ __version__ = "0.1.0"
 _PUBLIC = {"Dinov2Embedder": "embedding", "PatchEmbedder": "embedding", "QPMClassifier": "classifier", "Explanation": "explanation",
            "SKOPS_TRUSTED_TYPES": "artifacts"}
 
-if typing.TYPE_CHECKING:  # what __getattr__ returns, for type checkers
-    from .artifacts import SKOPS_TRUSTED_TYPES
-    from .classifier import QPMClassifier
-    from .embedding import Dinov2Embedder, PatchEmbedder
-    from .explanation import Explanation
+if typing.TYPE_CHECKING:  # what __getattr__ returns, for type checkers (explicit re-exports: "X as X")
+    from .artifacts import SKOPS_TRUSTED_TYPES as SKOPS_TRUSTED_TYPES
+    from .classifier import QPMClassifier as QPMClassifier
+    from .embedding import Dinov2Embedder as Dinov2Embedder
+    from .embedding import PatchEmbedder as PatchEmbedder
+    from .explanation import Explanation as Explanation
 
-__all__ = [*_PUBLIC, "__version__"]
+# A literal list: type checkers read __all__ statically (tests/test_typing.py checks it names _PUBLIC).
+__all__ = ["Dinov2Embedder", "Explanation", "PatchEmbedder", "QPMClassifier", "SKOPS_TRUSTED_TYPES", "__version__"]
 
 
 def __getattr__(name: str) -> typing.Any:

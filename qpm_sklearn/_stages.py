@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -46,6 +47,8 @@ INFERENCE_BATCH_SIZE = 256
 # docs/baselines.md: the comparison systems fine-tune with dropout 0.1 and Q-SENN runs 4 rounds.
 _BASELINE_DROPOUT = 0.1
 QSENN_ROUNDS = 4
+# Bytes per block of rows copied from a chunked array (zarr, dask) into a memory map.
+_SPILL_BLOCK = 64 * 2**20
 # Bytes per block of tokens_fingerprint (hashed in parallel).
 _FINGERPRINT_BLOCK = 32 * 2**20
 
@@ -97,7 +100,8 @@ def check_tokens(
     ``p`` and ``(n, d)`` single tokens. float32 and float16 arrays (such as the
     float16 memory map of an embedding cache) are used without a copy, so a
     collection larger than memory is streamed rather than loaded; float64 is
-    cast to float32 and other dtypes converted. ``n_features_in`` (when given)
+    cast to float32 and other dtypes converted; torch tensors and chunked arrays go
+    through :func:`as_token_array` first. ``n_features_in`` (when given)
     is the embedding size the fitted model expects. The internals called after
     this run with ``check_input=False``.
 
@@ -127,7 +131,7 @@ def check_tokens(
             f"of {len(X)} values. Reshape your data: X.reshape(1, -1) for one sample."  # type: ignore[arg-type]
         )
     array = check_array(
-        X,
+        as_token_array(X),
         dtype=(np.float32, np.float16, np.float64),
         allow_nd=True,
         ensure_min_samples=min_samples,
@@ -183,6 +187,52 @@ def check_tokens(
         if not np.isfinite(tokens).all():
             raise ValueError("X has values beyond the float32 range (about ±3.4e38); rescale the embeddings.")
     return tokens, grid
+
+
+def as_token_array(X: object) -> object:
+    """Torch tensors and chunked arrays (zarr, dask) as numpy arrays; anything else unchanged.
+
+    A tensor becomes its numpy view (a copy only off the CPU or from bfloat16). A chunked
+    array -- anything with ``chunks``, ``shape`` and ``dtype`` that is not an ndarray -- is
+    copied block of rows by block of rows into an anonymous temporary file mapped as a
+    float32 (or float16) memory map, so peak memory stays about one block
+    (:data:`_SPILL_BLOCK` bytes) above what a memory map of the same data costs, and the
+    result streams through fit and predict like a memory map does (``np.asarray`` would read
+    it whole, in its own dtype, then copy it to float32). The file is deleted when the
+    array is no longer used.
+
+    Parameters
+    ----------
+    X : object
+
+    Returns
+    -------
+    X : ndarray or object
+
+    Examples
+    --------
+    >>> import torch
+    >>> from qpm_sklearn._stages import as_token_array
+    >>> as_token_array(torch.ones(2, 3)).dtype
+    dtype('float32')
+    """
+    if isinstance(X, torch.Tensor):
+        X = X.detach()
+        return (X.float() if X.dtype == torch.bfloat16 else X).cpu().numpy()
+    if isinstance(X, np.ndarray) or not all(hasattr(X, name) for name in ("chunks", "shape", "dtype")):
+        return X
+    shape = tuple(int(size) for size in X.shape)  # type: ignore[attr-defined]
+    dtype = np.float16 if np.dtype(X.dtype) == np.float16 else np.float32  # type: ignore[attr-defined]
+    if len(shape) < 2 or 0 in shape:
+        return np.asarray(X, dtype=dtype)
+    row_bytes = math.prod(shape[1:]) * np.dtype(dtype).itemsize
+    rows = max(1, _SPILL_BLOCK // row_bytes)
+    # An unlinked file: the mapping keeps its own descriptor, and the space is freed with the array.
+    with tempfile.TemporaryFile(prefix="qpm_sklearn_tokens_") as handle:
+        array = np.memmap(handle, dtype=dtype, mode="w+", shape=shape)
+    for start in range(0, shape[0], rows):
+        array[start : start + rows] = np.asarray(X[start : start + rows], dtype=dtype)  # type: ignore[index]
+    return array
 
 
 def tokens_fingerprint(tokens: np.ndarray) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -24,6 +24,7 @@ __all__ = [
     "SparseHead",
     "QPMNetwork",
     "standardise",
+    "standardise_tensor",
     "empty_network",
     "init_parameters",
     "mlp_from_state",
@@ -81,6 +82,8 @@ class TokenMLP(nn.Module):
         batch, n_tokens, dim = tokens.shape  # (B, P, D)
         # Rows of a 2-D BatchNorm1d input are the statistics population: B*P tokens.
         out = tokens.reshape(batch * n_tokens, dim)
+        if torch.jit.is_scripting():  # TorchScript (export, serving): PyTorch's own BatchNorm kernel
+            return self.layers(out).reshape(batch, n_tokens, -1)
         for layer in self.layers:
             if isinstance(layer, nn.BatchNorm1d) and layer.training and out.device.type == "cpu":
                 out = _thread_stable_batch_norm(out, layer)
@@ -192,11 +195,13 @@ class SparseHead(nn.Module):
         Dropout on the selected feature vector before standardisation.
     """
 
-    # Buffers (parameters for mean/std when train_stats), registered in __init__.
-    weight: torch.Tensor
-    bias: torch.Tensor | None
-    mean: torch.Tensor
-    std: torch.Tensor
+    if TYPE_CHECKING:
+        # Buffers (parameters for mean/std when train_stats), registered in __init__. For type
+        # checkers only: torch.jit.script infers the types from the values and cannot parse these.
+        weight: torch.Tensor
+        bias: torch.Tensor | None
+        mean: torch.Tensor
+        std: torch.Tensor
 
     def __init__(
         self,
@@ -233,7 +238,7 @@ class SparseHead(nn.Module):
 
     def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features_tilde = self.dropout(features)  # (B, K)
-        logits = standardise(features_tilde, self.mean, self.std) @ self.weight.T  # (B, C)
+        logits = standardise_tensor(features_tilde, self.mean, self.std) @ self.weight.T  # (B, C)
         if self.bias is not None:
             logits = logits + self.bias
         return logits, features_tilde
@@ -258,7 +263,8 @@ class QPMNetwork(nn.Module):
         Adapter channel ids kept in the sparse stage (the head then has K inputs).
     """
 
-    selected: torch.Tensor | None  # a buffer, registered in __init__
+    if TYPE_CHECKING:  # a buffer, registered in __init__ (hidden from torch.jit.script, as in SparseHead)
+        selected: torch.Tensor | None
 
     def __init__(
         self, mlp: TokenMLP, head: DenseHead | SparseHead, selected: npt.ArrayLike | torch.Tensor | None = None
@@ -284,8 +290,11 @@ class QPMNetwork(nn.Module):
         out = out.float()
         maps = out.transpose(1, 2).reshape(batch, -1, height, width)  # (B, K, h, w), a view
         features = out.mean(1)  # (B, K)
-        with torch.autocast(device_type=tokens.device.type, enabled=False):
-            logits, features_tilde = self.head(features)  # (B, C), (B, K)
+        if torch.jit.is_scripting():  # TorchScript takes no autocast of a runtime device; it runs without one
+            logits, features_tilde = self.head(features)
+        else:
+            with torch.autocast(device_type=tokens.device.type, enabled=False):
+                logits, features_tilde = self.head(features)  # (B, C), (B, K)
         return logits, maps, features_tilde
 
 
@@ -295,9 +304,16 @@ def standardise(features: _Array, mean: _Array, std: _Array) -> _Array:
     The sparse head's forward pass and the classifier's explanations both use it, so a
     contribution always equals its share of the logit.
     """
-    if isinstance(std, torch.Tensor):
-        return (features - mean) / std.clamp(min=STD_FLOOR)
+    if isinstance(features, torch.Tensor) and isinstance(mean, torch.Tensor) and isinstance(std, torch.Tensor):
+        return standardise_tensor(features, mean, std)
     return (features - mean) / np.maximum(std, STD_FLOOR)
+
+
+def standardise_tensor(
+    features: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, floor: float = STD_FLOOR
+) -> torch.Tensor:
+    """:func:`standardise` on tensors, in a form ``torch.jit.script`` compiles (the floor an argument, not a global)."""
+    return (features - mean) / std.clamp(min=floor)
 
 
 def empty_network(build: Callable[[], _Module]) -> _Module:

@@ -193,7 +193,7 @@ class Layout:
             )
         cls = hidden[:, 0] if self.has_cls else None
         # row-major: patch token p is grid cell (p // grid, p % grid)
-        return cls, hidden[:, self.n_prefix :].reshape(len(hidden), grid, grid, hidden.shape[-1])
+        return cls, hidden[:, self.n_prefix :].reshape(hidden.shape[0], grid, grid, hidden.shape[-1])
 
 
 def _patch_size(config, model: str) -> int:

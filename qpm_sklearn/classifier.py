@@ -360,6 +360,22 @@ class QPMClassifier(DocLinkMixin, ClassifierMixin, BaseEstimator):
     (2, 2, 4, 4)
     """
 
+    # The fitted attributes (FITTED_ARRAYS, FITTED_STATES, FITTED_VALUES), declared for type
+    # checkers; annotations only, so an unfitted estimator still has none of them.
+    classes_: np.ndarray
+    n_features_in_: int
+    feature_names_in_: np.ndarray
+    selected_features_: np.ndarray
+    sparse_weight_: np.ndarray
+    sparse_bias_: np.ndarray
+    feature_mean_: np.ndarray
+    feature_std_: np.ndarray
+    dense_mlp_state_: dict[str, np.ndarray]
+    dense_head_state_: dict[str, np.ndarray]
+    sparse_mlp_state_: dict[str, np.ndarray]
+    selection_info_: dict[str, Any]
+    history_: list[dict[str, Any]]
+
     _parameter_constraints: dict = {
         "n_features": [StrictInterval(Integral, 1, None, closed="left")],
         "n_selected": [StrictInterval(Integral, 1, None, closed="left")],

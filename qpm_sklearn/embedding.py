@@ -19,11 +19,11 @@ import numpy.typing as npt
 import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils._param_validation import Options, StrOptions
-from sklearn.utils._set_output import _get_output_config
 
 from . import backbones as _backbones
 from . import images as _images
 from ._cache import EmbeddingCache
+from .image_sources import as_images
 from ._doc_links import DocLinkMixin
 from ._device import download, host_tensor, resolve_device, resolve_dtype, upload, wait_upload
 from ._utils import StrictInterval, progress
@@ -48,6 +48,36 @@ class _Plan:
 
     def row_shape(self, output: str) -> tuple:
         return (self.grid, self.grid, self.layout.width) if output == "patch" else (self.layout.width,)
+
+
+class _OutputConfig(dict):
+    """An embedder's own ``set_output`` settings (scikit-learn's ``_sklearn_output_config``).
+
+    For the 4-D patch grid (``grid`` True) an unset "transform" reads "default", with a
+    warning when a global ``set_config(transform_output=...)`` asks for a table: the grid has
+    no table form, and a global setting meant for the rest of a pipeline must not break it.
+    A setting made on the embedder itself (``set_output``) is kept and honoured (and refused
+    for the grid by ``transform``).
+    """
+
+    grid = False
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(key) or (key == "transform" and self.grid)
+
+    def __missing__(self, key: str) -> str:
+        if key != "transform" or not self.grid:
+            raise KeyError(key)
+        from sklearn import get_config
+
+        if get_config()["transform_output"] != "default":
+            warnings.warn(
+                f"set_config(transform_output={get_config()['transform_output']!r}) does not apply to "
+                "output='patch': a 4-D grid (n, h, w, d) has no table form, so transform returns an array.",
+                UserWarning,
+                stacklevel=4,
+            )
+        return "default"
 
 
 class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
@@ -129,6 +159,10 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         forward pass.
     verbose : bool or int, default=False
         Show a progress bar over batches (and the hub's download bars).
+    image_column : str, default=None
+        The column holding the images when ``X`` is a Hugging Face ``datasets.Dataset`` (or
+        the key in dict items of a torch dataset). None: the dataset's one column of
+        ``Image`` type, or a column named "image" or "img".
 
     See Also
     --------
@@ -140,7 +174,12 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
     Inputs: a sequence of file paths, PIL images or uint8 arrays (mixed freely), or a
     uint8 array ``(n, H, W, 3)`` / ``(n, H, W)``. Gray, palette, RGBA, CMYK and 16-bit
     images are converted to RGB (alpha dropped). Float arrays are refused (their scale
-    is ambiguous): convert with ``(x * 255).round().astype(np.uint8)``.
+    is ambiguous): convert with ``(x * 255).round().astype(np.uint8)``. From PyTorch
+    (docs/pytorch.md, :mod:`qpm_sklearn.image_sources`): a tensor batch ``(N, C, H, W)``
+    or a sequence of ``(C, H, W)`` tensors, uint8 or float in [0, 1]; a map-style
+    ``Dataset`` (read lazily) or a ``DataLoader`` (read whole) yielding images or
+    ``(image, label)`` (labels ignored); a Hugging Face ``datasets.Dataset``; a
+    one-column polars or pandas DataFrame.
 
     The vector outputs ("cls", "mean") have feature names (:meth:`get_feature_names_out`)
     and follow ``set_output(transform="pandas")``; the 4-D patch grid has no columns.
@@ -173,6 +212,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         "embedding_cache": [str, os.PathLike, None],
         "n_jobs": [StrictInterval(Integral, 1, None, closed="left"), Options(Integral, {-1}), None],
         "verbose": ["verbose"],
+        "image_column": [str, None],
     }
 
     def __init__(
@@ -193,6 +233,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         embedding_cache: str | os.PathLike[str] | None = None,
         n_jobs: int | None = None,
         verbose: bool | int = False,
+        image_column: str | None = None,
     ) -> None:
         self.model = model
         self.output = output
@@ -209,6 +250,7 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         self.embedding_cache = embedding_cache
         self.n_jobs = n_jobs
         self.verbose = verbose
+        self.image_column = image_column
 
     # ----------------------------------------------------------------------------------------
     # scikit-learn protocol
@@ -237,6 +279,19 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
     def __sklearn_is_fitted__(self):
         return True  # stateless: transform needs no fit
 
+    @property
+    def _sklearn_output_config(self) -> _OutputConfig:
+        # scikit-learn reads (and set_output writes) this dict; see _OutputConfig.
+        config = self.__dict__.get("_output_config")
+        if not isinstance(config, _OutputConfig):  # unset, or a plain dict from a pickle
+            config = self.__dict__["_output_config"] = _OutputConfig(config or {})
+        config.grid = self.output == "patch"
+        return config
+
+    @_sklearn_output_config.setter
+    def _sklearn_output_config(self, value: dict) -> None:
+        self.__dict__["_output_config"] = _OutputConfig(value)
+
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.requires_fit = False
@@ -252,6 +307,11 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         # The weights are reloaded from `model` on demand; they are never pickled.
         for cached in ("_backbone", "_backbone_config", "_plan_cache", "_effective_batch_size"):
             state.pop(cached, None)
+        # set_output's settings as a plain dict, so that pickles and skops files hold no class of
+        # this module beyond the estimator itself.
+        config = state.pop("_output_config", None)
+        if config:
+            state["_output_config"] = dict(config)
         return state
 
     def get_feature_names_out(self, input_features: npt.ArrayLike | None = None) -> npt.NDArray[np.object_]:
@@ -286,6 +346,8 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
         Parameters
         ----------
         X : sequence of paths / PIL images / uint8 arrays, or uint8 ndarray (n, H, W, 3) or (n, H, W)
+            Or a torch tensor, Dataset or DataLoader, a Hugging Face dataset, a one-column
+            DataFrame (see Notes).
 
         Returns
         -------
@@ -294,9 +356,10 @@ class PatchEmbedder(DocLinkMixin, TransformerMixin, BaseEstimator):
             ``output_dtype`` (a read-only memory map with ``embedding_cache`` and float16).
         """
         self._check_params()
-        if self.output == "patch" and _get_output_config("transform", self)["dense"] != "default":
+        # Only a setting made on the embedder is refused; a global one is ignored (_OutputConfig).
+        if self.output == "patch" and self._sklearn_output_config.get("transform", "default") != "default":
             self.get_feature_names_out()  # raises: a 4-D grid has no table form
-        X = _images.check_images(X)
+        X = _images.check_images(as_images(X, image_column=self.image_column))
         _images.check_files_exist(X)
         plan = self._resolve()
         row_shape = plan.row_shape(self.output)
@@ -526,6 +589,7 @@ class Dinov2Embedder(PatchEmbedder):
     embedding_cache : str or path-like, default=None
     n_jobs : int, default=None
     verbose : bool or int, default=False
+    image_column : str, default=None
 
     See Also
     --------
@@ -562,6 +626,7 @@ class Dinov2Embedder(PatchEmbedder):
         embedding_cache: str | os.PathLike[str] | None = None,
         n_jobs: int | None = None,
         verbose: bool | int = False,
+        image_column: str | None = None,
     ) -> None:
         super().__init__(
             model,
@@ -579,6 +644,7 @@ class Dinov2Embedder(PatchEmbedder):
             embedding_cache=embedding_cache,
             n_jobs=n_jobs,
             verbose=verbose,
+            image_column=image_column,
         )
 
 

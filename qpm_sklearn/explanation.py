@@ -245,16 +245,26 @@ class Explanation:
         """
         return explanation_frame(self)
 
-    def to_shap(self) -> shap.Explanation:
+    def to_shap(self, columns: ArrayLike | None = None, data: ArrayLike | None = None) -> shap.Explanation:
         """The contributions as a :class:`shap.Explanation` (needs shap), for shap's plots.
 
         See :func:`explanation_to_shap`.
+
+        Parameters
+        ----------
+        columns : array-like of int, default=None
+            The adapter channel ids of the columns, e.g. the classifier's
+            ``selected_features_``; None: the features any sample's class uses.
+        data : array-like of shape (n, len(columns)), default=None
+            The pooled feature values shap colours by, e.g. ``clf.pooled_features(X)``
+            with ``columns=clf.selected_features_``; None: the spatial means of the
+            explanation's maps where the sample's class uses the feature, NaN elsewhere.
 
         Returns
         -------
         explanation : shap.Explanation
         """
-        return explanation_to_shap(self)
+        return explanation_to_shap(self, columns=columns, data=data)
 
 
 def default_feature_name(feature: int) -> str:
@@ -448,36 +458,71 @@ def explanation_frame(explanation: Explanation) -> pandas.DataFrame:
     )
 
 
-def explanation_to_shap(explanation: Explanation) -> shap.Explanation:
+def explanation_to_shap(
+    explanation: Explanation, *, columns: ArrayLike | None = None, data: ArrayLike | None = None
+) -> shap.Explanation:
     """An explanation as a :class:`shap.Explanation` of each sample's predicted logit.
 
-    Columns are the features any sample's predicted class uses (adapter channel
-    ids, ascending, named by :func:`feature_labels`); ``values[i, j]`` is the
-    contribution of column ``j`` to sample ``i``'s predicted logit, 0 where
-    the predicted class does not use the feature, and ``base_values`` is the
-    class's constant, so ``values.sum(axis=1) + base_values`` equals ``logit``
-    (shap's additivity). ``data`` is left unset: an explanation holds the
-    activations of the predicted class's features only, and a made-up value
-    for the others would mislead shap's colour scales.
+    Columns are adapter channel ids, ascending unless ``columns`` gives them (pass the
+    classifier's ``selected_features_`` so that every explanation of one model has the
+    same columns), named by :func:`feature_labels`. ``values[i, j]`` is the contribution
+    of column ``j`` to sample ``i``'s predicted logit, 0 where the predicted class does
+    not use the feature, and ``base_values`` is the class's constant, so
+    ``values.sum(axis=1) + base_values`` equals ``logit`` (shap's additivity). Rows of
+    samples predicted as different classes explain different logits; explain one chosen
+    class for every sample when rows must be compared (a beeswarm over mixed classes
+    mixes their features' effects).
+
+    ``data`` holds the feature values shap colours its plots by: the pooled (spatially
+    averaged) feature maps. An explanation knows them only for the features of each
+    sample's predicted class (the spatial means of its ``maps``); elsewhere they are NaN
+    (shap draws those points grey) unless ``data`` is passed, e.g.
+    ``clf.pooled_features(X)`` with ``columns=clf.selected_features_``.
 
     Parameters
     ----------
     explanation : Explanation
+    columns : array-like of int, default=None
+        Distinct adapter channel ids; must include every feature the explanation uses.
+    data : array-like of shape (n, n_columns), default=None
 
     Returns
     -------
     explanation : shap.Explanation
+
+    Raises
+    ------
+    ValueError
+        When ``columns`` misses a used feature or repeats one, or ``data`` has the wrong shape.
     """
     shap = _optional_import("shap", "to_shap()", "shap")
     features, samples, ranks = _used_entries(explanation)
-    columns = np.unique(features[samples, ranks])
+    used = features[samples, ranks]
+    if columns is None:
+        columns = np.unique(used)
+    else:
+        columns = np.asarray(columns).astype(np.int64).ravel()
+        missing = np.setdiff1d(used, columns)
+        if len(np.unique(columns)) != len(columns) or len(missing):
+            raise ValueError(
+                f"columns must be distinct channel ids including every feature the explanation uses; "
+                f"{'missing ' + str(missing.tolist()) if len(missing) else 'got repeated ids'}."
+            )
+    order = np.argsort(columns, kind="stable")
+    positions = order[np.searchsorted(columns, used, sorter=order)]
     values = np.zeros((len(features), len(columns)), dtype=np.float64)
-    values[samples, np.searchsorted(columns, features[samples, ranks])] = np.asarray(explanation.contributions)[
-        samples, ranks
-    ]
+    values[samples, positions] = np.asarray(explanation.contributions)[samples, ranks]
+    if data is None:
+        pooled = np.full((len(features), len(columns)), np.nan)
+        pooled[samples, positions] = np.asarray(explanation.maps, dtype=np.float64)[samples, ranks].mean(axis=(-2, -1))
+    else:
+        pooled = np.asarray(data, dtype=np.float64)
+        if pooled.shape != values.shape:
+            raise ValueError(f"data must have shape (n, n_columns) = {values.shape}; got {pooled.shape}.")
     return shap.Explanation(
         values=values,
         base_values=np.asarray(explanation.intercept, dtype=np.float64),
+        data=pooled,
         feature_names=list(feature_labels(columns, explanation.feature_names)),
     )
 

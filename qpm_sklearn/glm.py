@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .exceptions import ConvergenceWarning
 from ._utils import check_class_codes, check_finite_array, check_int, logger, progress
 
 __all__ = ["elastic_net_path", "group_elastic_net_selection", "lambda_path", "max_regularisation"]
@@ -298,7 +299,7 @@ def group_elastic_net_selection(
             f"group_elastic_net_selection reached the end of the regularisation path with "
             f"{n_keep - missing} of n_keep={n_keep} features; the remaining {missing} were filled by "
             "largest gradient norm.",
-            RuntimeWarning,
+            ConvergenceWarning,
             stacklevel=2,
         )
     logger.debug("group elastic net selection: %d features", int(selected.sum()))
@@ -391,7 +392,7 @@ def elastic_net_path(
         warnings.warn(
             f"elastic_net_path: {len(unconverged)} of {len(path) - 1} non-zero λ did not converge within "
             f"max_epochs={max_epochs} (smallest such λ = {min(unconverged):.3g}).",
-            RuntimeWarning,
+            ConvergenceWarning,
             stacklevel=2,
         )
     return path

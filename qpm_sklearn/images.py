@@ -46,6 +46,7 @@ __all__ = [
     "ImageLike",
     "Images",
     "check_files_exist",
+    "check_image_item",
     "check_images",
     "decode_batches",
     "default_n_jobs",
@@ -158,15 +159,36 @@ def check_images(X: Images) -> Sequence[ImageLike] | np.ndarray:
             ) from None
     if len(X) == 0:
         raise ValueError("X is empty: expected at least one image.")
+    if getattr(X, "checks_items_on_access", False):  # a lazy dataset view reads and checks each item when indexed
+        return X
     for index, item in enumerate(X):
-        if isinstance(item, np.ndarray):
-            _check_pixel_array(item, f"X[{index}]", batched=False)
-        elif not isinstance(item, (*_PATH_TYPES, Image.Image)):
-            raise TypeError(
-                f"X[{index}] must be a file path (str or os.PathLike), a PIL image or a uint8 "
-                f"array (H, W[, 3]); got {type(item).__name__}."
-            )
+        check_image_item(item, index)
     return X
+
+
+def check_image_item(item: object, index: int) -> None:
+    """Raise TypeError / ValueError unless ``item`` is a file path, a PIL image or a uint8 array ``(H, W[, 3])``.
+
+    Parameters
+    ----------
+    item : object
+        One item of ``X``.
+    index : int
+        Its position, named in the error.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qpm_sklearn.images import check_image_item
+    >>> check_image_item(np.zeros((4, 4, 3), np.uint8), 0)
+    """
+    if isinstance(item, np.ndarray):
+        _check_pixel_array(item, f"X[{index}]", batched=False)
+    elif not isinstance(item, (*_PATH_TYPES, Image.Image)):
+        raise TypeError(
+            f"X[{index}] must be a file path (str or os.PathLike), a PIL image or a uint8 "
+            f"array (H, W[, 3]); got {type(item).__name__}."
+        )
 
 
 def check_files_exist(X: Sequence[ImageLike] | np.ndarray) -> None:

@@ -29,6 +29,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from ._utils import quiet_transformers
@@ -207,3 +208,79 @@ def _save(model_class, config, folder, seed: int, processor) -> Path:
         if processor is not None:
             processor.save_pretrained(folder)
     return folder
+
+
+def fitted_toy_classifier(seed: int = 0) -> tuple:
+    """A small QPMClassifier fitted in about a second on a synthetic 3-class patch grid.
+
+    For examples and tests of what takes a fitted model (export, serving, explanations).
+
+    Parameters
+    ----------
+    seed : int, default=0
+
+    Returns
+    -------
+    clf : QPMClassifier
+    X : ndarray of float32, shape (60, 4, 4, 8)
+    y : ndarray of int, shape (60,)
+
+    Examples
+    --------
+    >>> from qpm_sklearn.testing import fitted_toy_classifier
+    >>> clf, X, y = fitted_toy_classifier()
+    >>> clf.predict(X[:3]).shape
+    (3,)
+    """
+    from .classifier import QPMClassifier
+
+    rng = np.random.RandomState(seed)
+    X = rng.normal(size=(60, 4, 4, 8)).astype(np.float32)
+    y = np.repeat([0, 1, 2], 20)
+    X[y == 1, :2] += 2.0
+    X[y == 2, 2:] += 2.0
+    clf = QPMClassifier(n_features=12, n_selected=6, n_per_class=2, hidden_size=16, n_layers=2,
+                        dense_epochs=5, sparse_epochs=3, device="cpu", random_state=seed)  # fmt: skip
+    return clf.fit(X, y), X, y
+
+
+def fitted_toy_pipeline(folder: str | os.PathLike[str] | None = None, seed: int = 0) -> tuple:
+    """A tiny random DINOv2 embedder and a QPMClassifier fitted on its patch grids of 2-class images.
+
+    Parameters
+    ----------
+    folder : str or path-like, default=None
+        Where the random backbone is saved (a new temporary folder when None).
+    seed : int, default=0
+
+    Returns
+    -------
+    embedder : Dinov2Embedder
+        ``image_size=28`` on the CPU (a 2 x 2 grid).
+    clf : QPMClassifier
+    images : ndarray of uint8, shape (24, 30, 36, 3)
+        Bright images are class "bright", dark ones "dark".
+
+    Examples
+    --------
+    >>> from qpm_sklearn.testing import fitted_toy_pipeline
+    >>> embedder, clf, images = fitted_toy_pipeline()
+    >>> clf.predict(embedder.transform(images[:2])).shape
+    (2,)
+    """
+    import tempfile
+
+    from .classifier import QPMClassifier
+    from .embedding import Dinov2Embedder
+
+    folder = tempfile.mkdtemp() if folder is None else folder
+    backbone = save_random_backbone(folder, "tiny")
+    rng = np.random.RandomState(seed)
+    labels = np.array(["dark", "bright"])[np.arange(24) % 2]
+    images = rng.randint(0, 128, (24, 30, 36, 3)).astype(np.uint8)
+    images[labels == "bright"] += 127
+    embedder = Dinov2Embedder(str(backbone), image_size=28, device="cpu", n_jobs=1)
+    clf = QPMClassifier(n_features=8, n_selected=4, n_per_class=2, hidden_size=16, n_layers=1,
+                        dense_epochs=3, sparse_epochs=2, device="cpu", random_state=seed)  # fmt: skip
+    clf.fit(embedder.transform(images), labels)
+    return embedder, clf, images

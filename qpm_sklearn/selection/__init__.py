@@ -37,6 +37,7 @@ from sklearn.utils import check_random_state
 from threadpoolctl import threadpool_limits
 
 from .._utils import check_int as _check_int
+from ..exceptions import ConvergenceWarning
 from ._bounds import (
     OSQP_ALGEBRAS,
     certified_bound,
@@ -365,7 +366,7 @@ def solve_selection(
             solve_default=lambda stop: _solve_default(problem, deadline=stop, **default_options))
         if not milp_found:
             warnings.warn("The MILP found no solution within time_limit; returning the default method's solution "
-                          "(computed first, within its share of the same time_limit).", RuntimeWarning, stacklevel=2)
+                          "(computed first, within its share of the same time_limit).", ConvergenceWarning, stacklevel=2)
     else:
         S, upper_bound, bound_method, timed_out = _solve_default(problem, deadline=deadline, **default_options)
         status = "time_limit" if timed_out else "feasible"

@@ -8,6 +8,7 @@ the Lagrangian bound over clique covers of the penalty graph (:func:`clique_boun
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 import warnings
@@ -18,6 +19,7 @@ import osqp
 import scipy.sparse as sp
 
 from .._utils import logger
+from ..exceptions import ConvergenceWarning
 from ._problem import Problem
 
 
@@ -184,7 +186,8 @@ def solve_relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verb
         q[:n_features] -= 0.5 * shift
         # No polishing: it costs another factorisation per solve, and the point only seeds the
         # rounding and the bounds, which are certified at whatever point OSQP returns.
-        settings = dict(verbose=verbose, eps_abs=eps, eps_rel=eps, max_iter=max_iter, polishing=False)
+        # OSQP's own log goes to stdout from C; at verbose the summary below goes through logging.
+        settings = dict(verbose=False, eps_abs=eps, eps_rel=eps, max_iter=max_iter, polishing=False)
         if time_limit is not None:
             remaining = time_limit - (time.perf_counter() - start)
             if remaining <= 0:
@@ -207,12 +210,12 @@ def solve_relaxation(problem, *, shift, algebra, eps, max_iter, time_limit, verb
             break
         n_candidates[grow] = np.minimum(2 * n_candidates[grow], n_features)
     info["osqp_seconds"] = time.perf_counter() - start
-    logger.debug("selection relaxation: %s", info)
+    logger.log(logging.INFO if verbose else logging.DEBUG, "selection relaxation (OSQP): %s", info)
     if info["osqp_status"] != "solved":
         warnings.warn(
             f"OSQP stopped with status {info['osqp_status']!r}; the solution stays feasible and the "
             "bound valid, but the bound may be loose (raise max_iter or time_limit).",
-            RuntimeWarning,
+            ConvergenceWarning,
             stacklevel=4,
         )
     return s, info

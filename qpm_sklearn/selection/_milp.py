@@ -7,6 +7,7 @@ added lazily (re-solve with the duplicated class pairs cut off until no two clas
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
 
@@ -94,11 +95,14 @@ def solve_milp(problem: Problem, *, time_limit, mip_rel_gap, verbose):
     upper_bound, start = math.inf, time.perf_counter()
     while True:
         cost, integrality, constraint = build(sorted(class_pairs))
-        options = {"disp": verbose, "mip_rel_gap": mip_rel_gap}
+        # HiGHS's own log goes to stdout from C; at verbose its outcome goes through logging.
+        options = {"disp": False, "mip_rel_gap": mip_rel_gap}
         if time_limit is not None:
             options["time_limit"] = max(time_limit - (time.perf_counter() - start), 1e-3)
         result = milp(cost, integrality=integrality, bounds=bounds(cost.size), constraints=constraint,
                       options=options)
+        logger.log(logging.INFO if verbose else logging.DEBUG, "exact selection (HiGHS): status %s, %s, gap %s",
+                   result.status, result.message, getattr(result, "mip_gap", None))  # fmt: skip
         dual_bound = getattr(result, "mip_dual_bound", None)
         if dual_bound is not None and np.isfinite(dual_bound):
             upper_bound = min(upper_bound, -float(dual_bound))  # a relaxation: valid for the full problem
