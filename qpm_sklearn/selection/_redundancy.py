@@ -158,6 +158,30 @@ def _set_table_sizes(n: int) -> np.ndarray:
     return sizes
 
 
+def _row_bits(matrix: np.ndarray) -> list[int]:
+    """Every row of the boolean ``matrix`` as a Python int whose bit ``j`` is ``matrix[i, j]``."""
+    packed = np.packbits(matrix, axis=1, bitorder="little")
+    return [int.from_bytes(row.tobytes(), "little") for row in packed]
+
+
+def _mask_bits(mask: np.ndarray) -> int:
+    """The boolean vector ``mask`` as a Python int whose bit ``j`` is ``mask[j]``."""
+    return int.from_bytes(np.packbits(mask, bitorder="little").tobytes(), "little")
+
+
+def _bit_ids(bits: int) -> list[int]:
+    """The positions of the set bits of ``bits``, ascending."""
+    if bits.bit_count() <= 16:
+        ids = []
+        while bits:
+            low = bits & -bits
+            ids.append(low.bit_length() - 1)
+            bits ^= low
+        return ids
+    raw = np.frombuffer(bits.to_bytes((bits.bit_length() + 7) // 8, "little"), dtype=np.uint8)
+    return np.flatnonzero(np.unpackbits(raw, bitorder="little")).tolist()
+
+
 def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
     """The authors' clique-size estimate with early stop (the descending pass of docs/method.md#penalty).
 
@@ -168,14 +192,16 @@ def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
     sets built in ascending id order and ties go to the first in set order, exactly as the
     authors' networkx-based code breaks them.
 
-    The same sizes come out of three exact shortcuts (docs/selection.md#the-paper-rule-at-scale):
+    The same sizes come out of exact shortcuts (docs/selection.md#the-paper-rule-at-scale):
 
     - A Python set of integers whose largest member is below its hash-table size holds every
       member in the slot of its own value, so it iterates in ascending order whatever the order
       of insertion. While the candidate set is such a set (large sets, early in a start), it is
-      held as a boolean mask and a step is a few vectorised operations: the first candidate of
-      highest degree in ascending order, then the intersection. The table size a set of ``m``
-      insertions has is read from the interpreter (:func:`_set_table_sizes`).
+      held as a bitset (a Python int) twice: by node id, and by rank in the order (degree
+      descending, id ascending), in which the lowest set bit is the first candidate of highest
+      degree in ascending order; a step is a few word-parallel ``&`` of the adjacency rows. The
+      table size a set of ``m`` insertions has is read from the interpreter
+      (:func:`_set_table_sizes`).
     - Once the set is smaller, it becomes the Python set the authors' code would hold (built by
       the same insertions in the same order). CPython's ``a & b`` iterates the smaller operand
       and inserts the members of the other in that order; when the chosen node's neighbour set
@@ -185,50 +211,52 @@ def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
       size so far: its result could not change ``best``, the only thing the starts share.
     """
     n = len(compatible)
-    table_sizes = _set_table_sizes(n)
+    table_sizes = _set_table_sizes(n).tolist()
     degree_array = compatible.sum(1)
     degree = degree_array.tolist()
+    # rank order: degree descending, ties by ascending id (the first of highest degree in ascending order)
+    order = np.lexsort((np.arange(n), -degree_array))
+    order_list = order.tolist()
+    rows = _row_bits(compatible)
+    ranked_rows = _row_bits(compatible[:, order])  # bit r: the node of rank r
+    row_bytes = compatible.tobytes()
     reaches_target = degree_array >= target
+    target_bits, ranked_target_bits = _mask_bits(reaches_target), _mask_bits(reaches_target[order])
     best = 0
-    reaches_best = degree_array >= best
-    masked_degree = np.empty(n, dtype=np.int64)
+    best_bits, ranked_best_bits = _mask_bits(degree_array >= best), _mask_bits(degree_array[order] >= best)
     for start, start_degree in enumerate(degree):
         if start_degree < target:
             continue
-        mask = compatible[start] & reaches_target
-        count = int(np.count_nonzero(mask))
+        mask = rows[start] & target_bits
+        ranked = ranked_rows[start] & ranked_target_bits
+        count = mask.bit_count()
         if 1 + count <= best:
             continue  # cannot beat best
         size = 1
-        candidates = None  # the Python set, once the mask no longer iterates like it
-        # the authors' set comprehension inserts the candidates in ascending order
-        insertion_ascending, table = True, table_sizes[count]
+        candidates = None  # the Python set, once the bitset no longer iterates like it
+        table = table_sizes[count]  # the authors' set comprehension inserts the candidates in ascending order
         while count:
             if size + count <= best:
                 break  # this start cannot beat best
-            if table < n and mask[table:].any():  # a member beyond the table: no longer in ascending order
-                candidates = set(np.flatnonzero(mask).tolist())  # inserted in ascending order, as here
+            if table < n and mask >> table:  # a member beyond the table: no longer in ascending order
+                candidates = set(_bit_ids(mask))  # inserted in ascending order, as here
                 break
-            np.copyto(masked_degree, degree_array)
-            masked_degree[~mask] = -1
-            node = int(np.argmax(masked_degree))  # the first of highest degree in ascending order
-            mask[node] = False
+            low = ranked & -ranked
+            node = order_list[low.bit_length() - 1]  # the first of highest degree in ascending order
+            mask ^= 1 << node
+            ranked ^= low
             count -= 1
-            kept = compatible[node] & reaches_best  # the authors' {v in N(node): degree[v] >= best}
-            n_kept = int(np.count_nonzero(kept))
+            kept = rows[node] & best_bits  # the authors' {v in N(node): degree[v] >= best}
+            n_kept = kept.bit_count()
             size += 1
-            if n_kept > count:  # CPython iterates the candidates (ascending here)
-                insertion_ascending = True
-                mask &= kept
-            else:  # CPython iterates the neighbour set, itself built in ascending order
-                neighbours_table = table_sizes[n_kept]
-                neighbour_ids = np.flatnonzero(kept)
-                insertion_ascending = n_kept == 0 or neighbour_ids[-1] < neighbours_table
-                if not insertion_ascending:
-                    flags = mask.tobytes()
-                    candidates = {v for v in set(neighbour_ids.tolist()) if flags[v]}
-                mask &= kept
-            count = int(np.count_nonzero(mask))
+            # n_kept > count: CPython iterates the candidates (ascending here); otherwise it iterates
+            # the neighbour set, itself built in ascending order, which iterates so unless its
+            # largest member lies beyond its table
+            if n_kept <= count and n_kept and kept.bit_length() - 1 >= table_sizes[n_kept]:
+                candidates = {v for v in set(_bit_ids(kept)) if mask >> v & 1}
+            mask &= kept
+            ranked &= ranked_rows[node] & ranked_best_bits
+            count = mask.bit_count()
             table = table_sizes[count]
             if candidates is not None:
                 break
@@ -238,16 +266,17 @@ def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
                     break
                 node = max(candidates, key=degree.__getitem__)
                 candidates.remove(node)
-                kept = compatible[node] & reaches_best
-                if int(np.count_nonzero(kept)) > len(candidates):
-                    flags = kept.tobytes()
+                kept = rows[node] & best_bits
+                if kept.bit_count() > len(candidates):
+                    # the candidates all reach target >= best, so kept's flags are the adjacency row's
+                    flags = row_bytes[node * n : (node + 1) * n]
                     candidates = {v for v in candidates if flags[v]}
                 else:
-                    candidates = candidates & set(np.flatnonzero(kept).tolist())
+                    candidates = candidates & set(_bit_ids(kept))
                 size += 1
         if size > best:
             best = size
-            reaches_best = degree_array >= best
+            best_bits, ranked_best_bits = _mask_bits(degree_array >= best), _mask_bits(degree_array[order] >= best)
         if best >= target:
             break
     return best
@@ -261,20 +290,22 @@ def _clique_by_removal(compatible: np.ndarray, target: int) -> set:
     once one has ``target`` nodes and returns the first largest. The complement is held as
     networkx's ``complement(from_numpy_array(compatible))`` holds it: nodes and neighbours in
     ascending id order, and removing nodes keeps the order of the rest -- so the whole graph, and
-    every subgraph the recursion reaches while its orders stay ascending, is a boolean mask over
-    the complement's adjacency matrix (:func:`_ramsey_on_mask`).
+    every subgraph the recursion reaches while its orders stay ascending, is a bitset of its nodes
+    over the complement's adjacency rows (:func:`_ramsey_on_bits`).
     """
     incompatible = ~compatible
     np.fill_diagonal(incompatible, False)  # no self-loops
-    remaining = np.ones(len(compatible), dtype=bool)
-    table_sizes = _set_table_sizes(len(compatible))
+    rows = _row_bits(incompatible)
+    remaining = (1 << len(compatible)) - 1
+    table_sizes = _set_table_sizes(len(compatible)).tolist()
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 10 * len(compatible) + 1000))  # the recursion is about one level per node deep
     try:
-        clique, best = _ramsey_on_mask(incompatible, remaining, table_sizes)
-        while remaining.any() and len(best) < target:
-            remaining[list(clique)] = False
-            clique, independent = _ramsey_on_mask(incompatible, remaining, table_sizes)
+        clique, best = _ramsey_on_bits(rows, remaining, table_sizes)
+        while remaining and len(best) < target:
+            for node in clique:
+                remaining &= ~(1 << node)
+            clique, independent = _ramsey_on_bits(rows, remaining, table_sizes)
             if len(independent) > len(best):
                 best = independent
     finally:
@@ -282,60 +313,57 @@ def _clique_by_removal(compatible: np.ndarray, target: int) -> set:
     return best
 
 
-def _ramsey_on_mask(adjacency: np.ndarray, nodes: np.ndarray, table_sizes: np.ndarray) -> tuple[set[int], set[int]]:
-    """:func:`_ramsey_r2` of the subgraph of ``adjacency`` on the mask ``nodes``, nodes and neighbours ascending.
+def _ramsey_on_bits(rows: list[int], nodes: int, table_sizes: list[int]) -> tuple[set[int], set[int]]:
+    """:func:`_ramsey_r2` of the subgraph of the adjacency ``rows`` on the bitset ``nodes``, nodes and neighbours ascending.
 
-    Same recursion, with the subgraphs as masks for as long as networkx would order them in
+    Same recursion, with the subgraphs as bitsets for as long as networkx would order them in
     ascending order: a subgraph with at least half its parent's nodes keeps the parent's order,
     and a smaller one iterates a Python set of its nodes, which is ascending when its largest
     node is below the set's hash-table size (``table_sizes[k]`` for ``k`` insertions; the same
     argument as in :func:`_estimated_clique_size`). A subgraph in any other order is built as
-    networkx builds it (:func:`_masked_subgraph`) and handed to :func:`_ramsey_r2`.
+    networkx builds it (:func:`_bits_subgraph`) and handed to :func:`_ramsey_r2`.
     """
-    ids = np.flatnonzero(nodes)
-    if ids.size <= 1:
-        return set(ids.tolist()), set(ids.tolist())
-    node = int(ids[0])
-    row = adjacency[node]
-    neighbours = nodes & row
-    others = nodes & ~row
-    others[node] = False
-    n_neighbours = int(np.count_nonzero(neighbours))
-    clique_1, independent_1 = _ramsey_child(adjacency, neighbours, n_neighbours, ids.size, table_sizes,
-                                            lambda: np.flatnonzero(neighbours).tolist())
+    count = nodes.bit_count()
+    if count <= 1:
+        return set(_bit_ids(nodes)), set(_bit_ids(nodes))
+    low = nodes & -nodes
+    node = low.bit_length() - 1
+    neighbours = nodes & rows[node]
+    others = nodes ^ neighbours ^ low  # no self-loops: the node is not among its neighbours
+    n_neighbours = neighbours.bit_count()
+    clique_1, independent_1 = _ramsey_child(rows, neighbours, n_neighbours, count, table_sizes,
+                                            lambda: _bit_ids(neighbours))
     clique_2, independent_2 = _ramsey_child(
-        adjacency, others, ids.size - 1 - n_neighbours, ids.size, table_sizes,
+        rows, others, count - 1 - n_neighbours, count, table_sizes,
         # networkx >= 3.3's non_neighbors: a set difference of the node and neighbour views
-        lambda: list(dict.fromkeys(ids.tolist()).keys() - dict.fromkeys(np.flatnonzero(neighbours).tolist()).keys()
-                     - {node}))
+        lambda: list(dict.fromkeys(_bit_ids(nodes)).keys() - dict.fromkeys(_bit_ids(neighbours)).keys() - {node}))
     clique_1.add(node)
     independent_2.add(node)
     return max(clique_1, clique_2, key=len), max(independent_1, independent_2, key=len)
 
 
-def _ramsey_child(adjacency, keep, n_keep, parent_size, table_sizes, node_list):
-    """The recursion on the subgraph of the mask ``keep`` (``n_keep`` nodes) of a parent in ascending order.
+def _ramsey_child(rows, keep, n_keep, parent_size, table_sizes, node_list):
+    """The recursion on the subgraph of the bitset ``keep`` (``n_keep`` nodes) of a parent in ascending order.
 
     ``node_list()`` is the node list networkx would pass to ``subgraph`` (its order decides a
     Python set's layout when the order is not ascending).
     """
     if n_keep == 0:
         return set(), set()
-    if 2 * n_keep >= parent_size:  # networkx iterates the parent's order: ascending
-        return _ramsey_on_mask(adjacency, keep, table_sizes)
-    keep_set = set(node_list())
-    if max(keep_set) < table_sizes[n_keep]:  # every node in the slot of its own value: ascending
-        return _ramsey_on_mask(adjacency, keep, table_sizes)
-    return _ramsey_r2(_masked_subgraph(adjacency, keep, keep_set))
+    # networkx iterates the parent's order (ascending), or a set whose every node sits in the slot
+    # of its own value (ascending too): the largest node, keep's highest bit, is below the table size
+    if 2 * n_keep >= parent_size or keep.bit_length() - 1 < table_sizes[n_keep]:
+        return _ramsey_on_bits(rows, keep, table_sizes)
+    return _ramsey_r2(_bits_subgraph(rows, keep, set(node_list())))
 
 
-def _masked_subgraph(adjacency: np.ndarray, keep: np.ndarray, keep_set: set[int]) -> dict[int, dict[int, None]]:
-    """:func:`_induced_subgraph` of a parent held as a mask (neighbours in ascending order), ``keep`` a minority."""
+def _bits_subgraph(rows: list[int], keep: int, keep_set: set[int]) -> dict[int, dict[int, None]]:
+    """:func:`_induced_subgraph` of a parent held as bitsets (neighbours in ascending order), ``keep`` a minority."""
     induced: dict[int, dict[int, None]] = {v: {} for v in keep_set}
     pending = set(keep_set)
     for u in keep_set:
         pending.discard(u)
-        later = [v for v in np.flatnonzero(adjacency[u] & keep).tolist() if v in pending]
+        later = [v for v in _bit_ids(rows[u] & keep) if v in pending]
         induced[u].update(dict.fromkeys(later))
         for v in later:
             induced[v][u] = None
