@@ -301,11 +301,12 @@ def _clique_by_removal(compatible: np.ndarray, target: int) -> set:
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, 10 * len(compatible) + 1000))  # the recursion is about one level per node deep
     try:
-        clique, best = _ramsey_on_bits(rows, remaining, table_sizes)
+        solved: dict = {}  # the hash-order subgraphs solved so far (the removal loop meets them again)
+        clique, best = _ramsey_on_bits(rows, remaining, table_sizes, solved)
         while remaining and len(best) < target:
             for node in clique:
                 remaining &= ~(1 << node)
-            clique, independent = _ramsey_on_bits(rows, remaining, table_sizes)
+            clique, independent = _ramsey_on_bits(rows, remaining, table_sizes, solved)
             if len(independent) > len(best):
                 best = independent
     finally:
@@ -313,7 +314,7 @@ def _clique_by_removal(compatible: np.ndarray, target: int) -> set:
     return best
 
 
-def _ramsey_on_bits(rows: list[int], nodes: int, table_sizes: list[int]) -> tuple[set[int], set[int]]:
+def _ramsey_on_bits(rows: list[int], nodes: int, table_sizes: list[int], solved: dict) -> tuple[set[int], set[int]]:
     """:func:`_ramsey_r2` of the subgraph of the adjacency ``rows`` on the bitset ``nodes``, nodes and neighbours ascending.
 
     Same recursion, with the subgraphs as bitsets for as long as networkx would order them in
@@ -321,7 +322,8 @@ def _ramsey_on_bits(rows: list[int], nodes: int, table_sizes: list[int]) -> tupl
     and a smaller one iterates a Python set of its nodes, which is ascending when its largest
     node is below the set's hash-table size (``table_sizes[k]`` for ``k`` insertions; the same
     argument as in :func:`_estimated_clique_size`). A subgraph in any other order is built as
-    networkx builds it (:func:`_bits_subgraph`) and handed to :func:`_ramsey_r2`.
+    networkx builds it (:func:`_bits_subgraph`) and handed to :func:`_ramsey_r2`, its result
+    kept in ``solved`` under the bitset that decides it (see :func:`_ramsey_child`).
     """
     count = nodes.bit_count()
     if count <= 1:
@@ -331,10 +333,10 @@ def _ramsey_on_bits(rows: list[int], nodes: int, table_sizes: list[int]) -> tupl
     neighbours = nodes & rows[node]
     others = nodes ^ neighbours ^ low  # no self-loops: the node is not among its neighbours
     n_neighbours = neighbours.bit_count()
-    clique_1, independent_1 = _ramsey_child(rows, neighbours, n_neighbours, count, table_sizes,
-                                            lambda: _bit_ids(neighbours))
+    clique_1, independent_1 = _ramsey_child(rows, neighbours, n_neighbours, count, table_sizes, solved,
+                                            neighbours, lambda: _bit_ids(neighbours))
     clique_2, independent_2 = _ramsey_child(
-        rows, others, count - 1 - n_neighbours, count, table_sizes,
+        rows, others, count - 1 - n_neighbours, count, table_sizes, solved, ~nodes,
         # networkx >= 3.3's non_neighbors: a set difference of the node and neighbour views
         lambda: list(dict.fromkeys(_bit_ids(nodes)).keys() - dict.fromkeys(_bit_ids(neighbours)).keys() - {node}))
     clique_1.add(node)
@@ -342,19 +344,29 @@ def _ramsey_on_bits(rows: list[int], nodes: int, table_sizes: list[int]) -> tupl
     return max(clique_1, clique_2, key=len), max(independent_1, independent_2, key=len)
 
 
-def _ramsey_child(rows, keep, n_keep, parent_size, table_sizes, node_list):
+def _ramsey_child(rows, keep, n_keep, parent_size, table_sizes, solved, key, node_list):
     """The recursion on the subgraph of the bitset ``keep`` (``n_keep`` nodes) of a parent in ascending order.
 
     ``node_list()`` is the node list networkx would pass to ``subgraph`` (its order decides a
-    Python set's layout when the order is not ascending).
+    Python set's layout when the order is not ascending). ``key`` is a bitset that decides that
+    list: the neighbours' bitset itself (listed ascending), or the complement ``~nodes`` of the
+    parent's nodes for the non-neighbours (their list is a set difference over the parent's
+    nodes and the first node's neighbours, both fixed by the parent's nodes); the two kinds of
+    key never collide, one being non-negative and the other negative. A subgraph built in
+    hash order is solved once per key: the recursion's result is a function of the subgraph
+    dicts, which are a function of the key (the adjacency ``rows`` fixed).
     """
     if n_keep == 0:
         return set(), set()
     # networkx iterates the parent's order (ascending), or a set whose every node sits in the slot
     # of its own value (ascending too): the largest node, keep's highest bit, is below the table size
     if 2 * n_keep >= parent_size or keep.bit_length() - 1 < table_sizes[n_keep]:
-        return _ramsey_on_bits(rows, keep, table_sizes)
-    return _ramsey_r2(_bits_subgraph(rows, keep, set(node_list())))
+        return _ramsey_on_bits(rows, keep, table_sizes, solved)
+    known = solved.get(key)
+    if known is None:
+        clique, independent = _ramsey_r2(_bits_subgraph(rows, keep, set(node_list())))
+        known = solved[key] = (tuple(clique), tuple(independent))
+    return set(known[0]), set(known[1])  # fresh sets: the caller adds to them
 
 
 def _bits_subgraph(rows: list[int], keep: int, keep_set: set[int]) -> dict[int, dict[int, None]]:
