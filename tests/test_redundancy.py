@@ -330,3 +330,15 @@ def test_fast_paper_rule_gives_the_plain_procedures_threshold_and_pairs(seed, mo
     reference = redundancy_penalty(R, 20, rule="paper")
     assert ours[1] == reference[1]
     np.testing.assert_array_equal(ours[0], reference[0])
+
+
+def test_removal_loop_to_exhaustion_reuses_solved_subgraphs_exactly():
+    # Dense compatibility (a sparse complement, as at the search's levels) and an unreachable target:
+    # the loop removes clique after clique until no node is left, meeting the same hash-order
+    # subgraphs again and again; every independent set found must be the plain recursion's.
+    rng = np.random.default_rng(7)
+    for trial in range(6):
+        n = int(rng.integers(150, 320))
+        compatible = _random_compatibility(rng, n, float(rng.uniform(0.9, 0.97)))
+        ours, reference = _redundancy._clique_by_removal(compatible, n + 1), _plain_clique_by_removal(compatible, n + 1)
+        assert ours == reference, (trial, n)
