@@ -182,6 +182,19 @@ def _bit_ids(bits: int) -> list[int]:
     return np.flatnonzero(np.unpackbits(raw, bitorder="little")).tolist()
 
 
+class _NegativePadding:
+    """``padding[k]``: the set ``{-1, ..., -k}``, built once per size (negative numbers are never nodes)."""
+
+    def __init__(self) -> None:
+        self._sets: dict[int, frozenset[int]] = {}
+
+    def __getitem__(self, k: int) -> frozenset[int]:
+        found = self._sets.get(k)
+        if found is None:
+            found = self._sets[k] = frozenset(range(-k, 0))
+        return found
+
+
 def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
     """The authors' clique-size estimate with early stop (the descending pass of docs/method.md#penalty).
 
@@ -220,6 +233,20 @@ def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
     rows = _row_bits(compatible)
     ranked_rows = _row_bits(compatible[:, order])  # bit r: the node of rank r
     row_bytes = compatible.tobytes()
+    rank = np.empty(n, dtype=np.int64)
+    rank[order] = np.arange(n)
+    rank = rank.tolist()
+    # non-neighbour sets for the set phase, cached for the nodes with few of them
+    max_excluded = max(64, n // 8)
+    non_neighbour_sets: dict[int, set[int]] = {}
+
+    def _non_neighbours(node: int) -> set[int]:
+        found = non_neighbour_sets.get(node)
+        if found is None:
+            found = non_neighbour_sets[node] = set(np.flatnonzero(~compatible[node]).tolist())
+        return found
+
+    padding = _NegativePadding()
     reaches_target = degree_array >= target
     target_bits, ranked_target_bits = _mask_bits(reaches_target), _mask_bits(reaches_target[order])
     best = 0
@@ -264,15 +291,42 @@ def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
             while candidates:
                 if size + len(candidates) <= best:
                     break
-                node = max(candidates, key=degree.__getitem__)
+                low = ranked & -ranked  # ranked: the candidates by rank, kept in step with the set
+                node = order_list[low.bit_length() - 1]
+                runner_up = ranked ^ low
+                if runner_up and degree[order_list[(runner_up & -runner_up).bit_length() - 1]] == degree[node]:
+                    # a tie: ``max`` takes the first of highest degree in set order, i.e. the first
+                    # candidate in set order that is one of the tied (the lowest ranks of equal degree)
+                    top_degree, tied = degree[node], {node}
+                    while runner_up:
+                        low = runner_up & -runner_up
+                        other = order_list[low.bit_length() - 1]
+                        if degree[other] != top_degree:
+                            break
+                        tied.add(other)
+                        runner_up ^= low
+                    node = next(filter(tied.__contains__, candidates))
                 candidates.remove(node)
+                ranked &= ~(1 << rank[node])
                 kept = rows[node] & best_bits
                 if kept.bit_count() > len(candidates):
-                    # the candidates all reach target >= best, so kept's flags are the adjacency row's
-                    flags = row_bytes[node * n : (node + 1) * n]
-                    candidates = {v for v in candidates if flags[v]}
+                    # The candidates all reach target >= best, so kept's flags are the adjacency row's:
+                    # the survivors are the candidates minus the node's non-neighbours, inserted into a
+                    # fresh set in the candidates' order -- what CPython's ``a - b`` does, at C speed,
+                    # when ``len(a) >> 2 <= len(b)`` (else it copies ``a``, another layout), hence the
+                    # padding with negative numbers, which are never candidates.
+                    excluded = _non_neighbours(node) if n - 1 - degree[node] <= max_excluded else None
+                    if excluded is None:
+                        flags = row_bytes[node * n : (node + 1) * n]
+                        candidates = {v for v in candidates if flags[v]}
+                    else:
+                        shortfall = (len(candidates) >> 2) - len(excluded)
+                        if shortfall > 0:
+                            excluded = excluded | padding[shortfall]
+                        candidates = candidates - excluded
                 else:
                     candidates = candidates & set(_bit_ids(kept))
+                ranked &= ranked_rows[node] & ranked_best_bits
                 size += 1
         if size > best:
             best = size
