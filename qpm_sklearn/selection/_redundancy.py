@@ -369,7 +369,7 @@ def _clique_by_removal(compatible: np.ndarray, target: int) -> set:
 
 
 def _ramsey_on_bits(rows: list[int], nodes: int, table_sizes: list[int], solved: dict) -> tuple[set[int], set[int]]:
-    """:func:`_ramsey_r2` of the subgraph of the adjacency ``rows`` on the bitset ``nodes``, nodes and neighbours ascending.
+    """:func:`_ramsey_r2` of the subgraph of the adjacency ``rows`` on the bitset ``nodes`` (orders ascending).
 
     Same recursion, with the subgraphs as bitsets for as long as networkx would order them in
     ascending order: a subgraph with at least half its parent's nodes keeps the parent's order,
