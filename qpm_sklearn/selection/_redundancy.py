@@ -237,7 +237,7 @@ def _estimated_clique_size(compatible: np.ndarray, target: int) -> int:
     rank[order] = np.arange(n)
     rank = rank.tolist()
     # non-neighbour sets for the set phase, cached for the nodes with few of them
-    max_excluded = max(64, n // 8)
+    max_excluded = max(64, n // 16)  # at most about n^2 / 16 cached members in all
     non_neighbour_sets: dict[int, set[int]] = {}
 
     def _non_neighbours(node: int) -> set[int]:
@@ -596,8 +596,8 @@ def redundancy_penalty(
         the smallest non-zero entry of ``R`` (the diagonal counts in the maximum). The clique
         heuristics break ties and order nodes as the authors' code does (Python sets, and
         networkx's ``ramsey_R2`` reproduced order for order, as networkx >= 3.3 orders it,
-        whatever networkx is installed); about 1 s at 512 features on one CPU core. Where the
-        authors' code fails (first estimate already too small, a level beyond the largest
+        whatever networkx is installed); about 0.15 s at 512 features and 2 s at 2048 on one
+        CPU core (docs/selection.md#the-paper-rule-at-scale). Where the authors' code fails (first estimate already too small, a level beyond the largest
         value, ``n_selected < 2``), we choose: the ascent starts at step 0, a level beyond the
         values is ``inf``, and an ascent that finds no clique in its 100 steps gives ``inf``.
 
