@@ -330,3 +330,28 @@ def test_fast_paper_rule_gives_the_plain_procedures_threshold_and_pairs(seed, mo
     reference = redundancy_penalty(R, 20, rule="paper")
     assert ours[1] == reference[1]
     np.testing.assert_array_equal(ours[0], reference[0])
+
+
+def test_removal_loop_to_exhaustion_reuses_solved_subgraphs_exactly():
+    # Dense compatibility (a sparse complement, as at the search's levels) and an unreachable target:
+    # the loop removes clique after clique until no node is left, meeting the same hash-order
+    # subgraphs again and again; every independent set found must be the plain recursion's.
+    rng = np.random.default_rng(7)
+    for trial in range(6):
+        n = int(rng.integers(150, 320))
+        compatible = _random_compatibility(rng, n, float(rng.uniform(0.9, 0.97)))
+        ours, reference = _redundancy._clique_by_removal(compatible, n + 1), _plain_clique_by_removal(compatible, n + 1)
+        assert ours == reference, (trial, n)
+
+
+def test_clique_size_estimate_on_very_dense_graphs_equals_the_plain_one():
+    # The search's last levels: nearly complete graphs, where a candidate set in hash order has many
+    # times more members than the chosen node has non-neighbours (the set difference then needs its
+    # padding to build the set as the authors' comprehension does) and degrees tie often.
+    rng = np.random.default_rng(8)
+    for trial in range(3):
+        n = int(rng.integers(380, 460))
+        compatible = _random_compatibility(rng, n, float(rng.uniform(0.95, 0.985)))
+        target = n // 2  # out of reach: every start runs
+        assert _redundancy._estimated_clique_size(compatible, target) == _plain_estimated_clique_size(
+            compatible, target), (trial, n)
