@@ -25,14 +25,54 @@ def test_link_follows_the_configured_address(monkeypatch):
     assert 'href="https://docs.example.org/qpm/generated/qpm_sklearn._Estimator.html"' in estimator_html_repr(_Estimator())
 
 
+def _metadata_with(monkeypatch, documentation):
+    import qpm_sklearn._doc_links as doc_links
+
+    class _Metadata:
+        def get_all(self, name):
+            assert name == "Project-URL"
+            return ["Source, https://example.org/src", f"Documentation, {documentation}"]
+
+    monkeypatch.setattr(doc_links.metadata, "metadata", lambda name: _Metadata())
+
+
 def test_without_an_address_the_link_is_the_local_build_or_none(monkeypatch, tmp_path):
     import qpm_sklearn._doc_links as doc_links
 
     monkeypatch.delenv(DOCS_URL_VARIABLE, raising=False)
     monkeypatch.setattr(doc_links, "_LOCAL_BUILD", tmp_path)
+    _metadata_with(monkeypatch, "https://github.com/qpm-sklearn/qpm_sklearn/tree/main/docs")
     assert docs_root() == "" and _Estimator()._get_doc_link() == ""
     (tmp_path / "index.html").write_text("<html></html>")
     assert _Estimator()._get_doc_link() == f"{tmp_path.as_uri()}/generated/qpm_sklearn._Estimator.html"
+
+
+def test_a_published_documentation_address_in_the_metadata_is_the_default(monkeypatch, tmp_path):
+    import qpm_sklearn._doc_links as doc_links
+
+    monkeypatch.delenv(DOCS_URL_VARIABLE, raising=False)
+    monkeypatch.setattr(doc_links, "_LOCAL_BUILD", tmp_path)  # no local build
+    _metadata_with(monkeypatch, "https://qpm-sklearn.example.org/en/stable/")
+    assert _Estimator()._get_doc_link() == "https://qpm-sklearn.example.org/en/stable/generated/qpm_sklearn._Estimator.html"
+    monkeypatch.setenv(DOCS_URL_VARIABLE, "http://localhost:8000")  # the variable still wins
+    assert _Estimator()._get_doc_link() == "http://localhost:8000/generated/qpm_sklearn._Estimator.html"
+
+
+def test_the_installed_metadata_is_read(monkeypatch, tmp_path):
+    import qpm_sklearn._doc_links as doc_links
+
+    monkeypatch.delenv(DOCS_URL_VARIABLE, raising=False)
+    monkeypatch.setattr(doc_links, "_LOCAL_BUILD", tmp_path)
+    # Whatever setup.cfg declares: an address into the sources gives no link, a built reference is used.
+    url = metadata_documentation().strip()
+    assert docs_root() == ("" if "/tree/" in url or "/blob/" in url else url.rstrip("/"))
+
+
+def metadata_documentation():
+    from importlib import metadata
+
+    urls = metadata.metadata("qpm_sklearn").get_all("Project-URL") or []
+    return next(url for label, _, url in (u.partition(",") for u in urls) if label.strip() == "Documentation")
 
 
 @pytest.mark.parametrize("name", ["Dinov2Embedder", "PatchEmbedder", "QPMClassifier"])
