@@ -10,19 +10,37 @@ import pytest
 from qpm_sklearn._utils import StrictInterval, check_class_codes, check_finite_array, check_int
 
 
-@pytest.mark.parametrize("module", ["qpm_sklearn.selection", "qpm_sklearn.glm", "qpm_sklearn.metrics",
-                                    "qpm_sklearn.baselines", "qpm_sklearn._utils"])
-def test_numpy_only_modules_do_not_import_torch(module):
-    code = f"import sys, {module}; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False", f"importing {module} imports torch"
+NUMPY_ONLY = ["qpm_sklearn._utils", "qpm_sklearn.selection", "qpm_sklearn.glm", "qpm_sklearn.metrics",
+              "qpm_sklearn.baselines"]
+
+# One interpreter imports the modules in turn and reports, after each, whether torch is loaded: the
+# first module after which it is names the culprit (imports only accumulate).
+_TORCH_AFTER_EACH = """
+import importlib, sys
+for name in sys.argv[1:]:
+    importlib.import_module(name)
+    print(name, 'torch' in sys.modules)
+"""
+
+
+def _torch_after_each(modules):
+    out = subprocess.run([sys.executable, "-c", _TORCH_AFTER_EACH, *modules], capture_output=True, text=True,
+                         check=True)
+    return dict(line.rsplit(" ", 1) for line in out.stdout.strip().splitlines())
+
+
+def test_numpy_only_modules_do_not_import_torch():
+    loaded = _torch_after_each(NUMPY_ONLY)
+    assert list(loaded) == NUMPY_ONLY
+    culprits = [name for name, value in loaded.items() if value == "True"]
+    assert not culprits, f"importing {culprits[0]} imports torch"
 
 
 def test_the_check_itself_sees_torch():
-    # The test above must be able to fail: a module that does import torch is reported.
-    code = "import sys, qpm_sklearn.adapter; print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "True"
+    # The test above must be able to fail: a module that does import torch is reported, and the
+    # modules before it are not.
+    loaded = _torch_after_each(["qpm_sklearn.selection", "qpm_sklearn.adapter", "qpm_sklearn.glm"])
+    assert loaded == {"qpm_sklearn.selection": "False", "qpm_sklearn.adapter": "True", "qpm_sklearn.glm": "True"}
 
 
 def test_check_int_refuses_bools_and_non_integers():
