@@ -5,6 +5,7 @@ Every expectation comes from an independent reference: the mode ``np.save`` give
 same umask, the same indexing applied to the underlying numpy arrays, a hand-built model.
 """
 
+import copy
 import os
 import stat
 import sys
@@ -409,9 +410,19 @@ def test_evaluate_linear_probe_on_an_unfitted_probe_raises_not_fitted_error():
 def test_the_same_functions_work_on_the_fitted_classifier(fitted):
     # The NotFittedError checks must not refuse a fitted model.
     pytest.importorskip("matplotlib")
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
     clf = fitted[0]
-    for name, call in _unfitted_calls().items():
-        call(clf)
+    X, y = _data(n_per_class=2)  # what _unfitted_calls passes
+    results = {name: call(clf) for name, call in _unfitted_calls().items()}
+    for name in ("plot_assignment", "plot_class_comparison", "plot_class_comparison with X"):
+        assert isinstance(results[name], Figure) and results[name].axes, name
+        plt.close(results[name])
+    assert results["evaluate"]["Accuracy"] == pytest.approx(clf.score(X, y))
+    assert results["estimator_feature_names"] == {}  # no feature_names given: every feature unnamed
+    named = copy.deepcopy(clf).set_params(feature_names={int(clf.selected_features_[0]): "beak"})
+    assert _unfitted_calls()["estimator_feature_names"](named) == {int(clf.selected_features_[0]): "beak"}
 
 
 def test_class_features_of_an_unfitted_classifier_raises_not_fitted_error():
