@@ -18,7 +18,7 @@ def test_osqp_stopped_by_max_iter_warns_convergence():
         solve_selection(A, n_selected=6, n_per_class=2, max_iter=1, random_state=0)
     categories = [w.category for w in caught]
     assert ConvergenceWarning in categories
-    # scikit-learn's category (its filters match) and the RuntimeWarning it used to be
+    # scikit-learn's category (its filters match), and a RuntimeWarning (filters on that match too)
     assert issubclass(ConvergenceWarning, sklearn.exceptions.ConvergenceWarning)
     assert issubclass(ConvergenceWarning, RuntimeWarning)
 
