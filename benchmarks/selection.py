@@ -15,7 +15,7 @@ the process's peak resident memory. The JSON (with the machine name) goes to ``-
     python benchmarks/selection.py --large-only --time-limit 60   # 1024 to 4096 features only
 
 The exact path's wall seconds are compared with its limit (``wall_over_limit``): it runs HiGHS in a
-worker process stopped at the deadline, after the default solver's share of the limit.
+worker process stopped at the deadline, beside the default solver under the same limit.
 
 CPU seconds are reported besides wall seconds because the development machine has 2 cores
 shared by several people: wall time includes their load (recorded as the load average).

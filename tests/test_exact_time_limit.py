@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from qpm_sklearn.selection import feature_class_correlation, feature_similarity, redundancy_penalty, solve_selection
+from qpm_sklearn import selection
 from qpm_sklearn.selection import _exact
 
 
@@ -42,15 +43,15 @@ def test_exact_path_returns_within_its_wall_time_limit_on_an_instance_highs_cann
 
 @pytest.mark.parametrize("case", [(60, 20, 12, 3), (120, 40, 20, 3)])
 def test_exact_path_is_never_worse_than_the_default_solver(case):
-    # The default solver needs about 0.15 CPU s here, so its share (1.5 s of 6, ten times that) lets it
-    # finish and it returns what it returns without a limit; the exact path then returns that or
-    # better (HiGHS needs 20-40 s to prove these, so it is stopped at the limit).
+    # The default solver needs about 0.15 CPU s here, so beside HiGHS under a 3 s limit it finishes
+    # and returns what it returns without a limit; the exact path then returns that or better (HiGHS
+    # needs 20-40 s to prove these, so it is stopped at the limit).
     n_features, n_classes, m, k = case
     A, penalty = _instance(n_features, n_classes, m, seed=1)
     default = solve_selection(A, n_selected=m, n_per_class=k, penalty=penalty, random_state=0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        exact = solve_selection(A, n_selected=m, n_per_class=k, penalty=penalty, solver="exact", time_limit=6,
+        exact = solve_selection(A, n_selected=m, n_per_class=k, penalty=penalty, solver="exact", time_limit=3,
                                 random_state=0)
     _feasible(exact, n_classes, m, k)
     assert exact.objective >= default.objective - 1e-9 * abs(default.objective)
@@ -59,7 +60,7 @@ def test_exact_path_is_never_worse_than_the_default_solver(case):
         assert exact.upper_bound <= default.upper_bound + 1e-9 * abs(default.upper_bound)
 
 
-@pytest.mark.filterwarnings("ignore:OSQP stopped")  # the default solver's share is tiny too
+@pytest.mark.filterwarnings("ignore:OSQP stopped")  # the default solver's limit is tiny too
 def test_no_time_for_the_worker_returns_the_default_solvers_selection_with_a_warning():
     A, penalty = _instance(40, 12, 10)
     with pytest.warns(RuntimeWarning, match="no solution within time_limit"):
@@ -79,3 +80,49 @@ def test_worker_that_cannot_fit_the_model_ends_and_the_default_selection_is_retu
                                  random_state=0)
     _feasible(result, 12, 10, 3)
     assert result.status == "time_limit_heuristic"
+
+
+def _recording_worker_starts(monkeypatch):
+    started = []
+    start = _exact._MilpWorker.start
+
+    def recording_start(*args):
+        worker = start(*args)
+        started.append(worker)
+        return worker
+
+    monkeypatch.setattr(_exact._MilpWorker, "start", recording_start)
+    return started
+
+
+def test_the_default_solver_runs_beside_highs_under_the_whole_limit(monkeypatch):
+    started, deadlines = _recording_worker_starts(monkeypatch), []
+    solve_default = selection._solve_default
+
+    def recording_solve_default(problem, *, deadline, **options):
+        deadlines.append(deadline)
+        assert started and started[0].process.poll() is None, "HiGHS must already be running"
+        return solve_default(problem, deadline=deadline, **options)
+
+    monkeypatch.setattr(selection, "_solve_default", recording_solve_default)
+    A, penalty = _instance(40, 12, 10)
+    before = time.perf_counter()
+    result = solve_selection(A, n_selected=10, n_per_class=3, penalty=penalty, solver="exact", time_limit=20,
+                             random_state=0)
+    _feasible(result, 12, 10, 3)
+    assert len(deadlines) == 1 and before + 20 <= deadlines[0] <= time.perf_counter() + 20
+    assert started[0].process.poll() is not None and not started[0].folder.exists()
+
+
+def test_an_interrupted_default_solver_stops_the_worker_and_removes_its_files(monkeypatch):
+    started = _recording_worker_starts(monkeypatch)
+
+    def interrupted(problem, **options):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(selection, "_solve_default", interrupted)
+    A, penalty = _instance(300, 100, 40)  # HiGHS is still working when the interrupt comes
+    with pytest.raises(KeyboardInterrupt):
+        solve_selection(A, n_selected=40, n_per_class=4, penalty=penalty, solver="exact", time_limit=60)
+    assert started[0].process.poll() is not None, "the worker must not outlive the solve"
+    assert not started[0].folder.exists()

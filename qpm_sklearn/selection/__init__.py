@@ -260,8 +260,8 @@ def solve_selection(
     still returns the best selection so far with its certified gap.
     ``solver="exact"``: the linearised MILP solved by HiGHS (``scipy.optimize.milp``), the
     no-duplicate rule added lazily; a proven optimum when it finishes within ``time_limit``. Under a
-    ``time_limit`` the default solver runs first on a quarter of it, then HiGHS in a worker process
-    stopped at the deadline; the better selection is returned (docs/selection.md).
+    ``time_limit`` HiGHS runs in a worker process stopped at the deadline while the default solver runs
+    beside it under the same limit; the better selection is returned (docs/selection.md).
 
     Constraints (docs/selection.md#constraints): ``exclude`` features are never selected,
     ``include`` ones always, class ``c`` always uses ``fixed[c]``, and ``n_per_class`` may give
@@ -366,7 +366,7 @@ def solve_selection(
             solve_default=lambda stop: _solve_default(problem, deadline=stop, **default_options))
         if not milp_found:
             warnings.warn("The MILP found no solution within time_limit; returning the default method's solution "
-                          "(computed first, within its share of the same time_limit).", ConvergenceWarning, stacklevel=2)
+                          "(run beside it under the same time_limit).", ConvergenceWarning, stacklevel=2)
     else:
         S, upper_bound, bound_method, timed_out = _solve_default(problem, deadline=deadline, **default_options)
         status = "time_limit" if timed_out else "feasible"

@@ -1,12 +1,12 @@
-"""``solver="exact"`` under a wall-clock ``time_limit``: the default solver's share, then HiGHS in a worker.
+"""``solver="exact"`` under a wall-clock ``time_limit``: HiGHS in a worker process, the default solver beside it.
 
 HiGHS checks its time limit only between phases: on a large instance its first LP alone can run many
 times the limit, and a process cannot interrupt a thread inside HiGHS. So under a limit the MILP
-runs in a separate Python process that is killed at the deadline, and the default solver runs first
-in this process on a reserved share of the limit (:data:`DEFAULT_SHARE`); the better of the two
-selections is returned, so the exact path never returns less than the default solver finds in its
-share. The worker's address space is capped (:data:`MILP_MEMORY_BYTES`): a model that does not fit
-ends the worker, not the machine, and the default solver's selection is returned.
+runs in a separate Python process that is killed at the deadline, while the default solver runs in
+this process for the whole limit; the better of the two selections is returned, so the exact path
+never returns less than the default solver finds under the same ``time_limit`` (on one core the two
+share it). The worker's address space is capped (:data:`MILP_MEMORY_BYTES`): a model that does not
+fit ends the worker, not the machine, and the default solver's selection is returned.
 
 Without a limit the MILP runs in this process until HiGHS finishes (:func:`solve_milp`).
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,9 +29,6 @@ import numpy as np
 from .._utils import logger
 from ._milp import solve_milp
 from ._problem import Problem, evaluate
-
-DEFAULT_SHARE = 0.25
-"""Share of ``time_limit`` the default solver gets first (it stops earlier when done; the MILP gets the rest)."""
 
 MILP_MEMORY_BYTES = 6 * 2**30
 """Address-space cap of the MILP worker process (``RLIMIT_AS``): the exact path's extra peak memory."""
@@ -83,8 +81,13 @@ def solve_exact(problem: Problem, *, time_limit: float | None, mip_rel_gap: floa
             return S, upper_bound, method, "time_limit_heuristic", False
         return S, upper_bound, "milp", "optimal" if proven else "time_limit", True
     deadline = start + time_limit
-    S_default, default_bound, default_method, _ = solve_default(start + DEFAULT_SHARE * time_limit)
-    milp_S, milp_bound, proven = _solve_milp_in_worker(problem, deadline, mip_rel_gap, verbose >= 2)
+    worker = _MilpWorker.start(problem, deadline, mip_rel_gap, verbose >= 2)
+    try:
+        S_default, default_bound, default_method, _ = solve_default(deadline)
+        milp_S, milp_bound, proven = worker.result() if worker is not None else (None, math.inf, False)
+    finally:
+        if worker is not None:
+            worker.close()
     upper_bound, bound_method = (milp_bound, "milp") if milp_bound < default_bound else (default_bound, default_method)
     if milp_S is not None and len(milp_S) == problem.m:
         if evaluate(problem, milp_S)[0] >= evaluate(problem, S_default)[0]:
@@ -92,42 +95,65 @@ def solve_exact(problem: Problem, *, time_limit: float | None, mip_rel_gap: floa
     return S_default, upper_bound, bound_method, "time_limit_heuristic", milp_S is not None
 
 
-def _solve_milp_in_worker(problem: Problem, deadline: float, mip_rel_gap: float, verbose: bool):
-    """:func:`solve_milp` in a fresh Python process, killed at ``deadline``; (S or None, bound, proven)."""
-    if deadline - time.perf_counter() < _WORKER_START_SECONDS:
-        return None, math.inf, False
-    with tempfile.TemporaryDirectory(prefix="qpm-milp-") as folder:
-        request, answer = Path(folder) / "request.pickle", Path(folder) / "answer.pickle"
-        with open(request, "wb") as handle:
-            # wall-clock deadline: the worker's imports count against it too
-            pickle.dump({"problem": problem, "deadline": time.time() + deadline - time.perf_counter(),
-                         "mip_rel_gap": mip_rel_gap, "verbose": verbose, "answer": str(answer),
-                         "memory_bytes": MILP_MEMORY_BYTES}, handle)
-        environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT,
-                                                                              os.environ.get("PYTHONPATH")]))}
-        worker = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from qpm_sklearn.selection._exact import run_worker; "
-                                   "run_worker(sys.argv[1])", str(request)],
-            env=environment, stdout=None if verbose else subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+class _MilpWorker:
+    """:func:`solve_milp` in a fresh Python process that is killed at ``deadline`` (``time.perf_counter()``)."""
+
+    def __init__(self, process: subprocess.Popen, folder: Path, deadline: float):
+        self.process, self.folder, self.deadline = process, folder, deadline
+        self.answer, self.errors = folder / "answer.pickle", folder / "errors.txt"
+
+    @classmethod
+    def start(cls, problem: Problem, deadline: float, mip_rel_gap: float, verbose: bool) -> _MilpWorker | None:
+        """Start the worker on ``problem``; None when less than a worker's start-up time is left."""
+        if deadline - time.perf_counter() < _WORKER_START_SECONDS:
+            return None
+        folder = Path(tempfile.mkdtemp(prefix="qpm-milp-"))
         try:
-            _, error = worker.communicate(timeout=max(deadline - time.perf_counter(), 0.0))
+            request, answer = folder / "request.pickle", folder / "answer.pickle"
+            with open(request, "wb") as handle:
+                # wall-clock deadline: the worker's imports count against it too
+                pickle.dump({"problem": problem, "deadline": time.time() + deadline - time.perf_counter(),
+                             "mip_rel_gap": mip_rel_gap, "verbose": verbose, "answer": str(answer),
+                             "memory_bytes": MILP_MEMORY_BYTES}, handle)
+            environment = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT,
+                                                                                  os.environ.get("PYTHONPATH")]))}
+            # stderr to a file, not a pipe: nobody reads a pipe while the default solver runs
+            with open(folder / "errors.txt", "wb") as errors:
+                process = subprocess.Popen(
+                    [sys.executable, "-c", "import sys; from qpm_sklearn.selection._exact import run_worker; "
+                                           "run_worker(sys.argv[1])", str(request)],
+                    env=environment, stdout=None if verbose else subprocess.DEVNULL, stderr=errors,
+                )
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        return cls(process, folder, deadline)
+
+    def result(self) -> tuple[np.ndarray | None, float, bool]:
+        """Wait for the worker until the deadline; (S or None, bound, proven)."""
+        try:
+            self.process.wait(timeout=max(self.deadline - time.perf_counter(), 0.0))
         except subprocess.TimeoutExpired:
-            worker.kill()  # HiGHS did not stop at its own limit: the deadline holds regardless
-            worker.communicate()
             logger.info("exact selection: HiGHS stopped at the time limit (worker process ended)")
             return None, math.inf, False
-        if worker.returncode != 0 or not answer.exists():
-            last = error.decode(errors="replace").strip().splitlines()[-1:] if error else []
+        if self.process.returncode != 0 or not self.answer.exists():
+            last = self.errors.read_bytes().decode(errors="replace").strip().splitlines()[-1:]
             logger.warning("exact selection: the MILP worker ended without a result (exit %s%s)",
-                           worker.returncode, f": {last[0]}" if last else "")
+                           self.process.returncode, f": {last[0]}" if last else "")
             return None, math.inf, False
-        with open(answer, "rb") as handle:
+        with open(self.answer, "rb") as handle:
             return pickle.load(handle)
+
+    def close(self) -> None:
+        """Kill the worker if it still runs (HiGHS did not stop at its own limit) and remove its files."""
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def run_worker(request_path: str) -> None:
-    """Worker-process side of :func:`_solve_milp_in_worker`: read the request, solve, write the answer."""
+    """Worker-process side of :class:`_MilpWorker`: read the request, solve, write the answer."""
     with open(request_path, "rb") as handle:
         request = pickle.load(handle)
     try:
