@@ -189,8 +189,8 @@ def main(argv=None):
         "machine": machine,
         "platform": {"machine": platform.machine(), "cpu_count": os.cpu_count(), "python": sys.version.split()[0],
                      "numpy": np.__version__, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")},
-        "note": "2 CPU cores shared with other developers while running (load_average per row); CPU seconds "
-                "are the process's own, wall seconds include the contention.",
+        "note": "CPU seconds are the solving process's own; wall seconds include whatever else the machine ran "
+                "(load_average per row, uptime at the end).",
         "growth_exponent_cpu_vs_NC": growth_exponent(rows),
         "load_average_start": load_at_start, "load_average_end": os.getloadavg(),
         "uptime": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
