@@ -131,8 +131,8 @@ def main(argv=None):
     result = dict(benchmark="training_overhead", machine=platform.processor() or platform.machine(),
                   cpu_count=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads(),
                   python=sys.version.split()[0], load_average_at_end=uptime, data=DATA, rows=rows,
-                  note="CPU seconds of this process; the 2-core machine was shared with other work "
-                       "(load_average per row), so ratios of interleaved runs are what to read.")
+                  note="CPU seconds of this process; runs interleaved, so their ratios are what to read "
+                       "(load_average per row says what else the machine ran).")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "training_overhead.json").write_text(json.dumps(result, indent=2))
 
