@@ -6,6 +6,7 @@ import warnings
 
 import numpy as np
 import pytest
+from scipy.optimize import OptimizeResult
 
 from qpm_sklearn.selection import feature_class_correlation, feature_similarity, redundancy_penalty, solve_selection
 from qpm_sklearn import selection
@@ -63,7 +64,7 @@ def test_exact_path_is_never_worse_than_the_default_solver(case):
 @pytest.mark.filterwarnings("ignore:OSQP stopped")  # the default solver's limit is tiny too
 def test_no_time_for_the_worker_returns_the_default_solvers_selection_with_a_warning():
     A, penalty = _instance(40, 12, 10)
-    with pytest.warns(RuntimeWarning, match="no solution within time_limit"):
+    with pytest.warns(RuntimeWarning, match=r"returned no solution \(less than 1 s of the limit was left"):
         result = solve_selection(A, n_selected=10, n_per_class=3, penalty=penalty, solver="exact", time_limit=0.05,
                                  random_state=0)
     _feasible(result, 12, 10, 3)
@@ -75,7 +76,7 @@ def test_worker_that_cannot_fit_the_model_ends_and_the_default_selection_is_retu
     # worker ends with an error and the exact path returns the default solver's selection.
     monkeypatch.setattr(_exact, "MILP_MEMORY_BYTES", 64 * 2**20)
     A, penalty = _instance(40, 12, 10)
-    with pytest.warns(RuntimeWarning, match="no solution within time_limit"):
+    with pytest.warns(RuntimeWarning, match=r"returned no solution \(the HiGHS worker process ended with exit status"):
         result = solve_selection(A, n_selected=10, n_per_class=3, penalty=penalty, solver="exact", time_limit=20,
                                  random_state=0)
     _feasible(result, 12, 10, 3)
@@ -126,3 +127,22 @@ def test_an_interrupted_default_solver_stops_the_worker_and_removes_its_files(mo
         solve_selection(A, n_selected=40, n_per_class=4, penalty=penalty, solver="exact", time_limit=60)
     assert started[0].process.poll() is not None, "the worker must not outlive the solve"
     assert not started[0].folder.exists()
+
+
+def test_highs_ending_without_a_selection_is_named_in_the_warning(monkeypatch):
+    # HiGHS out of memory, as at 4096 x 2000 under the worker's cap: scipy wraps the status it does not
+    # know, and the warning names HiGHS's own text instead of blaming the time limit.
+    from qpm_sklearn.selection import _milp
+
+    def out_of_memory(*args, **kwargs):
+        return OptimizeResult(x=None, status=4, mip_dual_bound=None,
+                              message="The HiGHS status code was not recognized. (HiGHS Status 18: Memory limit "
+                                      "reached)")
+
+    monkeypatch.setattr(_milp, "milp", out_of_memory)
+    A, penalty = _instance(40, 12, 10)
+    with pytest.warns(RuntimeWarning, match=r"returned no solution \(HiGHS: Memory limit reached\); returning "
+                                            r"the default solver's selection \(run after it\)"):
+        result = solve_selection(A, n_selected=10, n_per_class=3, penalty=penalty, solver="exact", random_state=0)
+    _feasible(result, 12, 10, 3)
+    assert result.status == "time_limit_heuristic" and result.bound_method != "milp"

@@ -361,12 +361,13 @@ def solve_selection(
     default_options = dict(algebra=algebra, eps=eps, max_iter=max_iter, candidates_per_class=candidates_per_class,
                            n_iterations=n_iterations, random_state=random_state, verbose=verbose, initial=initial)
     if solver == "exact":
-        S, upper_bound, bound_method, status, milp_found = solve_exact(
+        S, upper_bound, bound_method, status, milp_failure = solve_exact(
             problem, time_limit=time_limit, mip_rel_gap=mip_rel_gap, verbose=verbose, start=start,
             solve_default=lambda stop: _solve_default(problem, deadline=stop, **default_options))
-        if not milp_found:
-            warnings.warn("The MILP found no solution within time_limit; returning the default method's solution "
-                          "(run beside it under the same time_limit).", ConvergenceWarning, stacklevel=2)
+        if milp_failure is not None:
+            how = "run after it" if time_limit is None else "run beside it under the same time_limit"
+            warnings.warn(f"The MILP returned no solution ({milp_failure}); returning the default solver's "
+                          f"selection ({how}).", ConvergenceWarning, stacklevel=2)
     else:
         S, upper_bound, bound_method, timed_out = _solve_default(problem, deadline=deadline, **default_options)
         status = "time_limit" if timed_out else "feasible"

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .._utils import logger
-from ._milp import solve_milp
+from ._milp import MilpResult, solve_milp
 from ._problem import Problem, evaluate
 
 MILP_MEMORY_BYTES = 6 * 2**30
@@ -39,8 +39,8 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # so that the worker i
 
 
 def solve_exact(problem: Problem, *, time_limit: float | None, mip_rel_gap: float, verbose: int, start: float,
-                solve_default: Callable[[float], tuple]) -> tuple[np.ndarray, float, str, str, bool]:
-    """The exact path; returns (S, upper bound, bound method, status, MILP found a solution).
+                solve_default: Callable[[float], tuple]) -> tuple[np.ndarray, float, str, str, str | None]:
+    """The exact path; returns (S, upper bound, bound method, status, why the MILP gave no selection).
 
     Parameters
     ----------
@@ -69,30 +69,34 @@ def solve_exact(problem: Problem, *, time_limit: float | None, mip_rel_gap: floa
     status : str
         ``"optimal"`` (HiGHS proved it), ``"time_limit"`` (HiGHS's selection, not proven) or
         ``"time_limit_heuristic"`` (the default solver's selection is at least as good, or HiGHS found none).
-    milp_found : bool
-        Whether HiGHS returned any selection.
+    milp_failure : str or None
+        None when HiGHS returned a selection; otherwise why it did not (HiGHS's status, the deadline,
+        the worker's exit), for the caller's warning.
     """
     if time_limit is None:
-        S, upper_bound, proven = solve_milp(problem, time_limit=None, mip_rel_gap=mip_rel_gap, verbose=verbose >= 2)
-        if S is None:  # HiGHS ended without a selection (not seen in practice): the default solver's
+        milp = solve_milp(problem, time_limit=None, mip_rel_gap=mip_rel_gap, verbose=verbose >= 2)
+        if milp.selected is None:  # HiGHS ended without a selection (e.g. out of memory): the default solver's
             S, default_bound, default_method, _ = solve_default(math.inf)
-            upper_bound, method = (upper_bound, "milp") if upper_bound < default_bound else (default_bound,
-                                                                                           default_method)
-            return S, upper_bound, method, "time_limit_heuristic", False
-        return S, upper_bound, "milp", "optimal" if proven else "time_limit", True
+            upper_bound, method = (milp.upper_bound, "milp") if milp.upper_bound < default_bound else (
+                default_bound, default_method)
+            return S, upper_bound, method, "time_limit_heuristic", f"HiGHS: {milp.message}"
+        return milp.selected, milp.upper_bound, "milp", "optimal" if milp.proven else "time_limit", None
     deadline = start + time_limit
     worker = _MilpWorker.start(problem, deadline, mip_rel_gap, verbose >= 2)
     try:
         S_default, default_bound, default_method, _ = solve_default(deadline)
-        milp_S, milp_bound, proven = worker.result() if worker is not None else (None, math.inf, False)
+        milp = worker.result() if worker is not None else MilpResult(
+            None, math.inf, False, f"less than {_WORKER_START_SECONDS:g} s of the limit was left to start HiGHS")
     finally:
         if worker is not None:
             worker.close()
-    upper_bound, bound_method = (milp_bound, "milp") if milp_bound < default_bound else (default_bound, default_method)
-    if milp_S is not None and len(milp_S) == problem.m:
-        if evaluate(problem, milp_S)[0] >= evaluate(problem, S_default)[0]:
-            return milp_S, upper_bound, bound_method, "optimal" if proven else "time_limit", True
-    return S_default, upper_bound, bound_method, "time_limit_heuristic", milp_S is not None
+    upper_bound, bound_method = ((milp.upper_bound, "milp") if milp.upper_bound < default_bound
+                                 else (default_bound, default_method))
+    if milp.selected is None:
+        return S_default, upper_bound, bound_method, "time_limit_heuristic", milp.message
+    if len(milp.selected) == problem.m and evaluate(problem, milp.selected)[0] >= evaluate(problem, S_default)[0]:
+        return milp.selected, upper_bound, bound_method, "optimal" if milp.proven else "time_limit", None
+    return S_default, upper_bound, bound_method, "time_limit_heuristic", None
 
 
 class _MilpWorker:
@@ -129,20 +133,20 @@ class _MilpWorker:
             raise
         return cls(process, folder, deadline)
 
-    def result(self) -> tuple[np.ndarray | None, float, bool]:
-        """Wait for the worker until the deadline; (S or None, bound, proven)."""
+    def result(self) -> MilpResult:
+        """Wait for the worker until the deadline; its result, or why there is none."""
         try:
             self.process.wait(timeout=max(self.deadline - time.perf_counter(), 0.0))
         except subprocess.TimeoutExpired:
             logger.info("exact selection: HiGHS stopped at the time limit (worker process ended)")
-            return None, math.inf, False
+            return MilpResult(None, math.inf, False, "HiGHS was still running at the deadline and was stopped")
         if self.process.returncode != 0 or not self.answer.exists():
             last = self.errors.read_bytes().decode(errors="replace").strip().splitlines()[-1:]
-            logger.warning("exact selection: the MILP worker ended without a result (exit %s%s)",
-                           self.process.returncode, f": {last[0]}" if last else "")
-            return None, math.inf, False
+            return MilpResult(None, math.inf, False, f"the HiGHS worker process ended with exit status "
+                                                     f"{self.process.returncode}{f': {last[0]}' if last else ''}")
         with open(self.answer, "rb") as handle:
-            return pickle.load(handle)
+            milp = pickle.load(handle)
+        return milp if milp.selected is not None else milp._replace(message=f"HiGHS: {milp.message}")
 
     def close(self) -> None:
         """Kill the worker if it still runs (HiGHS did not stop at its own limit) and remove its files."""

@@ -9,7 +9,9 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import re
 import time
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -19,7 +21,26 @@ from .._utils import logger
 from ._problem import Problem
 
 
-def solve_milp(problem: Problem, *, time_limit, mip_rel_gap, verbose):
+class MilpResult(NamedTuple):
+    """What :func:`solve_milp` returns."""
+
+    selected: np.ndarray | None
+    """Selected features, or None when HiGHS ended without a selection."""
+    upper_bound: float
+    """HiGHS's dual bound (``inf`` when it has none)."""
+    proven: bool
+    """Whether the selection is proven optimal."""
+    message: str
+    """How HiGHS ended (its status text, e.g. ``"Time limit reached"`` or ``"Memory limit reached"``)."""
+
+
+def _highs_status(message: str) -> str:
+    """HiGHS's own status text inside scipy's message (scipy wraps codes it does not know)."""
+    found = re.search(r"HiGHS Status \d+: ([^)]*)", message)
+    return found.group(1) if found else message
+
+
+def solve_milp(problem: Problem, *, time_limit, mip_rel_gap, verbose) -> MilpResult:
     """Linearised MILP with the no-duplicate rule added lazily per offending class pair.
 
     Variables: s (N), E (N*C, index f*C + c), y_ij for every penalised pair (y >= s_i + s_j - 1
@@ -28,8 +49,8 @@ def solve_milp(problem: Problem, *, time_limit, mip_rel_gap, verbose):
     sum z >= 2 (z_f reaches 1 only where exactly one class uses f, so the columns differ).
     Pairs found duplicated are constrained and the MILP solved again, until no duplicates
     remain. Constraints: the class rows take each class's own budget, and forced features
-    (s = 1) and pinned edges (E = 1) get a lower bound of 1. Returns (S or None, upper bound, proven optimal); not proven means stopped by the
-    time limit.
+    (s = 1) and pinned edges (E = 1) get a lower bound of 1. Returns a :class:`MilpResult`; not
+    proven means stopped by the time limit (or another of HiGHS's limits, which ``message`` names).
     """
     W, Q, k, m = problem.W, problem.Q, problem.class_budget, problem.m
     n_features, n_classes = W.shape
@@ -106,17 +127,18 @@ def solve_milp(problem: Problem, *, time_limit, mip_rel_gap, verbose):
         dual_bound = getattr(result, "mip_dual_bound", None)
         if dual_bound is not None and np.isfinite(dual_bound):
             upper_bound = min(upper_bound, -float(dual_bound))  # a relaxation: valid for the full problem
+        message = _highs_status(str(result.message))
         if result.x is None:
-            return None, upper_bound, False
+            return MilpResult(None, upper_bound, False, message)
         S = np.flatnonzero(result.x[:n_features] > 0.5)
         if result.status != 0:
-            return S, upper_bound, False
+            return MilpResult(S, upper_bound, False, message)
         E = result.x[n_features : n_features + n_edges].reshape(n_features, n_classes) > 0.5
         groups: dict[bytes, list[int]] = {}
         for c in range(n_classes):
             groups.setdefault(E[:, c].tobytes(), []).append(c)
         if len(groups) == n_classes:
-            return S, upper_bound, True
+            return MilpResult(S, upper_bound, True, message)
         for group in groups.values():
             class_pairs.update(itertools.combinations(group, 2))
             involved.update(group if len(group) > 1 else [])
